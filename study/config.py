@@ -1,0 +1,195 @@
+"""The schema of every setting, its units and allowed values, and every range check.
+
+The dataclasses are registered in Hydra's ConfigStore as `schema`, under the YAML values of
+`conf/`. `validate()` runs once at the entry point, before anything is built, and returns
+frozen dataclasses that are then passed explicitly; there is no global config object.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from study.models import BLOCKS_PER_STAGE
+
+DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
+AUGMENTS = ("flip_crop", "crop", "none")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; the message names each setting and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: int = 26                 # network depth, a key of study.models.BLOCKS_PER_STAGE
+    width: float = 1.0              # multiplier on every stage's channels and the stem, > 0
+    se: bool = True                 # squeeze-and-excitation in every block (paper: on)
+    se_ratio: float = 0.25          # SE bottleneck ratio, in (0, 1] (paper: 0.25)
+    resnet_d: bool = True           # ResNet-D stem + avg-pool shortcut, stem pool -> stride-2 conv
+    dropout: float = 0.0            # dropout before the classifier, in [0, 1)
+    stochastic_depth: float = 0.0   # drop-path rate of the last block (linear over blocks), [0, 1)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist"             # one of DATASETS
+    root: Optional[str] = None      # image_folder: the folder; cifar10/100: download folder
+    download: bool = False          # cifar10/100: fetch through torchvision if absent
+    resolution: int = 28            # px, square, train and evaluation, >= 8
+    minival_fraction: float = 0.1   # share of the training pool held out for selection, (0, 0.5]
+    test_fraction: float = 0.2      # share held out as test, only for sets without a test split
+    split_seed: int = 0             # seed of the train/minival/test split (fixed per study)
+    max_train_images: Optional[int] = None  # use a subset of the training split, >= 1
+    augment: str = "crop"           # one of AUGMENTS: random crop (+ horizontal flip), or none
+    crop_padding: float = 0.125     # random-crop padding, fraction of the resolution, [0, 0.5]
+    synthetic_images: int = 2000    # synthetic: number of images (all splits)
+    synthetic_classes: int = 10     # synthetic: number of classes, >= 2
+    synthetic_size: int = 16        # synthetic: native image side in px, >= 8
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    epochs: int = 8                 # passes over the training split, >= 1
+    batch_size: int = 128           # images per step, >= 1
+    lr_per_256: float = 0.1         # lr = lr_per_256 * batch_size / 256 (linear scaling rule)
+    warmup_epochs: float = 1.0      # linear warm-up from 0, then cosine decay to 0; < epochs
+    momentum: float = 0.9           # Nesterov momentum, [0, 1)
+    nesterov: bool = True
+    weight_decay: float = 4e-5      # L2 on conv/linear weights, not on BN or biases (paper)
+    label_smoothing: float = 0.1    # [0, 1)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    device: str = "auto"            # one of DEVICES; auto = cuda when available
+    precision: str = "fp32"         # one of PRECISIONS; bf16 = autocast (part of the point key)
+    channels_last: bool = True      # NHWC memory format (about 1.4x on this CPU)
+    threads: int = 0                # intra-op threads; 0 = all cores of this process
+    eval_batch_size: int = 512      # images per evaluation batch, >= 1
+    latency_batch_size: int = 32    # batch of the inference-latency measurement, >= 1
+    latency_repeats: int = 10       # timed repeats (median reported), >= 1
+    progress: bool = True           # a progress bar within each point (on a terminal)
+    deterministic: bool = False     # deterministic kernels: rerunning a point repeats its metrics
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"   # MLflow tracking URI (conf/tracking sets an absolute path)
+    artifact_root: Optional[str] = None  # folder for artifacts of new experiments
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0                   # seed of initialisation, batch order and augmentation
+    sweep: str = "adhoc"            # sweep name: the MLflow experiment and parent run
+    force: bool = False             # run the point even when a FINISHED run has its key
+
+
+def project_root() -> str:
+    """Where the default store and outputs live: $STUDY_HOME, else the checkout's root."""
+    return os.environ.get("STUDY_HOME") or str(Path(__file__).resolve().parents[1])
+
+
+def register() -> None:
+    """Register the schema (and the `project_root` resolver) with Hydra; idempotent."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", project_root)
+    ConfigStore.instance().store(name="schema", node=_mutable(OmegaConf.structured(StudyConfig)))
+
+
+def _mutable(node: DictConfig) -> DictConfig:
+    """Frozen dataclasses become read-only nodes; Hydra must merge YAML and overrides into
+    them first, so the flag is cleared here and the frozen objects come from validate()."""
+    node._set_flag("readonly", None)
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _mutable(child)
+    return node
+
+
+def validate(cfg: DictConfig | StudyConfig) -> StudyConfig:
+    """Typed, range-checked settings; raises ConfigError naming every bad setting."""
+    study = cfg if isinstance(cfg, StudyConfig) else OmegaConf.to_object(cfg)
+    problems = [f"{name}={value!r}: {rule}" for name, value, rule in _checks(study)]
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return study
+
+
+def _checks(s: StudyConfig):
+    m, d, r, t = s.model, s.data, s.recipe, s.trainer
+    depths = ", ".join(map(str, sorted(BLOCKS_PER_STAGE)))
+    rules = [
+        ("model.depth", m.depth, m.depth in BLOCKS_PER_STAGE, f"must be one of {depths}"),
+        ("model.width", m.width, m.width > 0, "must be > 0"),
+        ("model.se_ratio", m.se_ratio, 0 < m.se_ratio <= 1, "must be in (0, 1]"),
+        ("model.dropout", m.dropout, 0 <= m.dropout < 1, "must be in [0, 1)"),
+        ("model.stochastic_depth", m.stochastic_depth, 0 <= m.stochastic_depth < 1, "must be in [0, 1)"),
+        ("data.name", d.name, d.name in DATASETS, f"must be one of {', '.join(DATASETS)}"),
+        ("data.resolution", d.resolution, d.resolution >= 8, "must be >= 8 (pixels)"),
+        ("data.minival_fraction", d.minival_fraction, 0 < d.minival_fraction <= 0.5, "must be in (0, 0.5]"),
+        ("data.test_fraction", d.test_fraction, 0 < d.test_fraction <= 0.5, "must be in (0, 0.5]"),
+        ("data.max_train_images", d.max_train_images, d.max_train_images is None or d.max_train_images >= 1,
+         "must be >= 1 or null"),
+        ("data.augment", d.augment, d.augment in AUGMENTS, f"must be one of {', '.join(AUGMENTS)}"),
+        ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= 0.5, "must be in [0, 0.5]"),
+        ("data.synthetic_images", d.synthetic_images, d.synthetic_images >= 50, "must be >= 50"),
+        ("data.synthetic_classes", d.synthetic_classes, d.synthetic_classes >= 2, "must be >= 2"),
+        ("data.synthetic_size", d.synthetic_size, d.synthetic_size >= 8, "must be >= 8 (pixels)"),
+        ("recipe.epochs", r.epochs, r.epochs >= 1, "must be >= 1"),
+        ("recipe.batch_size", r.batch_size, r.batch_size >= 1, "must be >= 1"),
+        ("recipe.lr_per_256", r.lr_per_256, r.lr_per_256 > 0, "must be > 0"),
+        ("recipe.warmup_epochs", r.warmup_epochs, 0 <= r.warmup_epochs < r.epochs,
+         f"must be in [0, recipe.epochs={r.epochs})"),
+        ("recipe.momentum", r.momentum, 0 <= r.momentum < 1, "must be in [0, 1)"),
+        ("recipe.weight_decay", r.weight_decay, r.weight_decay >= 0, "must be >= 0"),
+        ("recipe.label_smoothing", r.label_smoothing, 0 <= r.label_smoothing < 1, "must be in [0, 1)"),
+        ("trainer.device", t.device, t.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+        ("trainer.precision", t.precision, t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+        ("trainer.threads", t.threads, t.threads >= 0, "must be >= 0 (0 = all cores)"),
+        ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, "must be >= 1"),
+        ("trainer.latency_batch_size", t.latency_batch_size, t.latency_batch_size >= 1, "must be >= 1"),
+        ("trainer.latency_repeats", t.latency_repeats, t.latency_repeats >= 1, "must be >= 1"),
+        ("sweep", s.sweep, bool(s.sweep) and "/" not in s.sweep, "must be a non-empty name without '/'"),
+    ]
+    for name, value, ok, rule in rules:
+        if not ok:
+            yield name, value, rule
+    yield from _data_folder_checks(d)
+
+
+def _data_folder_checks(d: DataConfig):
+    if d.name == "image_folder":
+        if not d.root:
+            yield "data.root", d.root, "image_folder needs the folder of class sub-folders"
+        elif not Path(d.root).expanduser().is_dir():
+            yield "data.root", d.root, "folder does not exist"
+    if d.name in ("cifar10", "cifar100") and not d.download:
+        if not d.root or not Path(d.root).expanduser().is_dir():
+            yield "data.root", d.root, f"{d.name} needs an existing folder, or data.download=true"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dataclasses -> {'model.width': 0.5, ...}."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out |= flatten(value, key + ".")
+        else:
+            out[key] = value
+    return out

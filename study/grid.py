@@ -1,0 +1,51 @@
+"""A grid point's identity: which settings are semantic, its key, its display name,
+and the expansion of a sweep's declared grid into the overrides of each point."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from study.config import StudyConfig, flatten
+
+# Settings that do not change what is trained or measured as a result: where and how fast
+# it runs, where it is recorded, and bookkeeping. Everything else is semantic.
+NON_SEMANTIC = frozenset({
+    "data.root", "data.download",
+    "trainer.device", "trainer.channels_last", "trainer.threads", "trainer.eval_batch_size",
+    "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
+    "trainer.deterministic",
+    "tracking.uri", "tracking.artifact_root",
+    "sweep", "force",
+})
+
+
+def semantic_settings(study: StudyConfig) -> dict[str, Any]:
+    """Every setting that defines the grid point, flattened ('model.width': 0.5, ...)."""
+    return {k: v for k, v in flatten(study).items() if k not in NON_SEMANTIC}
+
+
+def point_key(study: StudyConfig) -> str:
+    """Stable hash of the semantic settings: equal settings give equal keys across runs,
+    machines and the order in which overrides were written."""
+    canonical = json.dumps(semantic_settings(study), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def display_name(study: StudyConfig) -> str:
+    """Short human name of a point: 'w=0.5 d=26 r=20 e=8' (+ seed when not 0)."""
+    name = (f"w={study.model.width:g} d={study.model.depth} "
+            f"r={study.data.resolution} e={study.recipe.epochs}")
+    return name + (f" s={study.seed}" if study.seed else "")
+
+
+def expand(sweeper_params: dict[str, str], task_overrides: list[str]) -> list[list[str]]:
+    """The override list of every job, in launch order, exactly as Hydra's basic sweeper
+    builds it: the sweep file's `hydra.sweeper.params` first, then the command line."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    declared = [f"{k}={v}" for k, v in sweeper_params.items()] + list(task_overrides)
+    parsed = OverridesParser.create().parse_overrides(declared)
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [list(job) for batch in batches for job in batch]

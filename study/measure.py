@@ -1,0 +1,90 @@
+"""Pure measurements of a model: each function returns a dict; the caller logs it.
+
+FLOPs are torch's FlopCounterMode counts (2 x multiply-adds), one image, forward pass.
+Activations are the elements written by every convolution and linear layer for one image
+(the pycls definition). Latency uses warm-up, device synchronisation and the median of
+repeats, and records the batch size it was measured at.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def complexity(model: nn.Module, resolution: int, in_chans: int) -> dict[str, int]:
+    """Parameters, forward FLOPs and activations for one image at `resolution`."""
+    activations = 0
+
+    def count(_module, _inputs, output):
+        nonlocal activations
+        activations += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, in_chans, resolution, resolution, device=device)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops": int(counter.get_total_flops()),
+        "activations": int(activations),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def inference_latency(model: nn.Module, resolution: int, in_chans: int, *, batch_size: int,
+                      repeats: int = 10, warmup: int = 2,
+                      memory_format: torch.memory_format = torch.contiguous_format,
+                      autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Median wall time of one inference forward pass at `batch_size`."""
+    device = next(model.parameters()).device
+    x = torch.randn(batch_size, in_chans, resolution, resolution, device=device)
+    x = x.contiguous(memory_format=memory_format)
+    was_training = model.training
+    model.eval()
+    times = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                                enabled=autocast_dtype is not None):
+        for i in range(warmup + repeats):
+            synchronize(device)
+            t0 = time.perf_counter()
+            model(x)
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    median_ms = statistics.median(times) * 1e3
+    return {"latency_ms": median_ms, "latency_batch": batch_size,
+            "inference_img_per_s": batch_size / (median_ms / 1e3)}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak memory: CUDA allocator peak since the last reset on a GPU; on the CPU the
+    process's resident-set high-water mark (it covers every point run in the process)."""
+    if device.type == "cuda":
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"peak_mem_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}

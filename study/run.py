@@ -1,0 +1,144 @@
+"""The Hydra entry point: trains and records one grid point per job.
+
+    python -m study.run model.width=0.5 model.depth=26 data.resolution=20 recipe.epochs=8
+    python -m study.run -m -cd sweeps -cn default          # a whole sweep (make sweep)
+
+It validates the settings, skips a point whose key already has a FINISHED run (unless
+force=true), then wires data, model, trainer, measurements and tracker together.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from study import config, data, grid, measure, models, trainer
+from study.config import ConfigError, StudyConfig
+from study.tracking import Tracker, mlflow_tracker
+
+RESULT_FILE = "result.json"   # one per job in its output folder, read by the sweep summary
+GRID_FILE = "grid.json"       # written by the sweep callback: the number of points
+
+config.register()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    try:
+        study = config.validate(cfg)
+        device = resolve_device(study.trainer.device)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    tracker = mlflow_tracker(study.tracking.uri, study.sweep, study.tracking.artifact_root)
+    outcome = run_point(study, tracker=tracker, device=device, position=_position(),
+                        resolved_config=OmegaConf.to_yaml(cfg, resolve=True))
+    Path(HydraConfig.get().runtime.output_dir, RESULT_FILE).write_text(json.dumps(outcome))
+    return outcome
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device='cuda': no CUDA device is available; use auto or cpu")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
+              position: tuple[int, int] = (1, 1), resolved_config: str = "",
+              echo: Callable[[str], None] = print) -> dict:
+    """Train, measure and record one validated grid point; returns its outcome."""
+    start = time.perf_counter()
+    key, name = grid.point_key(study), grid.display_name(study)
+    prefix = f"[{position[0]}/{position[1]}] {name}"
+    outcome = {"name": name, "point_key": key}
+    if not study.force and (run_id := tracker.finished_run(key)):
+        echo(f"{prefix}  skipped: finished as run {run_id[:8]}")
+        return outcome | {"status": "SKIPPED", "run_id": run_id, "seconds": time.perf_counter() - start}
+
+    _configure_torch(study)
+    ds = data.prepare(study.data)
+    memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
+    model = _build(study, ds).to(device, memory_format=memory_format)
+    static = measure.complexity(model, ds.resolution, ds.in_chans)
+    params = grid.semantic_settings(study) | ds.sizes() | {"point_key": key}
+    run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha()})
+    try:
+        batcher = data.Batcher(ds, device=device, augment=study.data.augment,
+                               crop_padding=study.data.crop_padding, memory_format=memory_format)
+        measure.reset_peak_memory(device)
+        fitted = trainer.fit(model, ds, batcher, study.recipe, study.trainer, seed=study.seed,
+                             sink=tracker, device=device)
+        metrics = fitted.metrics | static | _latency(model, ds, study, memory_format) | \
+            measure.peak_memory_mb(device)
+        metrics["point_time_s"] = time.perf_counter() - start
+        tracker.finish_point(metrics, {"config.yaml": resolved_config,
+                                       "record.json": {"params": params, "metrics": metrics,
+                                                       "epochs": fitted.epoch_history}})
+    except trainer.DivergedError as e:
+        tracker.fail_point(f"diverged: {e}")
+        echo(f"{prefix}  FAILED: diverged: {e}")
+        return outcome | {"status": "FAILED", "run_id": run_id, "reason": f"diverged: {e}",
+                          "seconds": time.perf_counter() - start}
+    except BaseException as e:
+        tracker.fail_point(f"{type(e).__name__}: {e}")
+        raise
+    seconds = time.perf_counter() - start
+    echo(f"{prefix}  top1={metrics['top1']:.3f}  {seconds:.1f}s")
+    return outcome | {"status": "FINISHED", "run_id": run_id, "seconds": seconds,
+                      **{k: metrics[k] for k in ("top1", "flops", "params", "latency_ms", "train_img_per_s")}}
+
+
+def _build(study: StudyConfig, ds: data.Dataset) -> torch.nn.Module:
+    m = study.model
+    return models.build_model(m.depth, m.width, num_classes=ds.num_classes, in_chans=ds.in_chans,
+                              se=m.se, se_ratio=m.se_ratio, resnet_d=m.resnet_d, dropout=m.dropout,
+                              stochastic_depth=m.stochastic_depth)
+
+
+def _latency(model, ds, study: StudyConfig, memory_format) -> dict[str, float]:
+    t = study.trainer
+    return measure.inference_latency(
+        model, ds.resolution, ds.in_chans, batch_size=t.latency_batch_size, repeats=t.latency_repeats,
+        memory_format=memory_format, autocast_dtype=torch.bfloat16 if t.precision == "bf16" else None)
+
+
+def _configure_torch(study: StudyConfig) -> None:
+    if study.trainer.threads:
+        torch.set_num_threads(study.trainer.threads)
+    torch.use_deterministic_algorithms(study.trainer.deterministic, warn_only=True)
+    torch.manual_seed(study.seed)
+
+
+def _position() -> tuple[int, int]:
+    """(1-based index, total) of this job within its sweep; (1, 1) for a single run."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return 1, 1
+    grid_file = Path(hc.sweep.dir, GRID_FILE)
+    total = json.loads(grid_file.read_text())["total"] if grid_file.exists() else 0
+    return hc.job.num + 1, total
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=config.project_root())
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Hydra callback around a sweep: validates every grid point and opens the store before
+the first job, and prints a summary table of every point when the last one ends."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from study import config, grid
+from study.config import ConfigError
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        jobs = grid.expand(dict(config.hydra.sweeper.params or {}), list(config.hydra.overrides.task))
+        studies = validate_grid(config.hydra.job.config_name, jobs)
+        first = studies[0]
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        from study.run import GRID_FILE
+
+        (sweep_dir / GRID_FILE).write_text(json.dumps({"total": len(jobs)}))
+        from study.tracking import mlflow_tracker
+
+        mlflow_tracker(first.tracking.uri, first.sweep, first.tracking.artifact_root)  # create store once
+        print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {first.tracking.uri}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from study.run import RESULT_FILE
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"),
+                                                            key=lambda p: int(p.parent.name))]
+        print(summary_table(results), flush=True)
+        if any(r["status"] == "FAILED" for r in results):
+            sys.exit(1)
+
+
+def validate_grid(config_name: str, jobs: list[list[str]]) -> list[config.StudyConfig]:
+    """Compose and validate every point before any trains; exits 2 naming the bad settings."""
+    studies, problems = [], []
+    for overrides in jobs:
+        try:
+            studies.append(config.validate(compose(config_name, overrides=overrides)))
+        except ConfigError as e:
+            problems.append(f"point {' '.join(overrides)}: {e}")
+    if problems:
+        print("error: the sweep has invalid points, nothing was run:\n" + "\n".join(problems), file=sys.stderr)
+        sys.exit(2)
+    keys = [grid.point_key(s) for s in studies]
+    if len(set(keys)) < len(keys):
+        print(f"warning: {len(keys) - len(set(keys))} grid points repeat another point's settings",
+              file=sys.stderr)
+    return studies
+
+
+def summary_table(results: list[dict]) -> str:
+    header = f"{'#':>4}  {'point':<24} {'status':<9} {'top1':>6} {'MFLOPs':>9} {'lat ms':>7} {'time s':>7}"
+    lines = [header, "-" * len(header)]
+    for i, r in enumerate(results, 1):
+        top1 = f"{r['top1']:.3f}" if "top1" in r else "-"
+        flops = f"{r['flops'] / 1e6:.1f}" if "flops" in r else "-"
+        lat = f"{r['latency_ms']:.2f}" if "latency_ms" in r else "-"
+        lines.append(f"{i:>4}  {r['name']:<24} {r['status']:<9} {top1:>6} {flops:>9} {lat:>7} {r['seconds']:>7.1f}")
+    counts = {s: sum(r["status"] == s for r in results) for s in ("FINISHED", "SKIPPED", "FAILED")}
+    total = sum(r["seconds"] for r in results)
+    lines.append(f"{len(results)} points: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
+                 + f"; {total:.0f}s in points")
+    return "\n".join(lines)

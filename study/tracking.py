@@ -1,0 +1,127 @@
+"""Where results go. The trainer and runner talk to a `Tracker`; `MlflowTracker` keeps the
+run record of ../shared/DESIGN.md in MLflow (one experiment and one parent run per sweep,
+one child run per grid point); `NullTracker` keeps everything in memory for tests.
+"""
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+PARENT_ROLE = "parent"
+
+
+class Tracker(Protocol):
+    def finished_run(self, point_key: str) -> str | None: ...
+    def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None: ...
+    def fail_point(self, reason: str) -> None: ...
+
+
+class NullTracker:
+    """Keeps the record in memory; `finished` maps point keys to fake run ids."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+        self.finished: dict[str, str] = {}
+
+    def finished_run(self, point_key: str) -> str | None:
+        return self.finished.get(point_key)
+
+    def start_point(self, name, params, tags) -> str:
+        self.runs.append({"name": name, "params": dict(params), "tags": dict(tags), "epochs": [],
+                          "metrics": {}, "artifacts": {}, "status": "RUNNING"})
+        return str(len(self.runs))
+
+    def log_epoch(self, epoch, metrics) -> None:
+        self.runs[-1]["epochs"].append((epoch, dict(metrics)))
+
+    def finish_point(self, metrics, artifacts) -> None:
+        run = self.runs[-1]
+        run.update(metrics=dict(metrics), artifacts=dict(artifacts), status="FINISHED")
+        self.finished[run["tags"]["point_key"]] = str(len(self.runs))
+
+    def fail_point(self, reason) -> None:
+        self.runs[-1].update(status="FAILED", reason=reason)
+
+
+class MlflowTracker:
+    """One experiment per sweep (named after it) holding one parent run, and one child run
+    per grid point nested under it through the `mlflow.parentRunId` tag."""
+
+    def __init__(self, uri: str, sweep: str, artifact_root: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.sweep = sweep
+        self.experiment_id = self._experiment(sweep, artifact_root)
+        self.parent_id = self._parent()
+        self.run_id: str | None = None
+
+    def _experiment(self, name: str, artifact_root: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = Path(artifact_root, name).as_uri() if artifact_root else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def _parent(self) -> str:
+        runs = self.client.search_runs([self.experiment_id], f"tags.role = '{PARENT_ROLE}'",
+                                       max_results=1, order_by=["attributes.start_time ASC"])
+        if runs:
+            return runs[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep,
+                                     tags={"role": PARENT_ROLE, "sweep": self.sweep})
+        return run.info.run_id
+
+    def finished_run(self, point_key: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.point_key = '{point_key}' and attributes.status = 'FINISHED'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={**tags, "sweep": self.sweep, "mlflow.parentRunId": self.parent_id})
+        self.run_id = run.info.run_id
+        self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
+        return self.run_id
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._log_metrics(metrics, step=epoch)
+
+    def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None:
+        self._log_metrics(metrics, step=0)
+        for path, content in artifacts.items():
+            if isinstance(content, str):
+                self.client.log_text(self.run_id, content, path)
+            else:
+                self.client.log_dict(self.run_id, content, path)
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail_point(self, reason: str) -> None:
+        self.client.set_tag(self.run_id, "status_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, "FAILED")
+
+    def close_sweep(self, failed: bool) -> None:
+        self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+
+    def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def _param_str(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+@lru_cache(maxsize=4)
+def mlflow_tracker(uri: str, sweep: str, artifact_root: str | None) -> MlflowTracker:
+    """One tracker per store and sweep in a process: the store is opened once per sweep."""
+    return MlflowTracker(uri, sweep, artifact_root)

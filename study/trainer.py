@@ -1,0 +1,129 @@
+"""The one training loop of every grid point.
+
+It reads like the algorithm: for each epoch, a pass of SGD steps over augmented batches,
+then an evaluation on the minival split, reported to a sink of events. After the last
+epoch it evaluates the minival and test splits once more. A non-finite loss stops the point
+with `DivergedError`. The trainer knows no tracker vendor and no config system: the
+caller passes the model, the data, the recipe and where events go.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from study import recipe as recipes
+from study.config import RecipeConfig, TrainerConfig
+from study.data import Batcher, Dataset, Split
+
+GUARD_EVERY = 25  # steps between non-finite-loss checks (each check syncs the device)
+
+
+class EpochSink(Protocol):
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    metrics: dict[str, float]   # the final metrics of the run record
+    epoch_history: list[dict[str, float]]
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, settings: TrainerConfig,
+        *, seed: int, sink: EpochSink, device: torch.device) -> FitResult:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = recipes.make_optimizer(model, recipe)
+    steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
+    schedule = recipes.make_schedule(optimizer, recipe, steps)
+    loss_fn = recipes.make_loss(recipe)
+    history, epoch_times = [], []
+    bar = tqdm(total=recipe.epochs * steps, leave=False, unit="step",
+               disable=None if settings.progress else True, dynamic_ncols=True)
+    try:
+        for epoch in range(1, recipe.epochs + 1):
+            lr = schedule.get_last_lr()[0]
+            t0 = time.perf_counter()
+            train_loss = train_epoch(model, batcher.train(ds.train, recipe.batch_size, generator),
+                                     optimizer, schedule, loss_fn, settings.precision, device, bar)
+            epoch_times.append(time.perf_counter() - t0)
+            val = evaluate(model, batcher, ds.minival, settings)
+            metrics = {"train/loss": train_loss, "val/top1": val["top1"], "val/top5": val["top5"],
+                       "lr": lr, "epoch_time_s": epoch_times[-1]}
+            sink.log_epoch(epoch, metrics)
+            history.append(metrics)
+            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{val['top1']:.3f}")
+    finally:
+        bar.close()
+    return FitResult(_final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps), history)
+
+
+def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,
+                precision: str, device: torch.device, bar) -> float:
+    """One pass of SGD steps; returns the mean training loss. Raises DivergedError."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    for x, y in batches:
+        with autocast(device, precision):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.detach().float()
+        n += 1
+        if n % GUARD_EVERY == 0:
+            _guard(loss_sum, n)
+        bar.update()
+    return _guard(loss_sum, n) / n
+
+
+def _guard(loss_sum: torch.Tensor, step: int) -> float:
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise DivergedError(f"training loss became {value} by step {step} of the epoch")
+    return value
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: TrainerConfig) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of the model on a split."""
+    model.eval()
+    device = batcher.device
+    correct1 = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in batcher.evaluate(split, settings.eval_batch_size):
+        with autocast(device, settings.precision):
+            logits = model(x)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == y[:, None]
+        correct1 += hit[:, 0].sum()
+        correct5 += hit.any(dim=1).sum()
+    n = len(split)
+    return {"top1": correct1.item() / n, "top5": correct5.item() / n}
+
+
+def _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps) -> dict[str, float]:
+    test = evaluate(model, batcher, ds.test, settings)
+    minival = evaluate(model, batcher, ds.minival, settings)
+    # Step time excludes the first epoch (warm-up of allocators and kernels) when there are more.
+    timed = epoch_times[1:] or epoch_times
+    step_s = sum(timed) / (len(timed) * steps)
+    return {"top1": test["top1"], "top5": test["top5"], "error": 1 - test["top1"],
+            "minival/top1": minival["top1"], "minival/top5": minival["top5"],
+            "train_time_s": sum(epoch_times), "train_step_ms": step_s * 1e3,
+            "train_img_per_s": recipe.batch_size / step_s}
