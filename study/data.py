@@ -10,7 +10,7 @@ download path; `data.download=true` fetches them).
 from __future__ import annotations
 
 import logging
-import math
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -174,6 +174,10 @@ def _decode_folder(folder: Path, classes: list[str], size: int | None = None) ->
              for f in sorted((folder / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise FileNotFoundError(f"data.root: no images under {folder}")
+
+    # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they still
+    # are the fastest JPEG/PNG decoders that come with the pinned set.
+    warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
 
     def decode(path: Path) -> torch.Tensor:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)

@@ -27,7 +27,8 @@ class SweepCallback(Callback):
         (sweep_dir / GRID_FILE).write_text(json.dumps({"total": len(jobs)}))
         from study.tracking import mlflow_tracker
 
-        mlflow_tracker(first.tracking.uri, first.sweep, first.tracking.artifact_root)  # create store once
+        # Open (and if new, create) the store, experiment and parent run once, before any job.
+        self.tracker = mlflow_tracker(first.tracking.uri, first.sweep, first.tracking.artifact_root)
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {first.tracking.uri}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -37,7 +38,9 @@ class SweepCallback(Callback):
         results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"),
                                                             key=lambda p: int(p.parent.name))]
         print(summary_table(results), flush=True)
-        if any(r["status"] == "FAILED" for r in results):
+        failed = any(r["status"] == "FAILED" for r in results)
+        self.tracker.close_sweep(failed)
+        if failed:
             sys.exit(1)
 
 

@@ -1,0 +1,42 @@
+# Scaling-study orchestrator. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SWEEP ?= default
+POINT ?=
+ARGS ?=
+PORT ?= 5000
+STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
+
+.DEFAULT_GOAL := help
+.PHONY: help setup sweep point ui test bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv with the project installed (skipped when pyproject.toml is unchanged)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+sweep: setup ## run the grid of sweeps/$(SWEEP).yaml (SWEEP=default); finished points are skipped; ARGS="..." adds overrides
+	$(PY) -m study.run --multirun --config-dir sweeps --config-name $(SWEEP) $(ARGS)
+
+point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=26 data.resolution=20 recipe.epochs=8"
+	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true $(POINT)
+
+ui: setup ## browse results: MLflow UI on http://127.0.0.1:$(PORT) over the default store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup ## benchmarks: trainer vs bare loop, input pipeline vs step, fixed and skip cost per point
+	$(PY) -m benchmarks $(ARGS)
+
+clean: ## remove outputs of runs (keeps the MLflow store)
+	rm -rf outputs

@@ -1,0 +1,131 @@
+"""Every config option and every sweep composes and validates; bad values are rejected
+with a message naming the setting, before anything is built and without creating a run."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from study import config, grid
+from study.config import ConfigError
+from tests.conftest import CONF, SWEEPS, TINY, compose_cfg, run_cli
+
+GROUP_OPTIONS = [(g.name, f.stem) for g in sorted(CONF.iterdir()) if g.is_dir()
+                 for f in sorted(g.glob("*.yaml"))]
+SWEEP_FILES = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+FOLDER_SETS = {"image_folder", "cifar10", "cifar100"}
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS)
+def test_every_group_option_composes(group, option, tmp_path):
+    extra = [f"data.root={tmp_path}"] if option in FOLDER_SETS else []
+    study = config.validate(compose_cfg("config", [f"{group}={option}", *extra]))
+    assert isinstance(study, config.StudyConfig)
+
+
+def test_default_config_is_the_offline_mnist_sample():
+    study = config.validate(compose_cfg())
+    assert study.data.name == "mnist" and study.sweep == "adhoc"
+    assert study.tracking.uri.startswith("sqlite:////"), "default store must be an absolute path"
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_every_sweep_composes_and_every_point_validates(name):
+    cfg = compose_cfg(name, hydra_cfg=True)
+    assert cfg.sweep == name, "a sweep file records under its own name"
+    jobs = grid.expand(dict(cfg.hydra.sweeper.params), [])
+    assert len(jobs) >= 1
+    keys = {grid.point_key(config.validate(compose_cfg(name, job))) for job in jobs}
+    assert len(keys) == len(jobs), "every grid point must be distinct"
+
+
+def test_smoke_and_default_sizes():
+    smoke = grid.expand(dict(compose_cfg("smoke", hydra_cfg=True).hydra.sweeper.params), [])
+    assert len(smoke) <= 8
+    params = compose_cfg("default", hydra_cfg=True).hydra.sweeper.params
+    axes = {k: str(v).split(",") for k, v in params.items()}
+    for axis in ("model.width", "model.depth", "data.resolution"):
+        assert len(axes[axis]) >= 3, axis
+    epochs = sorted(int(e) for e in axes["recipe.epochs"])
+    assert len(epochs) >= 2 and epochs[-1] >= 4 * epochs[0]
+
+
+BAD_VALUES = [
+    ("model.width=0", "model.width"),
+    ("model.width=-0.5", "model.width"),
+    ("model.depth=42", "model.depth"),
+    ("data.resolution=4", "data.resolution"),
+    ("recipe.epochs=0", "recipe.epochs"),
+    ("data.name=imagenet", "data.name"),
+    ("recipe.warmup_epochs=-1", "recipe.warmup_epochs"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("model.dropout=1.5", "model.dropout"),
+]
+
+
+@pytest.mark.parametrize("override,setting", BAD_VALUES)
+def test_bad_values_name_the_setting_and_what_is_allowed(override, setting):
+    with pytest.raises(ConfigError) as err:
+        config.validate(compose_cfg("config", [override]))
+    message = str(err.value)
+    assert f"{setting}=" in message and ("must" in message)
+
+
+def test_missing_data_folder_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="data.root.*does not exist"):
+        config.validate(compose_cfg("config", ["data=image_folder", f"data.root={tmp_path}/nope"]))
+    with pytest.raises(ConfigError, match="data.root.*download"):
+        config.validate(compose_cfg("config", ["data=cifar10", f"data.root={tmp_path}/nope"]))
+
+
+def test_unknown_group_option_and_key_fail_composition():
+    with pytest.raises(MissingConfigException, match="data/imagenet"):
+        compose_cfg("config", ["data=imagenet"])
+    with pytest.raises(ConfigCompositionException, match="model.widht"):
+        compose_cfg("config", ["model.widht=1"])
+
+
+def test_wrong_type_fails_composition():
+    with pytest.raises(ConfigCompositionException, match="model.width"):
+        compose_cfg("config", ["model.width=wide"])
+
+
+def _run_count(home) -> int:
+    db = home / "mlflow.db"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from runs").fetchone()[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["model.width=0"], "model.width=0.0: must be > 0"),
+    (["model.depth=42"], "model.depth=42: must be one of"),
+    (["data.resolution=4"], "data.resolution=4: must be >= 8"),
+    (["recipe.epochs=0"], "recipe.epochs=0: must be >= 1"),
+    (["data.name=imagenet"], "data.name='imagenet': must be one of"),
+    (["data=image_folder", "data.root=/no/such/folder"], "data.root='/no/such/folder': folder does not exist"),
+    (["data=imagenet"], "Could not find 'data/imagenet'"),
+])
+def test_cli_rejects_bad_input_before_creating_a_run(study_home, args, needle):
+    result = run_cli(*TINY, *args, home=study_home)
+    assert result.returncode != 0
+    assert needle in result.stderr
+    assert _run_count(study_home) == 0
+
+
+def test_sweep_with_one_bad_point_runs_nothing(study_home):
+    result = run_cli("--multirun", "--config-dir", "sweeps", "--config-name", "smoke",
+                     "model.width=0.25,-1", home=study_home)
+    assert result.returncode == 2
+    assert "model.width=-1.0: must be > 0" in result.stderr and "nothing was run" in result.stderr
+    assert _run_count(study_home) == 0
+
+
+def test_schema_is_frozen_after_validation():
+    study = config.validate(compose_cfg())
+    with pytest.raises(Exception):
+        study.model.width = 2.0  # type: ignore[misc]
+    assert OmegaConf.is_config(compose_cfg())

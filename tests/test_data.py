@@ -1,0 +1,93 @@
+"""Data: the offline default, seeded splits, image folders, resize once, batched augmentation."""
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+from study import data
+from study.config import DataConfig
+from tests.conftest import SHARED_DATA
+
+
+def _key(split: data.Split) -> set[bytes]:
+    return {img.numpy().tobytes() for img in split.images}
+
+
+def test_mnist_default_is_real_offline_digits_split_with_a_fixed_seed():
+    ds = data.prepare(DataConfig())
+    assert (len(ds.train), len(ds.minival), len(ds.test)) == (3600, 400, 1000)
+    assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape[1:] == (1, 28, 28)
+    assert ds.num_classes == 10 and set(ds.train.labels.tolist()) == set(range(10))
+    assert not (_key(ds.train) & _key(ds.test)) and not (_key(ds.minival) & _key(ds.test))
+    again = data._load.__wrapped__(data._source_key(DataConfig()))  # bypass the cache
+    assert torch.equal(again.test.labels, ds.test.labels)
+
+
+def test_split_seed_changes_the_split():
+    a = data.prepare(DataConfig(name="synthetic", resolution=16))
+    b = data.prepare(DataConfig(name="synthetic", resolution=16, split_seed=1))
+    assert not torch.equal(a.test.labels, b.test.labels) or not torch.equal(a.test.images, b.test.images)
+
+
+def test_resize_is_done_once_per_resolution_and_antialiased():
+    small = data.prepare(DataConfig(resolution=14))
+    assert small.train.images.shape[-2:] == (14, 14)
+    assert data.prepare(DataConfig(resolution=14)) is small  # cached, not resized again
+    native = data.prepare(DataConfig(resolution=28))
+    box = native.train.images[:8].float().reshape(8, 1, 14, 2, 14, 2).mean(dim=(3, 5))
+    assert (small.train.images[:8].float() - box).abs().mean() < 8  # close to area averaging
+
+
+def test_max_train_images_takes_a_subset():
+    ds = data.prepare(DataConfig(max_train_images=500))
+    assert len(ds.train) == 500 and len(ds.test) == 1000
+
+
+def test_training_batches_are_augmented_per_image_on_the_device():
+    ds = data.prepare(DataConfig(name="synthetic", resolution=16))
+    batcher = data.Batcher(ds, device=torch.device("cpu"), augment="flip_crop", crop_padding=0.25)
+    x, y = next(batcher.train(ds.train, 64, torch.Generator().manual_seed(0)))
+    assert x.shape == (64, 3, 16, 16) and x.dtype == torch.float32 and y.shape == (64,)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    plain = data.Batcher(ds, device=torch.device("cpu"), augment="none", crop_padding=0.25)
+    x0, y0 = next(plain.train(ds.train, 64, torch.Generator().manual_seed(0)))
+    assert torch.equal(y, y0)
+    changed = (x - x0).abs().flatten(1).amax(1) > 1e-3
+    assert 0 < changed.sum() < 64 or changed.all()  # images differ from the unaugmented ones
+    assert changed.float().mean() > 0.5  # each image draws its own crop / flip
+
+
+def test_normalisation_uses_training_statistics():
+    ds = data.prepare(DataConfig())
+    batcher = data.Batcher(ds, device=torch.device("cpu"), augment="none", crop_padding=0)
+    x = torch.cat([b[0] for b in batcher.evaluate(ds.train, 1000)])
+    assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
+
+
+def test_image_folder_with_class_subfolders(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    for c in range(3):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(20):
+            img = torch.randint(0, 255, (3, 10 + (i % 2) * 2, 10), dtype=torch.uint8, generator=g)
+            write_png(img, str(tmp_path / f"class{c}" / f"{i}.png"))
+    ds = data.prepare(DataConfig(name="image_folder", root=str(tmp_path), resolution=8,
+                                 test_fraction=0.25, minival_fraction=0.1))
+    assert ds.num_classes == 3 and ds.in_chans == 3
+    assert len(ds.train) + len(ds.minival) + len(ds.test) == 60 and len(ds.test) == 15
+    assert ds.train.images.shape[-2:] == (8, 8)
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"CIFAR-10 JPEG archive absent ({SHARED_DATA})")
+def test_cifar10_jpeg_folder_loads_with_its_own_test_split(tmp_path):
+    with tarfile.open(SHARED_DATA) as tar:
+        tar.extractall(tmp_path, filter="data")
+    root = next(p.parent for p in tmp_path.rglob("train") if p.is_dir())
+    ds = data.prepare(DataConfig(name="image_folder", root=str(root), resolution=32, minival_fraction=0.02))
+    assert (len(ds.train), len(ds.minival), len(ds.test)) == (49000, 1000, 10000)
+    assert ds.num_classes == 10 and ds.train.images.shape[1:] == (3, 32, 32)
+    counts = torch.bincount(ds.test.labels)
+    assert counts.tolist() == [1000] * 10

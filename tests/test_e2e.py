@@ -1,0 +1,119 @@
+"""End to end, as a user runs it: a tiny sweep on the synthetic set into a temporary store,
+the full run record checked field by field, finished points skipped, and `make point`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, run_cli
+
+TINY_SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke",
+              "model.width=0.25", "model.depth=14", "data.resolution=12", "recipe.epochs=1,2",
+              "data.synthetic_images=400", "trainer.latency_repeats=2"]
+PARAMS = {"model.width", "model.depth", "model.se", "model.resnet_d", "data.name", "data.resolution",
+          "recipe.epochs", "recipe.batch_size", "recipe.weight_decay", "trainer.precision", "seed",
+          "point_key", "data.train_images", "data.test_images", "data.minival_images"}
+FINAL = {"top1", "top5", "error", "minival/top1", "flops", "params", "activations", "latency_ms",
+         "latency_batch", "train_step_ms", "train_img_per_s", "peak_mem_mb", "train_time_s"}
+PER_EPOCH = {"train/loss", "val/top1", "lr"}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    first = run_cli(*TINY_SWEEP, home=home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return home, first
+
+
+def _client(home):
+    return MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
+
+
+def _runs(home):
+    client = _client(home)
+    exp = client.get_experiment_by_name("smoke")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_sweep_prints_a_line_per_point_and_a_summary(swept):
+    _, first = swept
+    assert "[1/2] w=0.25 d=14 r=12 e=1  top1=" in first.stdout
+    assert "[2/2] w=0.25 d=14 r=12 e=2  top1=" in first.stdout
+    assert "2 points: 2 finished, 0 skipped, 0 failed" in first.stdout
+
+
+def test_one_parent_run_with_one_child_per_point(swept):
+    home, _ = swept
+    _, runs = _runs(home)
+    parents = [r for r in runs if r.data.tags.get("role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_every_field_of_the_run_record(swept):
+    home, _ = swept
+    client, runs = _runs(home)
+    for run in (r for r in runs if r.data.tags.get("mlflow.parentRunId")):
+        assert run.info.status == "FINISHED"
+        assert PARAMS <= run.data.params.keys()
+        assert FINAL <= run.data.metrics.keys()
+        assert {"point_key", "sweep", "git_sha"} <= run.data.tags.keys()
+        assert run.data.tags["point_key"] == run.data.params["point_key"]
+        assert run.data.tags["sweep"] == "smoke"
+        epochs = int(run.data.params["recipe.epochs"])
+        for key in PER_EPOCH:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == list(range(1, epochs + 1)), key
+        m = run.data.metrics
+        assert 0 <= m["top1"] <= m["top5"] <= 1 and m["error"] == pytest.approx(1 - m["top1"])
+        assert m["flops"] > 0 and m["latency_ms"] > 0 and m["latency_batch"] == 32
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "record.json"} <= artifacts
+        record = json.loads(open(client.download_artifacts(run.info.run_id, "record.json")).read())
+        assert record["metrics"]["top1"] == pytest.approx(m["top1"])
+
+
+def test_second_sweep_skips_every_finished_point(swept):
+    home, _ = swept
+    again = run_cli(*TINY_SWEEP, home=home)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skipped: finished as run") == 2
+    assert "0 finished, 2 skipped" in again.stdout
+    _, runs = _runs(home)
+    assert len(runs) == 3  # parent + 2 children, nothing added
+
+
+def test_make_point_adds_exactly_one_run(swept):
+    home, _ = swept
+    _, before = _runs(home)
+    point = ("model.width=0.25 model.depth=14 data.resolution=12 recipe.epochs=1 "
+             "data.synthetic_images=400 trainer.latency_repeats=2")
+    env = dict(os.environ, STUDY_HOME=str(home))
+    done = subprocess.run(["make", "-s", "point", "SWEEP=smoke", f"POINT={point}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[1/1] w=0.25 d=14 r=12 e=1  top1=" in done.stdout
+    _, after = _runs(home)
+    assert len(after) == len(before) + 1
+    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}][0]
+    keys = {r.data.tags.get("point_key") for r in before}
+    assert new.data.tags["point_key"] in keys  # the same grid point, run again
+
+
+def test_diverging_point_is_recorded_failed_with_its_reason(tmp_path):
+    result = run_cli("data=synthetic", "data.synthetic_images=400", "data.resolution=12", "model.depth=14",
+                     "model.width=0.25", "recipe.epochs=1", "recipe.lr_per_256=1e30", "sweep=diverge",
+                     home=tmp_path)
+    client = _client(tmp_path)
+    exp = client.get_experiment_by_name("diverge")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    assert len(runs) == 1 and runs[0].info.status == "FAILED", result.stdout[-2000:]
+    assert runs[0].data.tags["status_reason"].startswith("diverged:")
+    assert "FAILED: diverged" in result.stdout

@@ -1,0 +1,28 @@
+"""Measurements are pure functions returning dicts with the documented fields."""
+from __future__ import annotations
+
+import torch
+
+from study import measure, models
+
+
+def test_complexity_counts_params_flops_and_activations():
+    model = models.build_model(14, 0.25, num_classes=10, in_chans=1)
+    c = measure.complexity(model, 16, 1)
+    assert c["params"] == sum(p.numel() for p in model.parameters())
+    assert c["flops"] > 2 * c["params"] * 0.01 and c["activations"] > 0
+    assert measure.complexity(model, 32, 1)["flops"] > c["flops"]
+    assert model.training, "measuring must not leave the model in eval mode"
+
+
+def test_flops_are_two_per_multiply_add():
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10, bias=False))
+    assert measure.complexity(lin, 8, 3)["flops"] == 2 * 3 * 8 * 8 * 10
+
+
+def test_latency_reports_median_and_batch_size():
+    model = models.build_model(14, 0.25, num_classes=10, in_chans=1)
+    lat = measure.inference_latency(model, 16, 1, batch_size=4, repeats=3, warmup=1)
+    assert lat["latency_batch"] == 4 and lat["latency_ms"] > 0
+    assert lat["inference_img_per_s"] == __import__("pytest").approx(4 / (lat["latency_ms"] / 1e3))
+    assert measure.peak_memory_mb(torch.device("cpu"))["peak_mem_mb"] > 10
