@@ -11,6 +11,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -76,15 +77,29 @@ def inference_latency(model: nn.Module, resolution: int, in_chans: int, *, batch
             "inference_img_per_s": batch_size / (median_ms / 1e3)}
 
 
+PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: the CUDA allocator's, or on Linux the process's resident-set
+    high-water mark (writing 5 to /proc/self/clear_refs resets VmHWM)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            PROC_CLEAR_REFS.write_text("5")
+        except OSError:
+            pass  # not Linux, or not allowed: the peak then covers the whole process
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak memory: CUDA allocator peak since the last reset on a GPU; on the CPU the
-    process's resident-set high-water mark (it covers every point run in the process)."""
+    """Peak memory since reset_peak_memory: CUDA allocator peak on a GPU; on the CPU the
+    process's peak resident set (VmHWM; ru_maxrss where /proc is absent)."""
     if device.type == "cuda":
         return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return {"peak_mem_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    try:
+        hwm = next(line for line in PROC_STATUS.read_text().splitlines() if line.startswith("VmHWM:"))
+        return {"peak_mem_mb": int(hwm.split()[1]) / 2**10}  # kB
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return {"peak_mem_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}

@@ -82,6 +82,7 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
         metrics = fitted.metrics | static | _latency(model, ds, study, memory_format) | \
             measure.peak_memory_mb(device)
         metrics["point_time_s"] = time.perf_counter() - start
+        metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs
         tracker.finish_point(metrics, {"config.yaml": resolved_config,
                                        "record.json": {"params": params, "metrics": metrics,
                                                        "epochs": fitted.epoch_history}})

@@ -36,6 +36,7 @@ class DivergedError(RuntimeError):
 class FitResult:
     metrics: dict[str, float]   # the final metrics of the run record
     epoch_history: list[dict[str, float]]
+    loop_time_s: float          # wall time of the epochs: training steps and per-epoch evaluation
 
 
 def autocast(device: torch.device, precision: str):
@@ -50,6 +51,7 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     schedule = recipes.make_schedule(optimizer, recipe, steps)
     loss_fn = recipes.make_loss(recipe)
     history, epoch_times = [], []
+    loop_start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * steps, leave=False, unit="step",
                disable=None if settings.progress else True, dynamic_ncols=True)
     try:
@@ -67,7 +69,8 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{val['top1']:.3f}")
     finally:
         bar.close()
-    return FitResult(_final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps), history)
+    loop_time = time.perf_counter() - loop_start
+    return FitResult(_final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps), history, loop_time)
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,

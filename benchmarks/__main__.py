@@ -1,0 +1,165 @@
+"""`make bench` / `python -m benchmarks`: every figure is a ratio measured side by side in
+this one run, on this machine, so it is comparable across machines.
+
+1. trainer vs bare loop: images/s of study.trainer.fit against a minimal hand-written loop
+   (same model, data, batches, optimizer and schedule; nothing else), alternated, best of N.
+2. input pipeline vs training step: batches/s of the augmenting batcher alone against
+   training steps/s.
+3. fixed cost of a point: wall time of study.run.run_point with a real MLflow store minus
+   its epochs (model build, FLOP count, run record, final evaluation, latency, artifacts),
+   in a warm process as in the middle of a sweep.
+4. skip cost: a sweep of finished points run again through the real CLI; the per-point cost
+   is (T(8 points) - T(4 points)) / 4, which removes the process start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from study import config, data, models, recipe as recipes, trainer
+from study.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
+from study.run import run_point
+from study.tracking import MlflowTracker
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+class _Sink:
+    def log_epoch(self, epoch, metrics):
+        pass
+
+
+def _setup(width: float, depth: int, resolution: int, batch: int):
+    ds = data.prepare(DataConfig(resolution=resolution))
+    model = models.build_model(depth, width, num_classes=ds.num_classes, in_chans=ds.in_chans)
+    model = model.to(memory_format=torch.channels_last)
+    batcher = data.Batcher(ds, device=CPU, augment="crop", crop_padding=0.125)
+    return ds, model, batcher, RecipeConfig(epochs=2, batch_size=batch, warmup_epochs=0.2)
+
+
+def trainer_img_per_s(ds, model, batcher, recipe) -> float:
+    fitted = trainer.fit(model, ds, batcher, recipe, TrainerConfig(progress=False), seed=0, sink=_Sink(),
+                         device=CPU)
+    return fitted.metrics["train_img_per_s"]
+
+
+def bare_img_per_s(ds, model, batcher, recipe) -> float:
+    """The loop a researcher writes by hand; timed like the trainer (epochs after the first)."""
+    opt = recipes.make_optimizer(model, recipe)
+    sched = recipes.make_schedule(opt, recipe, batcher.steps_per_epoch(ds.train, recipe.batch_size))
+    loss_fn = recipes.make_loss(recipe)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(recipe.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        for x, y in batcher.train(ds.train, recipe.batch_size, gen):
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        times.append(time.perf_counter() - t0)
+    steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
+    return steps * recipe.batch_size / (sum(times[1:]) / len(times[1:]))
+
+
+def bench_trainer(args) -> list[tuple]:
+    ds, model, batcher, recipe = _setup(args.width, args.depth, args.resolution, args.batch)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ours, bare = [], []
+    for _ in range(args.repeats):  # alternate, so drift in machine speed hits both alike
+        model.load_state_dict(state)
+        ours.append(trainer_img_per_s(ds, model, batcher, recipe))
+        model.load_state_dict(state)
+        bare.append(bare_img_per_s(ds, model, batcher, recipe))
+    name = f"w={args.width} d={args.depth} r={args.resolution} b={args.batch}"
+    return [("trainer img/s / bare loop img/s", name, max(ours), max(bare), max(ours) / max(bare), ">= 0.97")]
+
+
+def bench_pipeline(args) -> list[tuple]:
+    ds, model, batcher, recipe = _setup(args.width, args.depth, args.resolution, args.batch)
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(5):
+        for _batch in batcher.train(ds.train, recipe.batch_size, gen):
+            n += 1
+    pipeline = n / (time.perf_counter() - t0)
+    step = trainer_img_per_s(ds, model, batcher, recipe) / recipe.batch_size
+    return [("input batches/s / train steps/s", "augment+normalise", pipeline, step, pipeline / step, ">= 10")]
+
+
+def bench_fixed_cost(args) -> list[tuple]:
+    with tempfile.TemporaryDirectory() as home:
+        tracking = TrackingConfig(uri=f"sqlite:///{home}/mlflow.db", artifact_root=f"{home}/artifacts")
+        tracker = MlflowTracker(tracking.uri, "bench", tracking.artifact_root)
+        base = StudyConfig(model=ModelConfig(depth=args.depth, width=args.width),
+                           data=DataConfig(resolution=args.resolution),
+                           recipe=RecipeConfig(epochs=1, batch_size=args.batch, warmup_epochs=0.2),
+                           trainer=TrainerConfig(progress=False), tracking=tracking, sweep="bench")
+        config.validate(base)
+        quiet = lambda _line: None  # noqa: E731
+        run_point(replace(base, seed=99), tracker=tracker, device=CPU, echo=quiet)  # warm: data, kernels
+        fixed = []
+        for seed in range(3):
+            study = replace(base, seed=seed)
+            t0 = time.perf_counter()
+            run_point(study, tracker=tracker, device=CPU, echo=quiet)
+            wall = time.perf_counter() - t0
+            run = tracker.client.get_run(tracker.run_id)
+            loop = run.data.metrics["point_time_s"] - run.data.metrics["point_fixed_s"]
+            fixed.append(wall - loop)
+    return [("fixed cost of a point, s", "all but the epochs", min(fixed), None, None, "<= 2 s")]
+
+
+def bench_skip(args) -> list[tuple]:
+    def sweep(widths: str, home: str) -> float:
+        cmd = [sys.executable, "-m", "study.run", "--multirun", "--config-dir", "sweeps", "--config-name",
+               "smoke", f"model.width={widths}", "model.depth=14", "data.resolution=12,16",
+               "recipe.epochs=1,2", "data.synthetic_images=200", "trainer.progress=false"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, STUDY_HOME=home), check=True,
+                       capture_output=True)
+        return time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as home:
+        sweep("0.25,0.5", home)                        # record 8 points
+        all8 = min(sweep("0.25,0.5", home) for _ in range(2))
+        four = min(sweep("0.25", home) for _ in range(2))  # the same start-up, 4 points fewer
+    per_point = (all8 - four) / 4
+    return [("skip a finished point, s", "CLI sweep, start-up removed", per_point, None, None, "<= 0.5 s"),
+            ("  a sweep run of 4 skipped points, s", "process start-up included", four, None, None, "")]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--depth", type=int, default=26)
+    p.add_argument("--resolution", type=int, default=28)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip"], action="append")
+    args = p.parse_args(argv)
+    benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
+               "skip": bench_skip}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, channels_last, MNIST sample")
+    print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
+    for name in args.only or benches:
+        for row in benches[name](args):
+            label, case, ours, base, ratio, target = row
+            fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+            print(f"{label:<34} {case:<28} {fmt(ours):>9} {fmt(base):>9} {fmt(ratio):>7}  {target}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
