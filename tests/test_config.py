@@ -129,3 +129,32 @@ def test_schema_is_frozen_after_validation():
     with pytest.raises(Exception):
         study.model.width = 2.0  # type: ignore[misc]
     assert OmegaConf.is_config(compose_cfg())
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_fast_point_config_equals_hydra_composition(name):
+    from omegaconf import open_dict
+
+    from study.sweep import point_config
+
+    sweep_cfg = compose_cfg(name, hydra_cfg=True)
+    base = sweep_cfg.copy()
+    with open_dict(base):
+        del base["hydra"]
+    for job in grid.expand(dict(sweep_cfg.hydra.sweeper.params), ["seed=1,2", "trainer.precision=bf16"])[:4]:
+        assert config.validate(point_config(base, name, job)) == config.validate(compose_cfg(name, job))
+
+
+def test_group_choices_in_a_grid_use_full_composition(monkeypatch):
+    from omegaconf import open_dict
+
+    from study import sweep
+
+    base = compose_cfg("smoke", hydra_cfg=True).copy()
+    with open_dict(base):
+        del base["hydra"]
+    calls = []
+    monkeypatch.setattr(sweep, "compose", lambda name, overrides: calls.append(overrides) or "composed")
+    for job in (["data=mnist"], ["+extra=1"], ["model.width=0.5", "recipe=resnet_rs"]):
+        assert sweep.point_config(base, "smoke", job) == "composed"
+    assert len(calls) == 3
