@@ -14,6 +14,7 @@ this one run, on this machine, so it is comparable across machines.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -150,6 +151,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip"], action="append")
     args = p.parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
                "skip": bench_skip}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, channels_last, MNIST sample")
@@ -157,7 +159,7 @@ def main(argv=None) -> None:
     for name in args.only or benches:
         for row in benches[name](args):
             label, case, ours, base, ratio, target = row
-            fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+            fmt = lambda v: "-" if v is None else f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"  # noqa: E731
             print(f"{label:<34} {case:<28} {fmt(ours):>9} {fmt(base):>9} {fmt(ratio):>7}  {target}", flush=True)
 
 
