@@ -117,3 +117,18 @@ def test_diverging_point_is_recorded_failed_with_its_reason(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FAILED", result.stdout[-2000:]
     assert runs[0].data.tags["status_reason"].startswith("diverged:")
     assert "FAILED: diverged" in result.stdout
+
+
+def test_analysis_loads_the_record_as_typed_tables(swept):
+    from analysis.load import by_configuration, load_runs
+
+    home, _ = swept
+    runs = load_runs("smoke", f"sqlite:///{home}/mlflow.db")
+    table = runs.table
+    assert len(table) >= 2 and runs.excluded.get("FAILED", 0) == 0
+    assert table["model.width"].dtype.kind == "f" and table["recipe.epochs"].dtype.kind == "i"
+    assert table["model.se"].dtype == bool
+    configs = by_configuration(table)
+    assert sorted(configs["recipe.epochs"]) == [1, 2]  # one row per configuration
+    assert configs["n_seeds"].sum() == len(table)
+    assert configs["error"].between(0, 1).all()

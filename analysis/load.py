@@ -1,0 +1,68 @@
+"""Load a sweep's run record from MLflow (any tracking URI) into tidy pandas tables.
+
+Reads only the run record documented in README.md: params, final metrics and tags of the
+child runs under the sweep's parent run. Nothing here imports the training package.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+FINAL_METRICS = ("top1", "top5", "error", "minival/top1", "minival/top5", "flops", "params",
+                 "activations", "latency_ms", "latency_batch", "train_step_ms", "train_img_per_s",
+                 "peak_mem_mb", "train_time_s")
+
+
+@dataclass(frozen=True)
+class Runs:
+    table: pd.DataFrame           # one row per FINISHED point run, typed columns
+    excluded: dict[str, int]      # status -> number of runs left out (FAILED, RUNNING, KILLED)
+
+
+def load_runs(sweep: str, tracking_uri: str) -> Runs:
+    """The FINISHED child runs of `sweep`; other runs are counted in `excluded`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(sweep)
+    if experiment is None:
+        raise LookupError(f"no sweep named {sweep!r} in {tracking_uri}")
+    runs = client.search_runs([experiment.experiment_id], "tags.point_key != ''", max_results=50000)
+    rows, excluded = [], {}
+    for run in runs:
+        if run.info.status != "FINISHED":
+            excluded[run.info.status] = excluded.get(run.info.status, 0) + 1
+            continue
+        metrics = {k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics}
+        rows.append({"run_id": run.info.run_id, **run.data.params, **metrics})
+    return Runs(_typed(pd.DataFrame(rows)), excluded)
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """MLflow stores params as strings: numbers become numbers, True/False booleans."""
+    for col in df.columns:
+        values = df[col]
+        if values.isin(["True", "False"]).all():
+            df[col] = values == "True"
+            continue
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().sum() == values.notna().sum() and values.notna().any():
+            df[col] = numeric
+    return df
+
+
+def by_configuration(table: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
+    """One row per configuration (every param but the seed and point key): the mean of each
+    final metric, the number of seeds, and the seed variance of `metric` within it, plus
+    `pooled_var`: the seed variance pooled over every configuration with 2+ seeds."""
+    metrics = [m for m in FINAL_METRICS if m in table.columns]
+    keys = [c for c in table.columns if c not in (*metrics, "run_id", "seed", "point_key")]
+    grouped = table.groupby(keys, dropna=False)
+    out = grouped[metrics].mean()
+    out["n_seeds"] = grouped.size()
+    out[f"{metric}_var"] = grouped[metric].var(ddof=1)
+    dof = (out["n_seeds"] - 1).clip(lower=0)
+    pooled = (out[f"{metric}_var"].fillna(0) * dof).sum() / dof.sum() if dof.sum() else float("nan")
+    out["pooled_var"] = pooled
+    return out.reset_index()
