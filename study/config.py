@@ -18,7 +18,7 @@ from study.models import BLOCKS_PER_STAGE
 
 DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
 AUGMENTS = ("flip_crop", "crop", "none")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -70,9 +70,11 @@ class RecipeConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     device: str = "auto"            # one of DEVICES; auto = cuda when available
-    precision: str = "fp32"         # one of PRECISIONS; bf16 = autocast (part of the point key)
-    channels_last: bool = True      # NHWC memory format (about 1.4x on this CPU)
-    threads: int = 0                # intra-op threads; 0 = all cores of this process
+    precision: str = "auto"         # one of PRECISIONS; bf16 = autocast; auto = bf16 on a CUDA GPU
+                                    # with bf16, else fp32 (study.device); part of the point key
+    channels_last: bool = True      # NHWC memory format (about 1.4x on a 2-core AVX-512 CPU)
+    compile: bool = False           # torch.compile the model for training (pays off on long runs)
+    threads: int = 0                # intra-op threads; 0 = this process's cores / parallel jobs
     eval_batch_size: int = 512      # images per evaluation batch, >= 1
     latency_batch_size: int = 32    # batch of the inference-latency measurement, >= 1
     latency_repeats: int = 10       # timed repeats (median reported), >= 1

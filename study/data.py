@@ -199,7 +199,8 @@ _LOADERS = {"mnist": _load_mnist, "synthetic": _load_synthetic, "cifar10": _load
 class Batcher:
     """Turns uint8 splits into normalised float batches on `device`; training batches get
     a per-image random crop (zero padding) and, with flip_crop, a per-image horizontal flip,
-    done as one gather over the whole batch."""
+    done as one gather over the whole batch. On a GPU each split is copied to the device once
+    (uint8, from pinned memory), so batches are cut, augmented and normalised there."""
 
     def __init__(self, ds: Dataset, *, device: torch.device, augment: str, crop_padding: float,
                  memory_format: torch.memory_format = torch.channels_last):
@@ -208,24 +209,33 @@ class Batcher:
         mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1 / (255 * std), -mean / std
+        self._resident: dict[int, Split] = {}
+
+    def _on_device(self, split: Split) -> Split:
+        if self.device.type == "cpu":
+            return split
+        if id(split) not in self._resident:
+            self._resident[id(split)] = Split(split.images.pin_memory().to(self.device, non_blocking=True),
+                                              split.labels.pin_memory().to(self.device, non_blocking=True))
+        return self._resident[id(split)]
 
     def train(self, split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
         """One epoch of shuffled full batches (a single short batch if the split is smaller)."""
+        split = self._on_device(split)
         n = len(split)
-        perm = torch.randperm(n, generator=generator)
+        perm = torch.randperm(n, generator=generator).to(self.device)
         steps = max(1, n // batch_size)
         for i in range(steps):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            x = split.images[idx].to(self.device, non_blocking=True)
-            y = split.labels[idx].to(self.device, non_blocking=True)
+            x, y = split.images[idx], split.labels[idx]
             if self.augment != "none":
                 x = self._crop_flip(x, generator)
             yield self._normalise(x), y
 
     def evaluate(self, split: Split, batch_size: int) -> Iterator[tuple]:
+        split = self._on_device(split)
         for i in range(0, len(split), batch_size):
-            x = split.images[i:i + batch_size].to(self.device, non_blocking=True)
-            yield self._normalise(x), split.labels[i:i + batch_size].to(self.device, non_blocking=True)
+            yield self._normalise(split.images[i:i + batch_size]), split.labels[i:i + batch_size]
 
     def steps_per_epoch(self, split: Split, batch_size: int) -> int:
         return max(1, len(split) // batch_size)

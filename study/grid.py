@@ -12,7 +12,7 @@ from study.config import StudyConfig, flatten
 # it runs, where it is recorded, and bookkeeping. Everything else is semantic.
 NON_SEMANTIC = frozenset({
     "data.root", "data.download",
-    "trainer.device", "trainer.channels_last", "trainer.threads", "trainer.eval_batch_size",
+    "trainer.device", "trainer.channels_last", "trainer.compile", "trainer.threads", "trainer.eval_batch_size",
     "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
     "trainer.deterministic",
     "tracking.uri", "tracking.artifact_root",

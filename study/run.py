@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from study import config, data, grid, measure, models, trainer
+from study import device as devices
 from study.config import ConfigError, StudyConfig
 from study.tracking import Tracker, mlflow_tracker
 
@@ -36,28 +37,24 @@ config.register()
 def main(cfg: DictConfig) -> dict:
     try:
         study = config.validate(cfg)
-        device = resolve_device(study.trainer.device)
+        device = devices.resolve_device(study.trainer.device)
+        study = devices.resolve(study, device)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     tracker = mlflow_tracker(study.tracking.uri, study.sweep, study.tracking.artifact_root)
     outcome = run_point(study, tracker=tracker, device=device, position=_position(),
+                        parallel_jobs=_parallel_jobs(),
                         resolved_config=OmegaConf.to_yaml(cfg, resolve=True))
     Path(HydraConfig.get().runtime.output_dir, RESULT_FILE).write_text(json.dumps(outcome))
     return outcome
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device='cuda': no CUDA device is available; use auto or cpu")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        "cpu" if name == "auto" else name)
-
-
 def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
-              position: tuple[int, int] = (1, 1), resolved_config: str = "",
+              position: tuple[int, int] = (1, 1), parallel_jobs: int = 1, resolved_config: str = "",
               echo: Callable[[str], None] = print) -> dict:
-    """Train, measure and record one validated grid point; returns its outcome."""
+    """Train, measure and record one validated grid point (its `auto` settings resolved by
+    study.device.resolve); returns its outcome."""
     start = time.perf_counter()
     key, name = grid.point_key(study), grid.display_name(study)
     prefix = f"[{position[0]}/{position[1]}] {name}"
@@ -66,19 +63,20 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
         echo(f"{prefix}  skipped: finished as run {run_id[:8]}")
         return outcome | {"status": "SKIPPED", "run_id": run_id, "seconds": time.perf_counter() - start}
 
-    _configure_torch(study)
+    threads = devices.configure(study, parallel_jobs)
     ds = data.prepare(study.data)
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
     model = _build(study, ds).to(device, memory_format=memory_format)
     static = measure.complexity(model, ds.resolution, ds.in_chans)
     params = grid.semantic_settings(study) | ds.sizes() | {"point_key": key}
-    run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha()})
+    run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha(), "device": str(device),
+                                                "threads": str(threads)})
     try:
         batcher = data.Batcher(ds, device=device, augment=study.data.augment,
                                crop_padding=study.data.crop_padding, memory_format=memory_format)
         measure.reset_peak_memory(device)
-        fitted = trainer.fit(model, ds, batcher, study.recipe, study.trainer, seed=study.seed,
-                             sink=tracker, device=device)
+        fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
+                             study.trainer, seed=study.seed, sink=tracker, device=device)
         metrics = fitted.metrics | static | _latency(model, ds, study, memory_format) | \
             measure.peak_memory_mb(device)
         metrics["point_time_s"] = time.perf_counter() - start
@@ -114,13 +112,6 @@ def _latency(model, ds, study: StudyConfig, memory_format) -> dict[str, float]:
         memory_format=memory_format, autocast_dtype=torch.bfloat16 if t.precision == "bf16" else None)
 
 
-def _configure_torch(study: StudyConfig) -> None:
-    if study.trainer.threads:
-        torch.set_num_threads(study.trainer.threads)
-    torch.use_deterministic_algorithms(study.trainer.deterministic, warn_only=True)
-    torch.manual_seed(study.seed)
-
-
 def _position() -> tuple[int, int]:
     """(1-based index, total) of this job within its sweep; (1, 1) for a single run."""
     hc = HydraConfig.get()
@@ -129,6 +120,13 @@ def _position() -> tuple[int, int]:
     grid_file = Path(hc.sweep.dir, GRID_FILE)
     total = json.loads(grid_file.read_text())["total"] if grid_file.exists() else 0
     return hc.job.num + 1, total
+
+
+def _parallel_jobs() -> int:
+    """Jobs that run at once on this machine: the joblib launcher's n_jobs, else 1."""
+    launcher = HydraConfig.get().launcher
+    n_jobs = launcher.get("n_jobs", 1) if "joblib" in str(launcher.get("_target_", "")) else 1
+    return n_jobs if n_jobs and n_jobs > 0 else devices.usable_cores()
 
 
 @lru_cache(maxsize=1)

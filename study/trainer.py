@@ -39,6 +39,11 @@ class FitResult:
     loop_time_s: float          # wall time of the epochs: training steps and per-epoch evaluation
 
 
+def compiled(model: nn.Module, enabled: bool) -> nn.Module:
+    """torch.compile'd for training when enabled; measurements use the eager model."""
+    return torch.compile(model) if enabled else model
+
+
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
