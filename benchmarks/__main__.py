@@ -151,6 +151,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip"], action="append")
     args = p.parse_args(argv)
+    import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
                "skip": bench_skip}
