@@ -1,0 +1,44 @@
+"""Bootstrap over configurations: each replicate draws configurations with replacement (a
+configuration's seeds are already pooled into its row, so they stay together) and recomputes
+a statistic. Replicates whose fits fail are dropped and counted."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_REPLICATES = 1000
+LEVEL = 0.9  # two-sided interval level of every decision
+
+
+def bootstrap(configs: pd.DataFrame, statistic: Callable[[pd.DataFrame], dict[str, float]],
+              n: int = DEFAULT_REPLICATES, seed: int = 0, strata: str | None = "epochs") -> pd.DataFrame:
+    """One row per successful replicate, one column per statistic. With `strata`, each
+    stratum (epoch regime) is resampled within itself, so every regime keeps its size."""
+    rng = np.random.default_rng(seed)
+    groups = [g.index.to_numpy() for _, g in configs.groupby(strata)] if strata else [configs.index.to_numpy()]
+    rows = []
+    for _ in range(n):
+        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        try:
+            rows.append(statistic(configs.loc[idx].reset_index(drop=True)))
+        except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):
+            continue
+    return pd.DataFrame(rows)
+
+
+def interval(samples, level: float = LEVEL) -> list[float]:
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    if not len(s):
+        return [float("nan"), float("nan")]
+    q = (1 - level) / 2
+    return [float(np.quantile(s, q)), float(np.quantile(s, 1 - q))]
+
+
+def probability(samples) -> float:
+    """Share of finite replicates where a boolean statistic holds."""
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    return float(s.mean()) if len(s) else float("nan")
