@@ -236,3 +236,68 @@ def extrapolation(configs: pd.DataFrame, n_boot: int, seed: int = 0, held_out: f
                    for a, p in zip(test["error"], pred)]
         warnings += [warn.fit_failed(f"extrapolation at {epochs} epochs", d) for d in best.diagnostics]
     return {"by_regime": out, "parity": parity, "warnings": warnings}
+
+
+# --- per-axis fits -----------------------------------------------------------------------
+
+AXES = ("depth", "width", "resolution")
+
+
+def axis_line(regime: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Configurations that differ from the regime's base model (smallest of every axis) only
+    along `axis`."""
+    others = [a for a in AXES if a != axis]
+    mask = np.logical_and.reduce([regime[a] == regime[a].min() for a in others])
+    return regime[mask].sort_values(axis)
+
+
+def scaling_fits(configs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Per regime and axis, error against training compute and against latency: every form
+    the points support; one row per fit, best form flagged."""
+    rows, warnings = [], []
+    for epochs, regime in configs.groupby("epochs"):
+        for axis in AXES:
+            line = axis_line(regime, axis)
+            for cost in ("compute", "latency_ms"):
+                context = f"{axis} scaling vs {cost} at {epochs} epochs"
+                if len(line) < warn.MIN_CONFIGS:
+                    warnings.append(warn.too_few(context, f"{len(line)} configurations on the line"))
+                try:
+                    best, fits = fit_best(line[cost], line["error"])
+                except ValueError as e:
+                    warnings.append(warn.too_few(context, str(e)))
+                    continue
+                warnings += [warn.fit_failed(context, d) for d in best.diagnostics]
+                rows += [{"epochs": int(epochs), "axis": axis, "cost": cost, "form": f.form, "best": f is best,
+                          "exponent": f.exponent, "aic": f.aic, "n": f.n, "params": list(map(float, f.params)),
+                          "diagnostics": "; ".join(f.diagnostics)} for f in fits]
+    return pd.DataFrame(rows), warnings
+
+
+def decide(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
+    """Every rule, with intervals and warnings: the content of rules.json."""
+    from analysis.caveats import data_limits
+
+    fits, fit_warnings = scaling_fits(configs)
+    result = {
+        "configurations": int(len(configs)), "regimes": sorted(int(e) for e in configs["epochs"].unique()),
+        "bootstrap_replicates": n_boot,
+        "depth_vs_width": depth_vs_width(configs, n_boot, seed),
+        "resolution_scaling": resolution_scaling(configs, n_boot, seed),
+        "flops_vs_latency": flops_vs_latency(configs, n_boot, seed, noise_sd=_noise_sd(configs)),
+        "extrapolation": extrapolation(configs, n_boot, seed),
+        "scaling_fits_warnings": fit_warnings,
+        "data_warnings": data_limits(configs),
+    }
+    result["extrapolation"]["short_regime_picks_long_winner"] = _short_picks_long(result["depth_vs_width"])
+    return result | {"_fits": fits}
+
+
+def _noise_sd(configs: pd.DataFrame) -> float:
+    pooled = configs["pooled_var"].iloc[0] if "pooled_var" in configs else float("nan")
+    return float(np.sqrt(pooled)) if np.isfinite(pooled) and pooled > 0 else 0.01
+
+
+def _short_picks_long(dvw: dict):
+    flip = dvw["flip"]
+    return None if flip.get("flips") is None else not flip["flips"]

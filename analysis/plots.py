@@ -1,0 +1,146 @@
+"""The report's figures, each a function of the configuration table (and rules) that saves
+one PNG and returns its path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis import rules  # noqa: E402
+
+AXIS_COLOURS = {"base": "black", "depth": "tab:blue", "width": "tab:orange", "resolution": "tab:green",
+                "other": "lightgrey"}
+
+
+def _axis_of(regime: pd.DataFrame) -> pd.Series:
+    label = pd.Series("other", index=regime.index)
+    for axis in rules.AXES:
+        label[rules.axis_line(regime, axis).index] = axis
+    base = np.logical_and.reduce([regime[a] == regime[a].min() for a in rules.AXES])
+    label[base] = "base"
+    return label
+
+
+def _panels(configs: pd.DataFrame, rows: int = 1):
+    regimes = sorted(configs["epochs"].unique())
+    fig, axes = plt.subplots(rows, len(regimes), figsize=(5 * len(regimes), 4 * rows), squeeze=False)
+    return fig, axes, regimes
+
+
+def error_vs_cost(configs: pd.DataFrame, out: Path) -> Path:
+    fig, axes, regimes = _panels(configs, rows=2)
+    for j, e in enumerate(regimes):
+        regime = configs[configs["epochs"] == e]
+        axis = _axis_of(regime)
+        for i, cost in enumerate(("flops", "latency_ms")):
+            ax = axes[i][j]
+            for name, colour in AXIS_COLOURS.items():
+                part = regime[axis == name]
+                ax.scatter(part[cost], part["error"], c=colour, s=18, label=name if i == 0 else None)
+            front = rules.frontier(regime, cost)
+            ax.step(front[cost], front["error"], where="post", c="crimson", lw=1, label="Pareto front")
+            ax.set(xscale="log", yscale="log", xlabel=cost, ylabel="test error", title=f"{e} epochs")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, out / "error_vs_flops_latency.png")
+
+
+def depth_vs_width(configs: pd.DataFrame, out: Path, n_bands: int = 100) -> Path:
+    fig, axes, regimes = _panels(configs)
+    for j, e in enumerate(regimes):
+        regime, ax = configs[configs["epochs"] == e], axes[0][j]
+        for axis, colour in (("depth", "tab:blue"), ("width", "tab:orange")):
+            line = rules.axis_line(regime, axis)
+            ax.plot(line["compute"], line["error"], "o-", c=colour, label=f"{axis} scaling (base resolution)")
+            curves = _bootstrap_lines(regime, axis, n_bands)
+            if len(curves):
+                lo, hi = np.nanquantile(curves, [0.05, 0.95], axis=0)
+                ax.fill_between(line["compute"], lo, hi, color=colour, alpha=0.2)
+        ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="test error",
+               title=f"{e} epochs")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "depth_vs_width.png")
+
+
+def _bootstrap_lines(regime: pd.DataFrame, axis: str, n: int) -> np.ndarray:
+    """Bands: the axis line's error predicted by the regime's error surface refitted on
+    bootstrap resamples of its configurations."""
+    line = rules.axis_line(regime, axis)
+    rng = np.random.default_rng(0)
+    curves = []
+    for _ in range(n):
+        sample = regime.iloc[rng.integers(0, len(regime), len(regime))]
+        try:
+            beta, _ = rules._surface(sample)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        ld, lw, lr = (np.log(line[c].to_numpy(float)) for c in ("depth", "width", "resolution"))
+        X = np.column_stack([np.ones_like(ld), ld, ld ** 2, lw, lw ** 2, lr])
+        curves.append(np.exp(X @ beta))
+    return np.array(curves)
+
+
+def resolution(configs: pd.DataFrame, decisions: dict, out: Path) -> Path:
+    fig, axes, regimes = _panels(configs, rows=2)
+    for j, e in enumerate(regimes):
+        regime = configs[configs["epochs"] == e]
+        line = rules.axis_line(regime, "resolution")
+        axes[0][j].plot(line["flops"], line["error"], "o-", c="tab:green")
+        axes[0][j].set(xscale="log", yscale="log", xlabel="FLOPs", ylabel="test error",
+                       title=f"resolution scaling, {e} epochs")
+        front, ax = rules.frontier(regime), axes[1][j]
+        ax.plot(front["flops"], front["resolution"], "o", c="tab:green", label="frontier resolution")
+        x = np.geomspace(front["flops"].min(), front["flops"].max(), 10)
+        r0 = front["resolution"].iloc[0]
+        ax.plot(x, r0 * (x / x[0]) ** rules.EFFICIENTNET_RESOLUTION_EXPONENT, "--", c="grey",
+                label="EfficientNet C^0.214")
+        fitted = decisions["resolution_scaling"]["by_regime"].get(int(e))
+        if fitted:
+            a = fitted["a_resolution"]["estimate"]
+            ax.plot(x, r0 * (x / x[0]) ** a, "-", c="tab:green", label=f"fitted C^{a:.3f}")
+        ax.set(xscale="log", yscale="log", xlabel="FLOPs", ylabel="resolution (px)")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "resolution.png")
+
+
+def latency(configs: pd.DataFrame, out: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, x in zip(axes, ("flops", "activations")):
+        ax.scatter(configs[x], configs["latency_ms"], c=np.log(configs["depth"]), cmap="viridis", s=18)
+        ax.set(xscale="log", yscale="log", xlabel=x, ylabel="latency (ms)", title=f"latency vs {x} (colour: depth)")
+    return _save(fig, out / "latency.png")
+
+
+def edf(configs: pd.DataFrame, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for e, regime in configs.groupby("epochs"):
+        err = np.sort(regime["error"])
+        ax.step(err, np.arange(1, len(err) + 1) / len(err), where="post", label=f"{e} epochs")
+    ax.set(xscale="log", xlabel="test error", ylabel="share of configurations", title="error EDF")
+    ax.legend()
+    return _save(fig, out / "error_edf.png")
+
+
+def parity(decisions: dict, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    points = pd.DataFrame(decisions["extrapolation"]["parity"])
+    if len(points):
+        for e, part in points.groupby("epochs"):
+            ax.scatter(part["actual"], part["predicted"], label=f"{e} epochs")
+        lim = [points[["actual", "predicted"]].min().min() * 0.8, points[["actual", "predicted"]].max().max() * 1.2]
+        ax.plot(lim, lim, "--", c="grey")
+        ax.legend()
+    ax.set(xscale="log", yscale="log", xlabel="actual error (held-out largest)",
+           ylabel="predicted from smaller scales", title="extrapolation")
+    return _save(fig, out / "extrapolation_parity.png")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,126 @@
+"""The report of a sweep: figures (PNG), tables (CSV), rules.json, report.md and a
+self-contained report.html, written to a folder and logged to the sweep's parent run."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots, rules
+from analysis.load import by_configuration, load_runs
+
+CONFIG_COLUMNS = ["epochs", "width", "depth", "resolution", "n_seeds", "error", "top1", "minival/top1", "flops",
+                  "params", "activations", "latency_ms", "compute"]
+
+
+def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int = 0, log: bool = True) -> dict:
+    runs = load_runs(sweep, tracking_uri)
+    if runs.table.empty:
+        raise LookupError(f"sweep {sweep!r} has no FINISHED point runs in {tracking_uri}")
+    configs = rules.tidy(by_configuration(runs.table))
+    decisions = rules.decide(configs, replicates, seed)
+    fits = decisions.pop("_fits")
+    decisions["excluded_runs"] = runs.excluded
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [plots.error_vs_cost(configs, out), plots.depth_vs_width(configs, out),
+               plots.resolution(configs, decisions, out), plots.latency(configs, out), plots.edf(configs, out),
+               plots.parity(decisions, out)]
+    configs[[c for c in CONFIG_COLUMNS if c in configs]].to_csv(out / "configurations.csv", index=False)
+    runs.table.to_csv(out / "runs.csv", index=False)
+    fits.to_csv(out / "scaling_fits.csv", index=False)
+    (out / "rules.json").write_text(json.dumps(_clean(decisions), indent=2))
+    (out / "report.md").write_text(_markdown(sweep, decisions, figures))
+    (out / "report.html").write_text(_html(sweep, decisions, figures, configs))
+    if log:
+        _log_to_parent(sweep, tracking_uri, out)
+    return decisions
+
+
+def all_warnings(decisions: dict) -> list[dict]:
+    found = []
+    for key, value in decisions.items():
+        if key.endswith("warnings"):
+            found += value
+        elif isinstance(value, dict):
+            found += value.get("warnings", [])
+    return found
+
+
+def summary(decisions: dict) -> list[str]:
+    """The decisions in plain sentences."""
+    lines = []
+    for e, d in decisions["depth_vs_width"]["by_regime"].items():
+        gap = d["error_gap_depth_minus_width"]
+        lines.append(f"{e} epochs: {d['winner']} scaling wins (error gap depth - width {gap['estimate']:+.4f}, "
+                     f"90% interval [{gap['interval'][0]:+.4f}, {gap['interval'][1]:+.4f}], "
+                     f"P(depth better) = {d['p_depth_better']:.2f}).")
+    flip = decisions["depth_vs_width"]["flip"]
+    if flip.get("flips") is not None:
+        lines.append(f"Winner {'flips' if flip['flips'] else 'does not flip'} between {flip['short_regime']} and "
+                     f"{flip['long_regime']} epochs (P(flip) = {flip['p_flip']:.2f}).")
+    for e, d in decisions["resolution_scaling"]["by_regime"].items():
+        a = d["a_resolution"]
+        lines.append(f"{e} epochs: resolution grows as C^{a['estimate']:.3f} on the frontier (interval "
+                     f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]; EfficientNet 0.214; "
+                     f"P(slower) = {d['p_slower_than_efficientnet']:.2f}); depth C^{d['a_depth']['estimate']:.3f}, "
+                     f"width C^{d['a_width']['estimate']:.3f}.")
+    for e, d in decisions["extrapolation"]["by_regime"].items():
+        lines.append(f"{e} epochs: a {d['form']} law fitted on the {d['fit_configurations']} smallest configurations "
+                     f"predicts the {d['held_out']} largest with mean |log error| {d['mean_abs_log_error']:.3f}, "
+                     f"bias {d['bias_log']:+.3f}, 90% interval coverage {d['interval_coverage']:.2f}.")
+    return lines
+
+
+def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
+    warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
+    parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
+             f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.", "",
+             "## Decisions", *[f"- {s}" for s in summary(decisions)], "", "## Warnings",
+             *warnings, "",
+             "## Figures", *[f"![{p.stem}]({p.name})" for p in figures], "",
+             "Tables: `configurations.csv`, `runs.csv`, `scaling_fits.csv`; every decision: `rules.json`."]
+    return "\n".join(parts) + "\n"
+
+
+def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFrame) -> str:
+    images = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                     f"<figcaption>{p.stem}</figcaption></figure>" for p in figures)
+    items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
+    warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
+    table = configs[[c for c in CONFIG_COLUMNS if c in configs]].to_html(index=False, float_format="%.4g")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep)} scaling report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+            "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
+            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1><h2>Decisions</h2><ul>"
+            f"{items(summary(decisions))}</ul><h2>Warnings</h2><ul>{items(warnings)}</ul><h2>Figures</h2>{images}"
+            f"<h2>Configurations</h2>{table}<h2>rules.json</h2><pre>"
+            f"{html.escape(json.dumps(_clean(decisions), indent=1))}</pre></body></html>")
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _log_to_parent(sweep: str, tracking_uri: str, out: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(sweep)
+    parents = client.search_runs([exp.experiment_id], "tags.role = 'parent'", max_results=1)
+    if parents:
+        client.log_artifacts(parents[0].info.run_id, str(out), artifact_path="report")
