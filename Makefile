@@ -10,7 +10,7 @@ PORT ?= 5000
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep point ui test bench clean
+.PHONY: help setup sweep point ui analyze recommend test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0
 
 ui: setup ## browse results: MLflow UI on http://127.0.0.1:$(PORT) over the default store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/$(SWEEP)/ (and on the sweep's parent run)
+	$(PY) -m analysis --sweep $(SWEEP) $(ARGS)
+
+recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6)
+	$(PY) -m analysis recommend --sweep $(SWEEP) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS))
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q $(ARGS)

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 DEFAULT_REPLICATES = 1000
 LEVEL = 0.9  # two-sided interval level of every decision
@@ -28,13 +29,23 @@ def bootstrap(configs: pd.DataFrame, statistic: Callable[[pd.DataFrame], dict[st
     return pd.DataFrame(rows)
 
 
-def interval(samples, level: float = LEVEL) -> list[float]:
+def interval(samples, level: float = LEVEL, *, estimate: float | None = None, n: int | None = None,
+             k: int = 0) -> list[float]:
+    """Percentile interval of bootstrap replicates. Given the estimate, the number of
+    configurations n and of fitted parameters k, the replicates' spread around their median
+    is widened by t(n-k)/z x sqrt(n/(n-k)) and centred on the estimate: a pairs bootstrap of
+    a few configurations is too narrow (percentile coverage ~0.85 at n=16 for a nominal 0.9)."""
     s = np.asarray(samples, float)
     s = s[np.isfinite(s)]
     if not len(s):
         return [float("nan"), float("nan")]
     q = (1 - level) / 2
-    return [float(np.quantile(s, q)), float(np.quantile(s, 1 - q))]
+    lo, hi = np.quantile(s, q), np.quantile(s, 1 - q)
+    if estimate is None or n is None or n - k < 2:
+        return [float(lo), float(hi)]
+    widen = stats.t.ppf(1 - q, n - k) / stats.norm.ppf(1 - q) * np.sqrt(n / (n - k))
+    mid = np.median(s)
+    return [float(estimate + (lo - mid) * widen), float(estimate + (hi - mid) * widen)]
 
 
 def probability(samples) -> float:

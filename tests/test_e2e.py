@@ -132,3 +132,26 @@ def test_analysis_loads_the_record_as_typed_tables(swept):
     assert sorted(configs["recipe.epochs"]) == [1, 2]  # one row per configuration
     assert configs["n_seeds"].sum() == len(table)
     assert configs["error"].between(0, 1).all()
+
+
+def test_analyze_writes_the_report_and_logs_it_to_the_parent_run(swept, tmp_path):
+    import subprocess
+    import sys
+
+    home, _ = swept
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "analysis", "--sweep", "smoke", "--out", str(out),
+                           "--replicates", "20"], cwd=ROOT, env=dict(os.environ, STUDY_HOME=str(home)),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("report.html", "report.md", "rules.json", "configurations.csv", "runs.csv",
+                 "error_vs_flops_latency.png", "depth_vs_width.png", "resolution.png", "latency.png",
+                 "error_edf.png", "extrapolation_parity.png"):
+        assert (out / name).exists(), name
+    rules = json.loads((out / "rules.json").read_text())
+    assert any(w["code"] == "too_few" for w in rules["data_warnings"])  # 2 configurations, 1 seed
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    client, runs = _runs(home)
+    parent = next(r for r in runs if r.data.tags.get("role") == "parent")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/rules.json" in logged and "report/report.html" in logged
