@@ -80,18 +80,25 @@ def depth_width_gap(regime: pd.DataFrame) -> dict[str, float]:
     return {"gap": mid, "depth_better": float(mid < 0), "log10_crossover": crossover}
 
 
-def depth_vs_width(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
-    by_regime, warnings = {}, []
+def _per_regime(configs: pd.DataFrame, statistic, context: str, n_boot: int, seed: int, warnings: list):
+    """(epochs, regime, estimate, bootstrap replicates) of every regime where `statistic` can
+    be computed; a too_few warning for the others."""
     for epochs, regime in configs.groupby("epochs"):
         try:
-            est = depth_width_gap(regime)
+            est = statistic(regime)
         except ValueError as e:
-            warnings.append(warn.too_few(f"depth vs width at {epochs} epochs", str(e)))
+            warnings.append(warn.too_few(f"{context} at {epochs} epochs", str(e)))
             continue
-        boot = bootstrap(regime, depth_width_gap, n_boot, seed, strata=None)
+        yield int(epochs), regime, est, bootstrap(regime, statistic, n_boot, seed, strata=None)
+
+
+def depth_vs_width(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
+    by_regime, warnings = {}, []
+    for epochs, regime, est, boot in _per_regime(configs, depth_width_gap, "depth vs width", n_boot, seed,
+                                                 warnings):
         p = probability(boot["depth_better"]) if len(boot) else float("nan")
         c = est["log10_crossover"]
-        by_regime[int(epochs)] = {
+        by_regime[epochs] = {
             "winner": "depth" if est["gap"] < 0 else "width",
             "error_gap_depth_minus_width": {"estimate": est["gap"], "interval": interval(boot.get("gap", []))},
             "p_depth_better": p,
@@ -140,14 +147,9 @@ def frontier_exponents(regime: pd.DataFrame) -> dict[str, float]:
 
 def resolution_scaling(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
     out, warnings = {}, []
-    for epochs, regime in configs.groupby("epochs"):
-        try:
-            est = frontier_exponents(regime)
-        except ValueError as e:
-            warnings.append(warn.too_few(f"frontier exponents at {epochs} epochs", str(e)))
-            continue
-        boot = bootstrap(regime, frontier_exponents, n_boot, seed, strata=None)
-        out[int(epochs)] = {
+    for epochs, regime, est, boot in _per_regime(configs, frontier_exponents, "frontier exponents", n_boot, seed,
+                                                 warnings):
+        out[epochs] = {
             **{k: {"estimate": est[k], "interval": interval(boot.get(k, []))}
                for k in ("a_depth", "a_width", "a_resolution")},
             "p_slower_than_efficientnet": probability(boot.get("slow", [])),
@@ -156,7 +158,7 @@ def resolution_scaling(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dic
             "frontier_size": int(len(frontier(regime))),
         }
         warnings += warn.unstable(f"slow resolution scaling at {epochs} epochs",
-                                  out[int(epochs)]["p_slower_than_efficientnet"])
+                                  out[epochs]["p_slower_than_efficientnet"])
     return {"reference_a_resolution": EFFICIENTNET_RESOLUTION_EXPONENT, "by_regime": out, "warnings": warnings}
 
 
