@@ -133,3 +133,15 @@ def test_fit_warnings_fire_for_short_axis_lines(monkeypatch):
     monkeypatch.setattr(caveats, "MIN_CONFIGS", 3)
     _, warnings = rules.scaling_fits(configs)
     assert not [w for w in warnings if w["code"] == "too_few"]
+
+
+def test_fit_failed_warning_fires_only_when_no_form_passes_its_diagnostics(monkeypatch):
+    from analysis import fit
+
+    monkeypatch.setattr(fit, "FORMS", {"power": fit.FORMS["power"]})
+    monkeypatch.setattr(caveats, "MIN_CONFIGS", 3)
+    steep = _grid(7.0, 0.2, 100, np.random.default_rng(0), noise=0.001)  # depth exponent beyond the bound
+    _, warnings = rules.scaling_fits(steep)
+    assert any(w["code"] == "fit_failed" and "depth scaling vs compute" in w["message"] for w in warnings)
+    _, warnings = rules.scaling_fits(_grid(0.3, 0.2, 100, np.random.default_rng(0), noise=0.001))
+    assert not [w for w in warnings if w["code"] == "fit_failed"]
