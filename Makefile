@@ -7,10 +7,11 @@ SWEEP ?= default
 POINT ?=
 ARGS ?=
 PORT ?= 5000
+TRIALS ?= 20
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep point ui analyze recommend test bench clean
+.PHONY: help setup sweep point tune ui analyze recommend test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -28,6 +29,9 @@ sweep: setup ## run the grid of sweeps/$(SWEEP).yaml (SWEEP=default); finished p
 
 point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=26 data.resolution=20 recipe.epochs=8"
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true $(POINT)
+
+tune: setup ## tune one point on its minival split (Optuna, TRIALS=20), then train it with the best settings
+	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true tune.trials=$(TRIALS) $(POINT)
 
 ui: setup ## browse results: MLflow UI on http://127.0.0.1:$(PORT) over the default store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)

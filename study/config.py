@@ -88,6 +88,29 @@ class TrackingConfig:
     artifact_root: Optional[str] = None  # folder for artifacts of new experiments
 
 
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass  # not frozen: OmegaConf makes the values of a dict of frozen dataclasses read-only mid-merge
+class SearchRange:
+    low: float                      # inclusive bounds of a setting's search range
+    high: float
+    log: bool = False               # sample uniformly in log space
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    trials: int = 0                 # 0: no tuning; N: tune with N trials in all (restarts included) on
+                                    # the minival split, then train the point with the best settings
+    sampler_seed: int = 0           # seed of Optuna's TPE sampler
+    pruner: str = "median"          # one of PRUNERS: stops trials whose val/top1 trails at an epoch
+    startup_trials: int = 2         # trials that run to the end before pruning starts
+    storage: Optional[str] = None   # Optuna storage URL (postgresql://... on a cluster); null = the
+                                    # journal file <project>/optuna/journal.log (safe for parallel workers)
+    space: dict[str, SearchRange] = field(default_factory=dict)  # dotted setting -> range (conf/tune/)
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -95,6 +118,7 @@ class StudyConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0                   # seed of initialisation, batch order and augmentation
     sweep: str = "adhoc"            # sweep name: the MLflow experiment and parent run
     force: bool = False             # run the point even when a FINISHED run has its key
@@ -165,12 +189,23 @@ def _checks(s: StudyConfig):
         ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, "must be >= 1"),
         ("trainer.latency_batch_size", t.latency_batch_size, t.latency_batch_size >= 1, "must be >= 1"),
         ("trainer.latency_repeats", t.latency_repeats, t.latency_repeats >= 1, "must be >= 1"),
+        ("tune.trials", s.tune.trials, s.tune.trials >= 0, "must be >= 0 (0 = no tuning)"),
+        ("tune.pruner", s.tune.pruner, s.tune.pruner in PRUNERS, f"must be one of {', '.join(PRUNERS)}"),
+        ("tune.startup_trials", s.tune.startup_trials, s.tune.startup_trials >= 0, "must be >= 0"),
+        *[(f"tune.space.{k}", (r.low, r.high), 0 < r.low < r.high if r.log else r.low < r.high,
+           "needs low < high (and low > 0 when log)") for k, r in s.tune.space.items()],
+        *[(f"tune.space.{k}", k, _is_setting(s, k), "must name a setting, e.g. recipe.weight_decay")
+          for k in s.tune.space],
         ("sweep", s.sweep, bool(s.sweep) and "/" not in s.sweep, "must be a non-empty name without '/'"),
     ]
     for name, value, ok, rule in rules:
         if not ok:
             yield name, value, rule
     yield from _data_folder_checks(d)
+
+
+def _is_setting(study: StudyConfig, path: str) -> bool:
+    return path in flatten(study) and not path.startswith(("tune.", "tracking.", "trainer."))
 
 
 def _data_folder_checks(d: DataConfig):
@@ -190,6 +225,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     for f in fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
+        if isinstance(value, dict):
+            value = {k: vars(v) if is_dataclass(v) else v for k, v in sorted(value.items())}
         if is_dataclass(value):
             out |= flatten(value, key + ".")
         else:

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from study import config, data, grid, measure, models, trainer
+from study import config, data, grid, measure, models, trainer, tune
 from study import device as devices
 from study.config import ConfigError, StudyConfig
 from study.tracking import Tracker, mlflow_tracker
@@ -66,17 +66,18 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     threads = devices.configure(study, parallel_jobs)
     ds = data.prepare(study.data)
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
-    model = _build(study, ds).to(device, memory_format=memory_format)
-    static = measure.complexity(model, ds.resolution, ds.in_chans)
-    params = grid.semantic_settings(study) | ds.sizes() | {"point_key": key}
+    static = measure.complexity(_build(study, ds).to(device), ds.resolution, ds.in_chans)
+    tuned_keys = set(study.tune.space) if study.tune.trials else set()
+    params = {k: v for k, v in grid.semantic_settings(study).items() if k not in tuned_keys} | ds.sizes() | \
+        {"point_key": key}
     run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha(), "device": str(device),
                                                 "threads": str(threads)})
+    train = partial(_train, ds=ds, device=device, memory_format=memory_format)
     try:
-        batcher = data.Batcher(ds, device=device, augment=study.data.augment,
-                               crop_padding=study.data.crop_padding, memory_format=memory_format)
+        if tuned_keys:
+            study, params = _tune(study, train, tracker, echo, params)
         measure.reset_peak_memory(device)
-        fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
-                             study.trainer, seed=study.seed, sink=tracker, device=device)
+        model, fitted = train(study, sink=tracker)
         metrics = fitted.metrics | static | _latency(model, ds, study, memory_format) | \
             measure.peak_memory_mb(device)
         metrics["point_time_s"] = time.perf_counter() - start
@@ -96,6 +97,32 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     echo(f"{prefix}  top1={metrics['top1']:.3f}  {seconds:.1f}s")
     return outcome | {"status": "FINISHED", "run_id": run_id, "seconds": seconds,
                       **{k: metrics[k] for k in ("top1", "flops", "params", "latency_ms", "train_img_per_s")}}
+
+
+def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory_format, sink,
+           evaluate_test: bool = True) -> tuple[torch.nn.Module, trainer.FitResult]:
+    torch.manual_seed(study.seed)
+    model = _build(study, ds).to(device, memory_format=memory_format)
+    batcher = data.Batcher(ds, device=device, augment=study.data.augment,
+                           crop_padding=study.data.crop_padding, memory_format=memory_format)
+    fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
+                         study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test)
+    return model, fitted
+
+
+def _tune(study: StudyConfig, train, tracker: Tracker, echo, params: dict) -> tuple[StudyConfig, dict]:
+    """Tune on minival (trials nested under the point run), then return the study with the
+    best trial's settings, which are logged as the point's params with the study's tags."""
+    trial_metrics = lambda s, sink: train(s, sink=sink, evaluate_test=False)[1].metrics  # noqa: E731
+    result = tune.tune_point(study, trial_metrics, tracker, echo)
+    tracker.annotate(result.best_params, {"tuned": "true", "optuna.study": result.study_name,
+                                          "optuna.best_trial": str(result.best_trial),
+                                          "optuna.best_minival_top1": f"{result.best_value:.6f}",
+                                          "optuna.importances": json.dumps(result.importances),
+                                          "optuna.trials": json.dumps(result.trials)})
+    echo(f"    best trial {result.best_trial}: minival top1={result.best_value:.4f} "
+         f"{result.best_params}; importances {result.importances}")
+    return tune.apply(study, result.best_params), params | result.best_params
 
 
 def _build(study: StudyConfig, ds: data.Dataset) -> torch.nn.Module:

@@ -18,6 +18,25 @@ class Tracker(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
     def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None: ...
     def fail_point(self, reason: str) -> None: ...
+    def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "ChildRun": ...
+    def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
+
+
+class ChildRun(Protocol):
+    """A run nested under the current point run (a tuning trial)."""
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def end(self, status: str, metrics: dict[str, float] | None = None, reason: str | None = None) -> None: ...
+
+
+class NullChild:
+    def __init__(self, record: dict) -> None:
+        self.record = record
+
+    def log_epoch(self, epoch, metrics) -> None:
+        self.record["epochs"].append((epoch, dict(metrics)))
+
+    def end(self, status, metrics=None, reason=None) -> None:
+        self.record.update(status=status, metrics=dict(metrics or {}), reason=reason)
 
 
 class NullTracker:
@@ -45,6 +64,15 @@ class NullTracker:
 
     def fail_point(self, reason) -> None:
         self.runs[-1].update(status="FAILED", reason=reason)
+
+    def annotate(self, params, tags) -> None:
+        self.runs[-1]["params"].update(params)
+        self.runs[-1]["tags"].update(tags)
+
+    def start_child(self, name, params, tags) -> NullChild:
+        record = {"name": name, "params": dict(params), "tags": dict(tags), "epochs": []}
+        self.runs[-1].setdefault("children", []).append(record)
+        return NullChild(record)
 
 
 class MlflowTracker:
@@ -107,14 +135,48 @@ class MlflowTracker:
         self.client.set_tag(self.run_id, "status_reason", reason[:5000])
         self.client.set_terminated(self.run_id, "FAILED")
 
+    def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None:
+        """Add params (new keys only: MLflow params are immutable) and tags to the point run."""
+        from mlflow.entities import Param, RunTag
+
+        self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "MlflowChild":
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={**tags, "sweep": self.sweep, "mlflow.parentRunId": self.run_id})
+        self.client.log_batch(run.info.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
+        return MlflowChild(self.client, run.info.run_id)
+
     def close_sweep(self, failed: bool) -> None:
         self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        _log_metrics(self.client, self.run_id, metrics, step)
 
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+class MlflowChild:
+    def __init__(self, client, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        _log_metrics(self.client, self.run_id, metrics, epoch)
+
+    def end(self, status: str, metrics: dict[str, float] | None = None, reason: str | None = None) -> None:
+        if metrics:
+            _log_metrics(self.client, self.run_id, metrics, 0)
+        if reason:
+            self.client.set_tag(self.run_id, "status_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, status)
+
+
+def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def _param_str(value: Any) -> str:

@@ -49,7 +49,8 @@ def autocast(device: torch.device, precision: str):
 
 
 def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, settings: TrainerConfig,
-        *, seed: int, sink: EpochSink, device: torch.device) -> FitResult:
+        *, seed: int, sink: EpochSink, device: torch.device, evaluate_test: bool = True) -> FitResult:
+    """Train; with evaluate_test=False (tuning trials) the test split is never touched."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = recipes.make_optimizer(model, recipe)
     steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
@@ -75,7 +76,8 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     finally:
         bar.close()
     loop_time = time.perf_counter() - loop_start
-    return FitResult(_final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps), history, loop_time)
+    metrics = _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test)
+    return FitResult(metrics, history, loop_time)
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,
@@ -125,13 +127,16 @@ def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: Trainer
     return {"top1": correct1.item() / n, "top5": correct5.item() / n}
 
 
-def _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps) -> dict[str, float]:
-    test = evaluate(model, batcher, ds.test, settings)
+def _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test) -> dict[str, float]:
     minival = evaluate(model, batcher, ds.minival, settings)
     # Step time excludes the first epoch (warm-up of allocators and kernels) when there are more.
     timed = epoch_times[1:] or epoch_times
     step_s = sum(timed) / (len(timed) * steps)
-    return {"top1": test["top1"], "top5": test["top5"], "error": 1 - test["top1"],
+    final = {}
+    if evaluate_test:
+        test = evaluate(model, batcher, ds.test, settings)
+        final = {"top1": test["top1"], "top5": test["top5"], "error": 1 - test["top1"]}
+    return final | {
             "minival/top1": minival["top1"], "minival/top5": minival["top5"],
             "train_time_s": sum(epoch_times), "train_step_ms": step_s * 1e3,
             "train_img_per_s": recipe.batch_size / step_s}
