@@ -16,7 +16,7 @@ FINAL_METRICS = ("top1", "top5", "error", "minival/top1", "minival/top5", "flops
 
 @dataclass(frozen=True)
 class Runs:
-    table: pd.DataFrame           # one row per FINISHED point run, typed columns
+    table: pd.DataFrame           # one row per FINISHED point run, typed columns; `tuned`: tuned by Optuna
     excluded: dict[str, int]      # status -> number of runs left out (FAILED, RUNNING, KILLED)
 
 
@@ -35,7 +35,8 @@ def load_runs(sweep: str, tracking_uri: str) -> Runs:
             excluded[run.info.status] = excluded.get(run.info.status, 0) + 1
             continue
         metrics = {k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics}
-        rows.append({"run_id": run.info.run_id, **run.data.params, **metrics})
+        rows.append({"run_id": run.info.run_id, "tuned": run.data.tags.get("tuned") == "true",
+                     **run.data.params, **metrics})
     return Runs(_typed(pd.DataFrame(rows)), excluded)
 
 

@@ -8,6 +8,7 @@ force=true), then wires data, model, trainer, measurements and tracker together.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -73,18 +74,18 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha(), "device": str(device),
                                                 "threads": str(threads)})
     train = partial(_train, ds=ds, device=device, memory_format=memory_format)
+    artifacts = {"config.yaml": resolved_config}
     try:
         if tuned_keys:
-            study, params = _tune(study, train, tracker, echo, params)
+            study, params, artifacts["tuning.json"] = _tune(study, train, tracker, echo, params)
         measure.reset_peak_memory(device)
         model, fitted = train(study, sink=tracker)
         metrics = fitted.metrics | static | _latency(model, ds, study, memory_format) | \
             measure.peak_memory_mb(device)
         metrics["point_time_s"] = time.perf_counter() - start
         metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs
-        tracker.finish_point(metrics, {"config.yaml": resolved_config,
-                                       "record.json": {"params": params, "metrics": metrics,
-                                                       "epochs": fitted.epoch_history}})
+        tracker.finish_point(metrics, artifacts | {"record.json": {"params": params, "metrics": metrics,
+                                                                   "epochs": fitted.epoch_history}})
     except trainer.DivergedError as e:
         tracker.fail_point(f"diverged: {e}")
         echo(f"{prefix}  FAILED: diverged: {e}")
@@ -110,9 +111,10 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
     return model, fitted
 
 
-def _tune(study: StudyConfig, train, tracker: Tracker, echo, params: dict) -> tuple[StudyConfig, dict]:
+def _tune(study: StudyConfig, train, tracker: Tracker, echo, params: dict) -> tuple[StudyConfig, dict, dict]:
     """Tune on minival (trials nested under the point run), then return the study with the
-    best trial's settings, which are logged as the point's params with the study's tags."""
+    best trial's settings (logged as the point's params, with the study's tags), the params,
+    and the tuning report (the `tuning.json` artifact)."""
     trial_metrics = lambda s, sink: train(s, sink=sink, evaluate_test=False)[1].metrics  # noqa: E731
     result = tune.tune_point(study, trial_metrics, tracker, echo)
     tracker.annotate(result.best_params, {"tuned": "true", "optuna.study": result.study_name,
@@ -122,7 +124,7 @@ def _tune(study: StudyConfig, train, tracker: Tracker, echo, params: dict) -> tu
                                           "optuna.trials": json.dumps(result.trials)})
     echo(f"    best trial {result.best_trial}: minival top1={result.best_value:.4f} "
          f"{result.best_params}; importances {result.importances}")
-    return tune.apply(study, result.best_params), params | result.best_params
+    return tune.apply(study, result.best_params), params | result.best_params, dataclasses.asdict(result)
 
 
 def _build(study: StudyConfig, ds: data.Dataset) -> torch.nn.Module:

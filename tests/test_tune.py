@@ -45,6 +45,9 @@ def test_tuning_prunes_and_the_final_run_uses_the_best_trial(tuned, study_home):
     for t in trials:  # the test split is never used in a trial
         assert not {"top1", "top5", "error"} & t["metrics"].keys()
     assert run["metrics"]["top1"] >= 0 and json.loads(run["tags"]["optuna.trials"])["PRUNED"] >= 1
+    report = run["artifacts"]["tuning.json"]
+    assert report["best_trial"] == best.number and set(report["importances"]) <= set(best.params)
+    assert sum(report["trials"].values()) == 4
 
 
 def test_restarted_study_continues_without_repeating_trials(tuned):
