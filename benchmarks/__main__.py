@@ -10,6 +10,8 @@ this one run, on this machine, so it is comparable across machines.
    in a warm process as in the middle of a sweep.
 4. skip cost: a sweep of finished points run again through the real CLI; the per-point cost
    is (T(8 points) - T(4 points)) / 4, which removes the process start-up.
+5. speed (benchmarks/speed.py): the trainer against plain and optimised hand-written loops, and
+   achieved model FLOP/s over the measured matmul peak.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from study import config, data, models, recipe as recipes, trainer
 from study.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
 from study.run import run_point
 from study.tracking import MlflowTracker
+from benchmarks.speed import bench_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -149,13 +152,13 @@ def main(argv=None) -> None:
     p.add_argument("--resolution", type=int, default=28)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip"], action="append")
+    p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed"], action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
-               "skip": bench_skip}
+               "skip": bench_skip, "speed": bench_speed}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, channels_last, MNIST sample")
     print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
     for name in args.only or benches:
