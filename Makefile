@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-sweep: setup ## run the grid of sweeps/$(SWEEP).yaml (SWEEP=default); finished points are skipped; ARGS="..." adds overrides
+sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default); finished points are skipped; ARGS="..." adds overrides
 	$(PY) -m study.run --multirun --config-dir sweeps --config-name $(SWEEP) $(ARGS)
 
 point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=26 data.resolution=20 recipe.epochs=8"
@@ -33,10 +33,10 @@ point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0
 tune: setup ## tune one point on its minival split (Optuna, TRIALS=20), then train it with the best settings
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true tune.trials=$(TRIALS) $(POINT)
 
-ui: setup ## browse results: MLflow UI on http://127.0.0.1:$(PORT) over the default store
+ui: setup ## browse results: MLflow UI on http://127.0.0.1:5000 (PORT=...) over the default store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
-analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/$(SWEEP)/ (and on the sweep's parent run)
+analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEEP/ and on the sweep parent run
 	$(PY) -m analysis --sweep $(SWEEP) $(ARGS)
 
 recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6)
