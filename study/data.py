@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -67,7 +67,6 @@ def prepare(cfg: DataConfig) -> Dataset:
 
 def _source_key(cfg: DataConfig) -> DataConfig:
     """The config with the resolution removed, so every resolution shares one decode."""
-    from dataclasses import replace
     return replace(cfg, resolution=0)
 
 

@@ -51,9 +51,9 @@ def resolve(study: StudyConfig, device: torch.device) -> StudyConfig:
 
 
 def configure(study: StudyConfig, parallel_jobs: int = 1) -> int:
-    """Set threads, determinism and the seed for one point; returns the thread count."""
+    """Set threads and determinism for one point (each training seeds itself); returns the
+    thread count."""
     threads = threads_for(study.trainer.threads, usable_cores(), parallel_jobs)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(study.trainer.deterministic, warn_only=True)
-    torch.manual_seed(study.seed)
     return threads

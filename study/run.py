@@ -67,7 +67,6 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     threads = devices.configure(study, parallel_jobs)
     ds = data.prepare(study.data)
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
-    static = measure.complexity(_build(study, ds).to(device), ds.resolution, ds.in_chans)
     tuned_keys = set(study.tune.space) if study.tune.trials else set()
     params = {k: v for k, v in grid.semantic_settings(study).items() if k not in tuned_keys} | ds.sizes() | \
         {"point_key": key}
@@ -80,8 +79,8 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
             study, params, artifacts["tuning.json"] = _tune(study, train, tracker, echo, params)
         measure.reset_peak_memory(device)
         model, fitted = train(study, sink=tracker)
-        metrics = fitted.metrics | static | _latency(model, ds, study, memory_format) | \
-            measure.peak_memory_mb(device)
+        metrics = fitted.metrics | measure.peak_memory_mb(device) | \
+            measure.complexity(model, ds.resolution, ds.in_chans) | _latency(model, ds, study, memory_format)
         metrics["point_time_s"] = time.perf_counter() - start
         metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs
         tracker.finish_point(metrics, artifacts | {"record.json": {"params": params, "metrics": metrics,
