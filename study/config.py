@@ -14,11 +14,13 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from study.models import BLOCKS_PER_STAGE
+from study.models import BLOCKS_PER_STAGE, DROP_PATH_RULES
+from study.regularization import register_resolvers
 
 DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
 AUGMENTS = ("flip_crop", "crop", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -33,8 +35,6 @@ class ModelConfig:
     se: bool = True                 # squeeze-and-excitation in every block (paper: on)
     se_ratio: float = 0.25          # SE bottleneck ratio, in (0, 1] (paper: 0.25)
     resnet_d: bool = True           # ResNet-D stem + avg-pool shortcut, stem pool -> stride-2 conv
-    dropout: float = 0.0            # dropout before the classifier, in [0, 1)
-    stochastic_depth: float = 0.0   # drop-path rate of the last block (linear over blocks), [0, 1)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class DataConfig:
     root: Optional[str] = None      # image_folder: the folder; cifar10/100: download folder
     download: bool = False          # cifar10/100: fetch through torchvision if absent
     resolution: int = 28            # px, square, train and evaluation, >= 8
-    minival_fraction: float = 0.1   # share of the training pool held out for selection, (0, 0.5]
+    minival_fraction: float = 0.02  # share of the training pool held out for every selection (paper:
+                                    # 2%); the test split is only reported, never used to choose, (0, 0.5]
     test_fraction: float = 0.2      # share held out as test, only for sets without a test split
     split_seed: int = 0             # seed of the train/minival/test split (fixed per study)
     max_train_images: Optional[int] = None  # use a subset of the training split, >= 1
@@ -59,12 +60,27 @@ class RecipeConfig:
     epochs: int = 8                 # passes over the training split, >= 1
     batch_size: int = 128           # images per step, >= 1
     lr_per_256: float = 0.1         # lr = lr_per_256 * batch_size / 256 (linear scaling rule)
-    warmup_epochs: float = 1.0      # linear warm-up from 0, then cosine decay to 0; >= 0, capped
+    warmup_epochs: float = 1.0      # linear warm-up from 0, then the schedule; >= 0, capped
                                     # at WARMUP_CAP x epochs (study.recipe.warmup_steps)
+    schedule: str = "cosine"        # one of SCHEDULES: cosine decay to 0, or step decay
+    step_milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 8 / 9])
+                                    # step: fractions of the run where lr x= step_gamma (90-epoch
+                                    # baseline: epochs 30, 60, 80), increasing, in (0, 1)
+    step_gamma: float = 0.1         # step: lr multiplier at each milestone, (0, 1]
     momentum: float = 0.9           # Nesterov momentum, [0, 1)
     nesterov: bool = True
     weight_decay: float = 4e-5      # L2 on conv/linear weights, not on BN or biases (paper)
     label_smoothing: float = 0.1    # [0, 1)
+    dropout: float = 0.0            # dropout before the classifier, [0, 1)
+    stochastic_depth: float = 0.0   # drop-path rate of the last stage (or block), [0, 1)
+    stochastic_depth_rule: str = "stage"  # one of study.models.DROP_PATH_RULES: the paper's
+                                    # 0.4/0.6/0.8/1.0 x rate per stage, or timm's linear per block
+    randaugment_ops: int = 0        # RandAugment ops per image after crop/flip, 0 = off, 0..5
+    randaugment_magnitude: float = 10.0  # TF's 0-10 scale (values above 10 extrapolate), [0, 30]
+    ema_decay: float = 0.0          # weight EMA decay (paper 0.9999), 0 = off, [0, 1); evaluation
+                                    # then uses the EMA weights and batch-norm statistics
+    ema_horizon: float = 0.1        # the EMA averages over at most this share of the run's steps
+                                    # (study.recipe.ema_decay_at), (0, 1]
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,8 @@ class StudyConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    vars: dict[str, Any] = field(default_factory=dict)  # free values for interpolation in sweep
+                                    # files (${vars.name}); not recorded, what they set is
     seed: int = 0                   # seed of initialisation, batch order and augmentation
     sweep: str = "adhoc"            # sweep name: the MLflow experiment and parent run
     force: bool = False             # run the point even when a FINISHED run has its key
@@ -133,6 +151,7 @@ def register() -> None:
     """Register the schema (and the `project_root` resolver) with Hydra; idempotent."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", project_root)
+    register_resolvers()
     ConfigStore.instance().store(name="schema", node=_mutable(OmegaConf.structured(StudyConfig)))
 
 
@@ -163,8 +182,6 @@ def _checks(s: StudyConfig):
         ("model.depth", m.depth, m.depth in BLOCKS_PER_STAGE, f"must be one of {depths}"),
         ("model.width", m.width, m.width > 0, "must be > 0"),
         ("model.se_ratio", m.se_ratio, 0 < m.se_ratio <= 1, "must be in (0, 1]"),
-        ("model.dropout", m.dropout, 0 <= m.dropout < 1, "must be in [0, 1)"),
-        ("model.stochastic_depth", m.stochastic_depth, 0 <= m.stochastic_depth < 1, "must be in [0, 1)"),
         ("data.name", d.name, d.name in DATASETS, f"must be one of {', '.join(DATASETS)}"),
         ("data.resolution", d.resolution, d.resolution >= 8, "must be >= 8 (pixels)"),
         ("data.minival_fraction", d.minival_fraction, 0 < d.minival_fraction <= 0.5, "must be in (0, 0.5]"),
@@ -183,6 +200,20 @@ def _checks(s: StudyConfig):
         ("recipe.momentum", r.momentum, 0 <= r.momentum < 1, "must be in [0, 1)"),
         ("recipe.weight_decay", r.weight_decay, r.weight_decay >= 0, "must be >= 0"),
         ("recipe.label_smoothing", r.label_smoothing, 0 <= r.label_smoothing < 1, "must be in [0, 1)"),
+        ("recipe.schedule", r.schedule, r.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+        ("recipe.step_milestones", r.step_milestones,
+         all(0 < a < 1 for a in r.step_milestones) and list(r.step_milestones) == sorted(set(r.step_milestones)),
+         "must be increasing fractions of the run in (0, 1)"),
+        ("recipe.step_gamma", r.step_gamma, 0 < r.step_gamma <= 1, "must be in (0, 1]"),
+        ("recipe.dropout", r.dropout, 0 <= r.dropout < 1, "must be in [0, 1)"),
+        ("recipe.stochastic_depth", r.stochastic_depth, 0 <= r.stochastic_depth < 1, "must be in [0, 1)"),
+        ("recipe.stochastic_depth_rule", r.stochastic_depth_rule, r.stochastic_depth_rule in DROP_PATH_RULES,
+         f"must be one of {', '.join(DROP_PATH_RULES)}"),
+        ("recipe.randaugment_ops", r.randaugment_ops, 0 <= r.randaugment_ops <= 5, "must be in 0..5 (0 = off)"),
+        ("recipe.randaugment_magnitude", r.randaugment_magnitude, 0 <= r.randaugment_magnitude <= 30,
+         "must be in [0, 30] (TF's scale: 10 = the strongest of the original range)"),
+        ("recipe.ema_decay", r.ema_decay, 0 <= r.ema_decay < 1, "must be in [0, 1) (0 = no EMA)"),
+        ("recipe.ema_horizon", r.ema_horizon, 0 < r.ema_horizon <= 1, "must be in (0, 1]"),
         ("trainer.device", t.device, t.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
         ("trainer.precision", t.precision, t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("trainer.threads", t.threads, t.threads >= 0, "must be >= 0 (0 = all cores)"),

@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from study.augment import rand_augment
 from study.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -198,12 +199,15 @@ _LOADERS = {"mnist": _load_mnist, "synthetic": _load_synthetic, "cifar10": _load
 class Batcher:
     """Turns uint8 splits into normalised float batches on `device`; training batches get
     a per-image random crop (zero padding) and, with flip_crop, a per-image horizontal flip,
-    done as one gather over the whole batch. On a GPU each split is copied to the device once
+    done as one gather over the whole batch, then RandAugment when `randaugment` = (ops,
+    magnitude) has ops > 0 (study.augment). On a GPU each split is copied to the device once
     (uint8, from pinned memory), so batches are cut, augmented and normalised there."""
 
     def __init__(self, ds: Dataset, *, device: torch.device, augment: str, crop_padding: float,
-                 memory_format: torch.memory_format = torch.channels_last):
+                 memory_format: torch.memory_format = torch.channels_last,
+                 randaugment: tuple[int, float] = (0, 0.0)):
         self.device, self.augment, self.memory_format = device, augment, memory_format
+        self.randaugment = randaugment
         self.pad = round(crop_padding * ds.resolution) if augment != "none" else 0
         mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
@@ -229,6 +233,8 @@ class Batcher:
             x, y = split.images[idx], split.labels[idx]
             if self.augment != "none":
                 x = self._crop_flip(x, generator)
+            if self.randaugment[0]:
+                x = rand_augment(x, *self.randaugment, generator=generator)
             yield self._normalise(x), y
 
     def evaluate(self, split: Split, batch_size: int) -> Iterator[tuple]:

@@ -16,7 +16,7 @@ NON_SEMANTIC = frozenset({
     "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
     "trainer.deterministic",
     "tracking.uri", "tracking.artifact_root",
-    "sweep", "force",
+    "sweep", "force", "vars",
 })
 
 
@@ -32,11 +32,19 @@ def point_key(study: StudyConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def display_name(study: StudyConfig) -> str:
-    """Short human name of a point: 'w=0.5 d=26 r=20 e=8' (+ seed when not 0)."""
+def display_name(study: StudyConfig, choices: list[str] = ()) -> str:
+    """Short human name of a point: 'w=0.5 d=26 r=20 e=8' (+ seed when not 0), then the
+    config-group choices a sweep varies ('ladder=03_ema'), which the numbers do not show."""
     name = (f"w={study.model.width:g} d={study.model.depth} "
             f"r={study.data.resolution} e={study.recipe.epochs}")
-    return name + (f" s={study.seed}" if study.seed else "")
+    return " ".join([name + (f" s={study.seed}" if study.seed else ""), *choices])
+
+
+def group_choices(overrides: list[str]) -> list[str]:
+    """The config-group selections among a job's overrides: 'ladder=03_ema', '+regime=x'."""
+    return [o.lstrip("+~") for o in overrides if "=" in o and "." not in o.split("=")[0]
+            and o.split("=")[0].lstrip("+~") not in ("sweep", "seed", "force", "vars")
+            and not o.lstrip("+~").startswith("hydra")]
 
 
 def expand(sweeper_params: dict[str, str], task_overrides: list[str]) -> list[list[str]]:

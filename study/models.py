@@ -1,4 +1,6 @@
-"""The ResNet-RS family over timm's `ResNet`: depth table, width multiplier, SE, ResNet-D.
+"""The ResNet-RS family over timm's `ResNet`: depth table, width multiplier, SE, ResNet-D,
+stochastic depth by the paper's per-stage rule or timm's per-block rule, and the eleven
+published models as presets (`PRESETS`, conf/model/resnetrs*.yaml).
 
 Run `python -m study.models --depth 50 --width 1.0 --resolution 160` to print one JSON
 object with the model's parameters, FLOPs (2 x multiply-adds, one image, forward) and
@@ -11,12 +13,15 @@ import json
 from functools import partial
 
 from torch import nn
-from timm.layers import get_attn
+from timm.layers import DropPath, get_attn
 from timm.models.resnet import Bottleneck, ResNet
 
 # Bottleneck blocks per stage by network depth (depth = 3 x blocks + 2).
 # 50..420: the released ResNet-RS configs (tensorflow/tpu resnet_rs, timm resnetrs*).
-# 14, 26 and 38 are small members of the same family for CPU-sized studies.
+# 14, 26 and 38 are small members of the same family for CPU-sized studies (26 is also in
+# the paper's scaling grid). 300 and 400 are in the paper's grid but not in any released
+# config: they are interpolated here the way 270..420 grow (4 blocks in the outer stages,
+# the inner two about 1:2), giving 299 and 401 layers.
 BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
     14: (1, 1, 1, 1),
     26: (2, 2, 2, 2),
@@ -26,9 +31,22 @@ BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
     200: (3, 24, 36, 3),
     270: (4, 29, 53, 4),
+    300: (4, 30, 61, 4),
     350: (4, 36, 72, 4),
+    400: (4, 42, 83, 4),
     420: (4, 44, 87, 4),
 }
+# The eleven published ResNet-RS models: preset name -> (depth, training/eval resolution).
+PRESETS: dict[str, tuple[int, int]] = {
+    "resnetrs50": (50, 160), "resnetrs101": (101, 160), "resnetrs101_192": (101, 192),
+    "resnetrs152": (152, 192), "resnetrs152_224": (152, 224), "resnetrs152_256": (152, 256),
+    "resnetrs200": (200, 256), "resnetrs270": (270, 256), "resnetrs350": (350, 256),
+    "resnetrs350_320": (350, 320), "resnetrs420": (420, 320),
+}
+# Stochastic depth, paper rule: stage i of 2..5 drops blocks at rate x i / 5 (the released
+# TF code, `get_stochastic_depth_rate(rate, i + 2, 5)`): 0.4, 0.6, 0.8, 1.0 x rate.
+STAGE_DROP_SCALE = (0.4, 0.6, 0.8, 1.0)
+DROP_PATH_RULES = ("stage", "block")
 BASE_CHANNELS = (64, 128, 256, 512)  # bottleneck planes per stage at width 1.0 (x4 out)
 BASE_STEM_WIDTH = 32                 # ResNet-D deep stem: 32, 32, 64 channels at width 1.0
 PLAIN_STEM_WIDTH = 64                # the original 7x7 stem at width 1.0
@@ -68,11 +86,13 @@ def build_model(
     resnet_d: bool = True,
     dropout: float = 0.0,
     stochastic_depth: float = 0.0,
+    stochastic_depth_rule: str = "stage",
 ) -> ResNet:
     """A ResNet-RS network. `resnet_d` switches the paper's stem and shortcut changes
     together: the 3-conv deep stem, a stride-2 3x3 conv instead of the stem max-pool,
     and average pooling in the downsampling shortcut. `stochastic_depth` is the drop-path
-    rate of the last block, rising linearly from 0 over the blocks (timm's rule)."""
+    rate of the last stage ("stage": the paper's per-stage rule) or of the last block,
+    rising linearly from 0 over the blocks ("block": timm's rule)."""
     block_args = {"attn_layer": partial(get_attn("se"), rd_ratio=se_ratio)} if se else {}
     stem = dict(stem_type="deep", stem_width=scale_channels(BASE_STEM_WIDTH, width),
                 replace_stem_pool=True, avg_down=True) if resnet_d else {}
@@ -83,13 +103,27 @@ def build_model(
         num_classes=num_classes,
         in_chans=in_chans,
         drop_rate=dropout,
-        drop_path_rate=stochastic_depth,
+        drop_path_rate=stochastic_depth if stochastic_depth_rule == "block" else 0.0,
         block_args=block_args,
         **stem,
     )
+    if stochastic_depth_rule == "stage" and stochastic_depth > 0:
+        _drop_path_per_stage(model, stochastic_depth)
     if not resnet_d:
         _scale_plain_stem(model, scale_channels(PLAIN_STEM_WIDTH, width), in_chans)
     return model
+
+
+def _drop_path_per_stage(model: ResNet, rate: float) -> None:
+    for stage, scale in zip((model.layer1, model.layer2, model.layer3, model.layer4), STAGE_DROP_SCALE):
+        for block in stage:
+            block.drop_path = DropPath(rate * scale)
+
+
+def drop_path_rates(model: nn.Module) -> list[float]:
+    """The drop-path rate of every residual block, in order (0 where there is none)."""
+    return [b.drop_path.drop_prob if isinstance(b.drop_path, DropPath) else 0.0
+            for b in model.modules() if isinstance(b, Bottleneck)]
 
 
 def _scale_plain_stem(model: ResNet, stem_ch: int, in_chans: int) -> None:
@@ -111,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     from study import measure
 
     p = argparse.ArgumentParser(prog="python -m study.models", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a published model: sets depth and resolution")
     p.add_argument("--depth", type=int, default=50, choices=sorted(BLOCKS_PER_STAGE))
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--resolution", type=int, default=160)
@@ -119,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-se", action="store_true")
     p.add_argument("--no-resnet-d", action="store_true")
     a = p.parse_args(argv)
+    if a.preset:
+        a.depth, a.resolution = PRESETS[a.preset]
     if a.width <= 0 or a.resolution < 8:
         p.error("--width must be > 0 and --resolution >= 8")
     model = build_model(a.depth, a.width, num_classes=a.num_classes, in_chans=a.in_chans,

@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     tracker = mlflow_tracker(study.tracking.uri, study.sweep, study.tracking.artifact_root)
-    outcome = run_point(study, tracker=tracker, device=device, position=_position(),
+    choices = grid.group_choices(list(HydraConfig.get().overrides.task))
+    outcome = run_point(study, tracker=tracker, device=device, position=_position(), choices=choices,
                         parallel_jobs=_parallel_jobs(),
                         resolved_config=OmegaConf.to_yaml(cfg, resolve=True))
     Path(HydraConfig.get().runtime.output_dir, RESULT_FILE).write_text(json.dumps(outcome))
@@ -53,11 +54,11 @@ def main(cfg: DictConfig) -> dict:
 
 def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
               position: tuple[int, int] = (1, 1), parallel_jobs: int = 1, resolved_config: str = "",
-              echo: Callable[[str], None] = print) -> dict:
+              choices: list[str] = (), echo: Callable[[str], None] = print) -> dict:
     """Train, measure and record one validated grid point (its `auto` settings resolved by
     study.device.resolve); returns its outcome."""
     start = time.perf_counter()
-    key, name = grid.point_key(study), grid.display_name(study)
+    key, name = grid.point_key(study), grid.display_name(study, choices)
     prefix = f"[{position[0]}/{position[1]}] {name}"
     outcome = {"name": name, "point_key": key}
     if not study.force and (run_id := tracker.finished_run(key)):
@@ -103,8 +104,9 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
            evaluate_test: bool = True) -> tuple[torch.nn.Module, trainer.FitResult]:
     torch.manual_seed(study.seed)
     model = _build(study, ds).to(device, memory_format=memory_format)
-    batcher = data.Batcher(ds, device=device, augment=study.data.augment,
-                           crop_padding=study.data.crop_padding, memory_format=memory_format)
+    r = study.recipe
+    batcher = data.Batcher(ds, device=device, augment=study.data.augment, crop_padding=study.data.crop_padding,
+                           memory_format=memory_format, randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
                          study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test)
     return model, fitted
@@ -127,10 +129,10 @@ def _tune(study: StudyConfig, train, tracker: Tracker, echo, params: dict) -> tu
 
 
 def _build(study: StudyConfig, ds: data.Dataset) -> torch.nn.Module:
-    m = study.model
+    m, r = study.model, study.recipe
     return models.build_model(m.depth, m.width, num_classes=ds.num_classes, in_chans=ds.in_chans,
-                              se=m.se, se_ratio=m.se_ratio, resnet_d=m.resnet_d, dropout=m.dropout,
-                              stochastic_depth=m.stochastic_depth)
+                              se=m.se, se_ratio=m.se_ratio, resnet_d=m.resnet_d, dropout=r.dropout,
+                              stochastic_depth=r.stochastic_depth, stochastic_depth_rule=r.stochastic_depth_rule)
 
 
 def _latency(model, ds, study: StudyConfig, memory_format) -> dict[str, float]:

@@ -52,10 +52,10 @@ def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.S
     with open_dict(base):
         del base["hydra"]
     name = sweep_cfg.hydra.job.config_name
-    studies, problems = [], []
+    studies, problems, composed = [], [], {}
     for overrides in jobs:
         try:
-            studies.append(config.validate(point_config(base, name, overrides)))
+            studies.append(config.validate(point_config(base, name, overrides, composed)))
         except ConfigError as e:
             problems.append(f"point {' '.join(overrides)}: {e}")
     if problems:
@@ -68,16 +68,24 @@ def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.S
     return studies
 
 
-def point_config(base: DictConfig, config_name: str, overrides: list[str]) -> DictConfig:
-    """The composed config of one point. Overrides of plain settings are applied to a copy of
-    the sweep's config (milliseconds); a group choice (`data=cifar10`) or an added or deleted
-    key needs Hydra's full composition (a tenth of a second or more)."""
+def point_config(base: DictConfig, config_name: str, overrides: list[str],
+                 composed: dict | None = None) -> DictConfig:
+    """The composed config of one point. Group choices (`data=cifar10`, `+regime=x`) and added
+    or deleted keys need Hydra's full composition (a tenth of a second or more); it runs once
+    per distinct set of them when `composed` (a cache) is given. Overrides of plain settings
+    are then applied to a copy (milliseconds), as Hydra applies them after composition."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    if not all(o.package is None and _is_leaf(base, o.key_or_group) and not o.is_delete()
-               and not o.is_add() and not o.is_force_add() for o in parsed):
-        return compose(config_name, overrides=overrides)
-    cfg = copy.deepcopy(base)
-    for o in parsed:
+    plain = [o for o in parsed if o.package is None and _is_leaf(base, o.key_or_group) and not o.is_delete()
+             and not o.is_add() and not o.is_force_add()]
+    structural = tuple(o.input_line for o in parsed if o not in plain)
+    cfg = base
+    if structural:
+        cache = composed if composed is not None else {}
+        if structural not in cache:
+            cache[structural] = compose(config_name, overrides=list(structural))
+        cfg = cache[structural]
+    cfg = copy.deepcopy(cfg)
+    for o in plain:
         OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
     return cfg
 

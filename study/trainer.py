@@ -2,7 +2,9 @@
 
 It reads like the algorithm: for each epoch, a pass of SGD steps over augmented batches,
 then an evaluation on the minival split, reported to a sink of events. After the last
-epoch it evaluates the minival and test splits once more. A non-finite loss stops the point
+epoch it evaluates the minival and test splits once more. With weight EMA on, every
+evaluation uses the EMA weights (as the paper reports), and the final minival accuracy of
+the raw weights is recorded beside it. A non-finite loss stops the point
 with `DivergedError`. The trainer knows no tracker vendor and no config system: the
 caller passes the model, the data, the recipe and where events go.
 """
@@ -56,6 +58,9 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
     schedule = recipes.make_schedule(optimizer, recipe, steps)
     loss_fn = recipes.make_loss(recipe)
+    ema = recipes.WeightEma(getattr(model, "_orig_mod", model), recipe.ema_decay, recipe.epochs * steps,
+                            recipe.ema_horizon) if recipe.ema_decay > 0 else None
+    scored = ema.model if ema else model
     history, epoch_times = [], []
     loop_start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * steps, leave=False, unit="step",
@@ -65,9 +70,9 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
             lr = schedule.get_last_lr()[0]
             t0 = time.perf_counter()
             train_loss = train_epoch(model, batcher.train(ds.train, recipe.batch_size, generator),
-                                     optimizer, schedule, loss_fn, settings.precision, device, bar)
+                                     optimizer, schedule, loss_fn, settings.precision, device, bar, ema)
             epoch_times.append(time.perf_counter() - t0)
-            val = evaluate(model, batcher, ds.minival, settings)
+            val = evaluate(scored, batcher, ds.minival, settings)
             metrics = {"train/loss": train_loss, "val/top1": val["top1"], "val/top5": val["top5"],
                        "lr": lr, "epoch_time_s": epoch_times[-1]}
             sink.log_epoch(epoch, metrics)
@@ -76,12 +81,14 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     finally:
         bar.close()
     loop_time = time.perf_counter() - loop_start
-    metrics = _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test)
+    metrics = _final_metrics(scored, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test)
+    if ema:
+        metrics["minival/top1_no_ema"] = evaluate(model, batcher, ds.minival, settings)["top1"]
     return FitResult(metrics, history, loop_time)
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,
-                precision: str, device: torch.device, bar) -> float:
+                precision: str, device: torch.device, bar, ema: recipes.WeightEma | None = None) -> float:
     """One pass of SGD steps; returns the mean training loss. Raises DivergedError."""
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -93,6 +100,8 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, sch
         loss.backward()
         optimizer.step()
         schedule.step()
+        if ema:
+            ema.update()
         loss_sum += loss.detach().float()
         n += 1
         if n % GUARD_EVERY == 0:

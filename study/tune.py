@@ -60,7 +60,7 @@ def sample(trial: optuna.Trial, space: dict[str, SearchRange]) -> dict[str, floa
 
 
 def apply(study: StudyConfig, values: dict[str, float]) -> StudyConfig:
-    """The study with dotted settings replaced: {'model.dropout': 0.2} -> study.model.dropout."""
+    """The study with dotted settings replaced: {'recipe.dropout': 0.2} -> study.recipe.dropout."""
     for path, value in values.items():
         section, name = path.split(".", 1)
         part = getattr(study, section)

@@ -16,12 +16,16 @@ GROUP_OPTIONS = [(g.name, f.stem) for g in sorted(CONF.iterdir()) if g.is_dir()
                  for f in sorted(g.glob("*.yaml"))]
 SWEEP_FILES = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
 FOLDER_SETS = {"image_folder", "cifar10", "cifar100"}
+ADDED_GROUPS = {"ladder", "regime"}  # not in the primary defaults list: selected with +group=option
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS)
 def test_every_group_option_composes(group, option, tmp_path):
     extra = [f"data.root={tmp_path}"] if option in FOLDER_SETS else []
-    study = config.validate(compose_cfg("config", [f"{group}={option}", *extra]))
+    if group == "ladder":
+        extra += ["+vars.short_epochs=2", "+vars.long_epochs=8"]
+    choice = f"+{group}={option}" if group in ADDED_GROUPS else f"{group}={option}"
+    study = config.validate(compose_cfg("config", [choice, *extra]))
     assert isinstance(study, config.StudyConfig)
 
 
@@ -31,13 +35,23 @@ def test_default_config_is_the_offline_mnist_sample():
     assert study.tracking.uri.startswith("sqlite:////"), "default store must be an absolute path"
 
 
+@pytest.fixture
+def sweep_compose(monkeypatch):
+    """The sweep callback's Hydra composition, outside the CLI: through compose_cfg."""
+    from study import sweep
+
+    monkeypatch.setattr(sweep, "compose", lambda name, overrides: compose_cfg(name, overrides))
+
+
 @pytest.mark.parametrize("name", SWEEP_FILES)
-def test_every_sweep_composes_and_every_point_validates(name):
+def test_every_sweep_composes_and_every_point_validates(name, sweep_compose):
     cfg = compose_cfg(name, hydra_cfg=True)
     assert cfg.sweep == name, "a sweep file records under its own name"
     jobs = grid.expand(dict(cfg.hydra.sweeper.params), [])
     assert len(jobs) >= 1
-    keys = {grid.point_key(config.validate(compose_cfg(name, job))) for job in jobs}
+    from study.sweep import validate_grid
+
+    keys = {grid.point_key(study) for study in validate_grid(cfg, jobs)}
     assert len(keys) == len(jobs), "every grid point must be distinct"
 
 
@@ -61,7 +75,12 @@ BAD_VALUES = [
     ("data.name=imagenet", "data.name"),
     ("recipe.warmup_epochs=-1", "recipe.warmup_epochs"),
     ("trainer.precision=fp8", "trainer.precision"),
-    ("model.dropout=1.5", "model.dropout"),
+    ("recipe.dropout=1.5", "recipe.dropout"),
+    ("recipe.schedule=linear", "recipe.schedule"),
+    ("recipe.step_milestones=[0.8,0.5]", "recipe.step_milestones"),
+    ("recipe.randaugment_ops=9", "recipe.randaugment_ops"),
+    ("recipe.ema_decay=1.0", "recipe.ema_decay"),
+    ("recipe.stochastic_depth_rule=layer", "recipe.stochastic_depth_rule"),
 ]
 
 
@@ -132,7 +151,7 @@ def test_schema_is_frozen_after_validation():
 
 
 @pytest.mark.parametrize("name", SWEEP_FILES)
-def test_fast_point_config_equals_hydra_composition(name):
+def test_fast_point_config_equals_hydra_composition(name, sweep_compose):
     from omegaconf import open_dict
 
     from study.sweep import point_config
@@ -145,7 +164,7 @@ def test_fast_point_config_equals_hydra_composition(name):
         assert config.validate(point_config(base, name, job)) == config.validate(compose_cfg(name, job))
 
 
-def test_group_choices_in_a_grid_use_full_composition(monkeypatch):
+def test_group_choices_in_a_grid_use_full_composition_once_each(monkeypatch):
     from omegaconf import open_dict
 
     from study import sweep
@@ -154,7 +173,11 @@ def test_group_choices_in_a_grid_use_full_composition(monkeypatch):
     with open_dict(base):
         del base["hydra"]
     calls = []
-    monkeypatch.setattr(sweep, "compose", lambda name, overrides: calls.append(overrides) or "composed")
-    for job in (["data=mnist"], ["+extra=1"], ["model.width=0.5", "recipe=resnet_rs"]):
-        assert sweep.point_config(base, "smoke", job) == "composed"
-    assert len(calls) == 3
+    monkeypatch.setattr(sweep, "compose", lambda name, overrides: calls.append(overrides) or base.copy())
+    composed = {}
+    for job in (["data=mnist"], ["+extra=1"], ["model.width=0.5", "recipe=resnet_rs"],
+                ["model.width=1.0", "recipe=resnet_rs"]):
+        sweep.point_config(base, "smoke", job, composed)
+    assert calls == [["data=mnist"], ["+extra=1"], ["recipe=resnet_rs"]]
+
+
