@@ -40,11 +40,11 @@ def display_name(study: StudyConfig, choices: list[str] = ()) -> str:
     return " ".join([name + (f" s={study.seed}" if study.seed else ""), *choices])
 
 
-def group_choices(overrides: list[str]) -> list[str]:
-    """The config-group selections among a job's overrides: 'ladder=03_ema', '+regime=x'."""
-    return [o.lstrip("+~") for o in overrides if "=" in o and "." not in o.split("=")[0]
-            and o.split("=")[0].lstrip("+~") not in ("sweep", "seed", "force", "vars")
-            and not o.lstrip("+~").startswith("hydra")]
+def group_choices(overrides: list[str], swept: set[str]) -> list[str]:
+    """The config-group selections a sweep varies, among a job's overrides: 'ladder=03_ema'
+    when `swept` (the keys of hydra.sweeper.params) has 'ladder'."""
+    keys = {k.lstrip("+~") for k in swept if "." not in k}
+    return [o.lstrip("+~") for o in overrides if o.split("=")[0].lstrip("+~") in keys]
 
 
 def expand(sweeper_params: dict[str, str], task_overrides: list[str]) -> list[list[str]]:

@@ -134,9 +134,13 @@ def _scale_plain_stem(model: ResNet, stem_ch: int, in_chans: int) -> None:
     first = model.layer1[0]
     old = first.conv1
     first.conv1 = nn.Conv2d(stem_ch, old.out_channels, kernel_size=1, bias=False)
-    down = first.downsample[0]
-    first.downsample[0] = nn.Conv2d(stem_ch, down.out_channels, kernel_size=1,
-                                    stride=down.stride, bias=False)
+    out_ch = first.conv3.out_channels
+    if first.downsample is None:  # timm needed none: its 64-channel stem matched the block's output
+        first.downsample = nn.Sequential(nn.Conv2d(stem_ch, out_ch, kernel_size=1, bias=False),
+                                         nn.BatchNorm2d(out_ch))
+    else:
+        down = first.downsample[0]
+        first.downsample[0] = nn.Conv2d(stem_ch, out_ch, kernel_size=1, stride=down.stride, bias=False)
     for m in (model.conv1, first.conv1, first.downsample[0]):
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 

@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     tracker = mlflow_tracker(study.tracking.uri, study.sweep, study.tracking.artifact_root)
-    choices = grid.group_choices(list(HydraConfig.get().overrides.task))
+    hc = HydraConfig.get()
+    choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
     outcome = run_point(study, tracker=tracker, device=device, position=_position(), choices=choices,
                         parallel_jobs=_parallel_jobs(),
                         resolved_config=OmegaConf.to_yaml(cfg, resolve=True))

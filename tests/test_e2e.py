@@ -155,3 +155,49 @@ def test_analyze_writes_the_report_and_logs_it_to_the_parent_run(swept, tmp_path
     parent = next(r for r in runs if r.data.tags.get("role") == "parent")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/rules.json" in logged and "report/report.html" in logged
+
+
+LADDER_SMOKE = ["--multirun", "--config-dir", "sweeps", "--config-name", "recipe_ablation", "data=synthetic",
+                "data.synthetic_images=400", "data.resolution=12", "model.depth=14", "model.width=0.25",
+                "vars.short_epochs=1", "vars.long_epochs=2", "recipe.batch_size=32", "trainer.latency_repeats=2"]
+
+
+def test_recipe_ablation_ladder_runs_end_to_end_at_smoke_scale(tmp_path):
+    result = run_cli(*LADDER_SMOKE, home=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "11 points: 11 finished, 0 skipped, 0 failed" in result.stdout
+    assert "[11/11] w=0.25 d=14 r=12 e=2 ladder=10_resnet_d  top1=" in result.stdout
+    client = _client(tmp_path)
+    exp = client.get_experiment_by_name("recipe_ablation")
+    runs = {r.data.tags["mlflow.runName"].split("ladder=")[1]: r
+            for r in client.search_runs([exp.experiment_id]) if "ladder=" in r.data.tags.get("mlflow.runName", "")}
+    assert len(runs) == 11 and len({r.data.params["point_key"] for r in runs.values()}) == 11
+    p = {rung: r.data.params for rung, r in runs.items()}
+    assert p["00_baseline"]["recipe.schedule"] == "step" and p["01_cosine"]["recipe.schedule"] == "cosine"
+    assert (p["01_cosine"]["recipe.epochs"], p["02_longer"]["recipe.epochs"]) == ("1", "2")
+    assert "minival/top1_no_ema" in runs["03_ema"].data.metrics
+    assert "minival/top1_no_ema" not in runs["02_longer"].data.metrics
+    assert p["06_randaugment"]["recipe.randaugment_ops"] == "2" and p["05_stochastic_depth"]["recipe.randaugment_ops"] == "0"
+    assert (p["08_weight_decay"]["recipe.weight_decay"], p["07_dropout"]["recipe.weight_decay"]) == ("4e-05", "0.0001")
+    assert (p["09_se"]["model.se"], p["09_se"]["model.resnet_d"], p["10_resnet_d"]["model.resnet_d"]) == \
+        ("True", "False", "True")
+
+
+def test_rerunning_a_point_in_deterministic_mode_repeats_its_metrics_exactly(tmp_path):
+    from tests.conftest import TINY
+
+    point = [*TINY, "recipe=resnet_rs", "recipe.epochs=2", "trainer.deterministic=true", "force=true"]
+    metrics = []
+    for _ in range(2):
+        result = run_cli(*point, home=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    client = _client(tmp_path)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
+            if r.data.tags.get("role") != "parent"]
+    assert len(runs) == 2
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        metrics.append(({k: v for k, v in run.data.metrics.items() if k.split("/")[0] in ("top1", "top5", "minival", "error")},
+                        [m.value for m in history]))
+    assert metrics[0] == metrics[1]
+    assert runs[0].data.params["recipe.randaugment_ops"] == "2" and "minival/top1_no_ema" in metrics[0][0]

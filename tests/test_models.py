@@ -10,6 +10,57 @@ from study import measure, models
 
 PAPER_RS50_160 = {"params": 35.7e6, "flops": 4.6e9}  # Bello et al. 2021, Table 7
 
+# Published parameter counts (millions) of the released checkpoints: the TensorFlow Model
+# Garden table (tensorflow/models official/vision README, ResNet-RS), which lists ten of the
+# eleven; RS-420 is not in it. Every count of every preset is also checked to equal timm's
+# port of the released checkpoints (`resnetrs*`), parameters and FLOPs, at the preset's size.
+PUBLISHED_PARAMS_M = {"resnetrs50": 35.7, "resnetrs101": 63.7, "resnetrs101_192": 63.7, "resnetrs152": 86.8,
+                      "resnetrs152_224": 86.8, "resnetrs152_256": 86.8, "resnetrs200": 93.4, "resnetrs270": 130.1,
+                      "resnetrs350": 164.3, "resnetrs350_320": 164.3}
+# FLOPs (2 x multiply-adds, one image) of every preset as counted here, pinned: identical to
+# timm's port; RS-50@160 is 4.6 G in the paper, RS-420@320 is 128 G in the paper's cost estimate.
+GOLDEN_GFLOPS = {"resnetrs50": 4.557, "resnetrs101": 8.357, "resnetrs101_192": 12.015, "resnetrs152": 17.49,
+                 "resnetrs152_224": 23.79, "resnetrs152_256": 31.06, "resnetrs200": 40.19, "resnetrs270": 53.90,
+                 "resnetrs350": 68.75, "resnetrs350_320": 107.37, "resnetrs420": 127.88}
+
+
+def _counts_on_meta(build, resolution: int) -> dict[str, int]:
+    with torch.device("meta"):
+        model = build()
+    return measure.complexity(model, resolution, 3)
+
+
+@pytest.mark.parametrize("preset", sorted(models.PRESETS))
+def test_every_preset_is_the_released_model(preset):
+    import timm
+
+    depth, resolution = models.PRESETS[preset]
+    ours = _counts_on_meta(lambda: models.build_model(depth, 1.0, num_classes=1000), resolution)
+    reference = _counts_on_meta(lambda: timm.create_model(f"resnetrs{depth}", pretrained=False), resolution)
+    assert ours["params"] == reference["params"] and ours["flops"] == reference["flops"]
+    assert ours["flops"] / 1e9 == pytest.approx(GOLDEN_GFLOPS[preset], rel=0.01)
+    if preset in PUBLISHED_PARAMS_M:
+        assert ours["params"] / 1e6 == pytest.approx(PUBLISHED_PARAMS_M[preset], rel=0.01)
+
+
+@pytest.mark.parametrize("preset", sorted(models.PRESETS))
+def test_every_preset_config_sets_depth_and_resolution(preset):
+    from study import config
+    from tests.conftest import compose_cfg
+
+    study = config.validate(compose_cfg("config", [f"model={preset}"]))
+    assert (study.model.depth, study.data.resolution) == models.PRESETS[preset]
+    assert study.model.se and study.model.se_ratio == 0.25 and study.model.resnet_d
+
+
+def test_stochastic_depth_per_stage_as_released_or_per_block_as_timm():
+    stage = models.drop_path_rates(models.build_model(50, 0.25, num_classes=10, stochastic_depth=0.1))
+    assert stage == pytest.approx([0.04] * 3 + [0.06] * 4 + [0.08] * 6 + [0.1] * 3)
+    block = models.drop_path_rates(models.build_model(50, 0.25, num_classes=10, stochastic_depth=0.1,
+                                                      stochastic_depth_rule="block"))
+    assert block[0] == 0 and block[-1] == pytest.approx(0.1) and block == sorted(block)
+    assert models.drop_path_rates(models.build_model(50, 0.25, num_classes=10)) == [0.0] * 16
+
 
 def test_resnetrs50_at_160_matches_the_paper_within_1_percent():
     model = models.build_model(50, 1.0, num_classes=1000)
@@ -46,12 +97,13 @@ def test_width_multiplier_scales_every_stage(width, expected):
     assert models.stage_channels(width) == expected
 
 
-def test_width_scales_the_stem_in_both_stem_variants():
+@pytest.mark.parametrize("width", [0.25, 0.5])
+def test_width_scales_the_stem_in_both_stem_variants(width):
     for resnet_d in (True, False):
-        narrow = models.build_model(26, 0.5, num_classes=10, resnet_d=resnet_d)
+        narrow = models.build_model(26, width, num_classes=10, resnet_d=resnet_d)
         wide = models.build_model(26, 1.0, num_classes=10, resnet_d=resnet_d)
         first = lambda m: next(c for c in m.modules() if isinstance(c, torch.nn.Conv2d))  # noqa: E731
-        assert first(narrow).out_channels * 2 == first(wide).out_channels
+        assert first(narrow).out_channels == first(wide).out_channels * width
         out = narrow(torch.zeros(2, 3, 32, 32))
         assert out.shape == (2, 10)
 
