@@ -123,6 +123,15 @@ def test_regime_and_range_warnings_in_recommend():
         recommend_from(configs, 100, flops=1.0)
 
 
+def test_recommend_chooses_on_minival_never_on_test():
+    configs = _grid(0.3, 0.2, 100, np.random.default_rng(0))
+    # Minival says the opposite of test: the choice must follow minival.
+    configs["minival/top1"] = configs["error"]
+    chosen = recommend_from(configs, 100, latency_ms=float(configs["latency_ms"].max()))
+    assert chosen["selected_on"] == "minival/top1"
+    assert chosen["expected_error"] == pytest.approx(configs["error"].max())
+
+
 def test_fit_warnings_fire_for_short_axis_lines(monkeypatch):
     configs = _grid(0.3, 0.2, 100, np.random.default_rng(0))  # lines of 4 depths, 4 widths, 3 resolutions
     fits, warnings = rules.scaling_fits(configs)

@@ -44,10 +44,12 @@ def sweep_compose(monkeypatch):
 
 
 @pytest.mark.parametrize("name", SWEEP_FILES)
-def test_every_sweep_composes_and_every_point_validates(name, sweep_compose):
-    cfg = compose_cfg(name, hydra_cfg=True)
+def test_every_sweep_composes_and_every_point_validates(name, sweep_compose, tmp_path):
+    needs_folder = compose_cfg(name).data.name in FOLDER_SETS
+    task = [f"data.root={tmp_path}"] if needs_folder else []
+    cfg = compose_cfg(name, task, hydra_cfg=True)
     assert cfg.sweep == name, "a sweep file records under its own name"
-    jobs = grid.expand(dict(cfg.hydra.sweeper.params), [])
+    jobs = grid.expand(dict(cfg.hydra.sweeper.params), task)
     assert len(jobs) >= 1
     from study.sweep import validate_grid
 
@@ -156,11 +158,12 @@ def test_fast_point_config_equals_hydra_composition(name, sweep_compose):
 
     from study.sweep import point_config
 
-    sweep_cfg = compose_cfg(name, hydra_cfg=True)
+    task = ["data.root=/tmp"] if compose_cfg(name).data.name in FOLDER_SETS else []
+    sweep_cfg = compose_cfg(name, task, hydra_cfg=True)
     base = sweep_cfg.copy()
     with open_dict(base):
         del base["hydra"]
-    for job in grid.expand(dict(sweep_cfg.hydra.sweeper.params), ["seed=1,2", "trainer.precision=bf16"])[:4]:
+    for job in grid.expand(dict(sweep_cfg.hydra.sweeper.params), [*task, "seed=1,2", "trainer.precision=bf16"])[:4]:
         assert config.validate(point_config(base, name, job)) == config.validate(compose_cfg(name, job))
 
 
