@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import traceback
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from study import config, data, grid, measure, models, trainer, tune
+from study import config, data, faults, grid, measure, models, trainer, tune
 from study import device as devices
 from study.config import ConfigError, StudyConfig
 from study.tracking import Tracker, mlflow_tracker
@@ -87,13 +88,16 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
         metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs
         tracker.finish_point(metrics, artifacts | {"record.json": {"params": params, "metrics": metrics,
                                                                    "epochs": fitted.epoch_history}})
-    except trainer.DivergedError as e:
-        tracker.fail_point(f"diverged: {e}")
-        echo(f"{prefix}  FAILED: diverged: {e}")
-        return outcome | {"status": "FAILED", "run_id": run_id, "reason": f"diverged: {e}",
+    except Exception as e:  # the point fails; the sweep goes on (an interrupt still stops it)
+        reason = failure_reason(e)
+        tracker.fail_point(reason)
+        echo(f"{prefix}  FAILED: {reason}")
+        if not isinstance(e, (trainer.DivergedError, torch.OutOfMemoryError, MemoryError)):
+            traceback.print_exc()
+        return outcome | {"status": "FAILED", "run_id": run_id, "reason": reason,
                           "seconds": time.perf_counter() - start}
     except BaseException as e:
-        tracker.fail_point(f"{type(e).__name__}: {e}")
+        tracker.fail_point(f"interrupted: {type(e).__name__}")
         raise
     seconds = time.perf_counter() - start
     echo(f"{prefix}  top1={metrics['top1']:.3f}  {seconds:.1f}s")
@@ -101,10 +105,21 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
                       **{k: metrics[k] for k in ("top1", "flops", "params", "latency_ms", "train_img_per_s")}}
 
 
+def failure_reason(e: BaseException) -> str:
+    """The `status_reason` tag of a failed point: what happened, in one line."""
+    if isinstance(e, trainer.DivergedError):
+        return f"diverged: {e}"
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return f"out of memory: {e}"
+    return f"error: {type(e).__name__}: {e}"
+
+
 def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory_format, sink,
            evaluate_test: bool = True) -> tuple[torch.nn.Module, trainer.FitResult]:
     torch.manual_seed(study.seed)
     model = _build(study, ds).to(device, memory_format=memory_format)
+    if fault := faults.planned(grid.display_name(study)):
+        faults.inject(model, fault)
     r = study.recipe
     batcher = data.Batcher(ds, device=device, augment=study.data.augment, crop_padding=study.data.crop_padding,
                            memory_format=memory_format, randaugment=(r.randaugment_ops, r.randaugment_magnitude))

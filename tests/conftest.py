@@ -39,8 +39,8 @@ def study_home(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def run_cli(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m study.run ARGS` as a user would, with STUDY_HOME=home."""
-    env = dict(os.environ, STUDY_HOME=str(home), PYTHONUNBUFFERED="1")
+def run_cli(*args: str, home: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m study.run ARGS` as a user would, with STUDY_HOME=home (+ `env`)."""
+    env = dict(os.environ, STUDY_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,38 @@
+"""Failure isolation: a point that raises, diverges or runs out of memory is recorded FAILED
+with its reason while the others finish; the sweep exits non-zero; rerunning it retries
+only what did not finish."""
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli
+
+SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "model.width=0.25,0.5",
+         "model.depth=14", "data.resolution=12", "recipe.epochs=1,2", "data.synthetic_images=400",
+         "trainer.latency_repeats=2", "sweep=faults"]
+FAULTS = "exception:w=0.25 d=14 r=12 e=1;nan:w=0.25 d=14 r=12 e=2;oom:w=0.5 d=14 r=12 e=1"
+
+
+def _point_runs(home):
+    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
+    exp = client.get_experiment_by_name("faults")
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+
+
+def test_injected_faults_fail_their_points_while_the_others_finish(tmp_path):
+    first = run_cli(*SWEEP, home=tmp_path, env={"STUDY_INJECT_FAULT": FAULTS})
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "4 points: 1 finished, 0 skipped, 3 failed" in first.stdout
+    runs = {r.data.tags["mlflow.runName"]: r for r in _point_runs(tmp_path)}
+    reasons = {name: r.data.tags.get("status_reason", "") for name, r in runs.items()}
+    assert reasons["w=0.25 d=14 r=12 e=1"].startswith("error: RuntimeError: injected fault")
+    assert reasons["w=0.25 d=14 r=12 e=2"].startswith("diverged:")
+    assert reasons["w=0.5 d=14 r=12 e=1"].startswith("out of memory:")
+    assert runs["w=0.5 d=14 r=12 e=2"].info.status == "FINISHED"
+    assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FAILED", "FAILED", "FINISHED"]
+
+    again = run_cli(*SWEEP, home=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 points: 3 finished, 1 skipped, 0 failed" in again.stdout
+    finished = [r for r in _point_runs(tmp_path) if r.info.status == "FINISHED"]
+    assert len(finished) == 4 and len({r.data.tags["point_key"] for r in finished}) == 4
