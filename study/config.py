@@ -96,6 +96,8 @@ class TrainerConfig:
     latency_repeats: int = 10       # timed repeats (median reported), >= 1
     progress: bool = True           # a progress bar within each point (on a terminal)
     deterministic: bool = False     # deterministic kernels: rerunning a point repeats its metrics
+    checkpoints: bool = True        # save the training state after every epoch; a rerun resumes
+    keep_checkpoints: bool = False  # keep a finished point's checkpoint (<project>/checkpoints/)
 
 
 @dataclass(frozen=True)

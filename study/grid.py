@@ -14,7 +14,7 @@ NON_SEMANTIC = frozenset({
     "data.root", "data.download",
     "trainer.device", "trainer.channels_last", "trainer.compile", "trainer.threads", "trainer.eval_batch_size",
     "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
-    "trainer.deterministic",
+    "trainer.deterministic", "trainer.checkpoints", "trainer.keep_checkpoints",
     "tracking.uri", "tracking.artifact_root",
     "sweep", "force", "vars",
 })

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from study import config, data, faults, grid, measure, models, trainer, tune
 from study import device as devices
+from study.checkpoint import Checkpoint, CorruptCheckpoint
 from study.config import ConfigError, StudyConfig
 from study.tracking import Tracker, mlflow_tracker
 
@@ -63,7 +64,10 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     key, name = grid.point_key(study), grid.display_name(study, choices)
     prefix = f"[{position[0]}/{position[1]}] {name}"
     outcome = {"name": name, "point_key": key}
+    ckpt = Checkpoint(checkpoint_path(key)) if study.trainer.checkpoints else None
     if not study.force and (run_id := tracker.finished_run(key)):
+        if ckpt and not study.trainer.keep_checkpoints:
+            ckpt.remove()  # left by a process killed between finishing and cleaning up
         echo(f"{prefix}  skipped: finished as run {run_id[:8]}")
         return outcome | {"status": "SKIPPED", "run_id": run_id, "seconds": time.perf_counter() - start}
 
@@ -73,36 +77,69 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     tuned_keys = set(study.tune.space) if study.tune.trials else set()
     params = {k: v for k, v in grid.semantic_settings(study).items() if k not in tuned_keys} | ds.sizes() | \
         {"point_key": key}
-    run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha(), "device": str(device),
-                                                "threads": str(threads)})
+    resume = _resumable(ckpt, tracker, key, prefix, echo)
+    if resume:
+        run_id = resume["run_id"]
+        echo(f"{prefix}  resuming run {run_id[:8]} after epoch {resume['epoch']}")
+    else:
+        tracker.close_orphans(key, "interrupted before its first checkpoint; the point was restarted")
+        run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha(), "device": str(device),
+                                                    "threads": str(threads)})
     train = partial(_train, ds=ds, device=device, memory_format=memory_format)
     artifacts = {"config.yaml": resolved_config}
     try:
         if tuned_keys:
             study, params, artifacts["tuning.json"] = _tune(study, train, tracker, echo, params)
         measure.reset_peak_memory(device)
-        model, fitted = train(study, sink=tracker)
+        model, fitted = train(study, sink=tracker, checkpoint=ckpt, resume=resume, run_id=run_id)
         metrics = fitted.metrics | measure.peak_memory_mb(device) | \
             measure.complexity(model, ds.resolution, ds.in_chans) | _latency(model, ds, study, memory_format)
         metrics["point_time_s"] = time.perf_counter() - start
         metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs
         tracker.finish_point(metrics, artifacts | {"record.json": {"params": params, "metrics": metrics,
                                                                    "epochs": fitted.epoch_history}})
+        if ckpt and not study.trainer.keep_checkpoints:
+            ckpt.remove()
     except Exception as e:  # the point fails; the sweep goes on (an interrupt still stops it)
         reason = failure_reason(e)
         tracker.fail_point(reason)
+        if ckpt:
+            ckpt.remove()  # a failed point is retried from scratch
         echo(f"{prefix}  FAILED: {reason}")
         if not isinstance(e, (trainer.DivergedError, torch.OutOfMemoryError, MemoryError)):
             traceback.print_exc()
         return outcome | {"status": "FAILED", "run_id": run_id, "reason": reason,
                           "seconds": time.perf_counter() - start}
-    except BaseException as e:
-        tracker.fail_point(f"interrupted: {type(e).__name__}")
+    except BaseException as e:  # interrupted: the checkpoint stays, a rerun resumes
+        tracker.fail_point(f"interrupted: {type(e).__name__}", status="KILLED")
         raise
     seconds = time.perf_counter() - start
     echo(f"{prefix}  top1={metrics['top1']:.3f}  {seconds:.1f}s")
     return outcome | {"status": "FINISHED", "run_id": run_id, "seconds": seconds,
                       **{k: metrics[k] for k in ("top1", "flops", "params", "latency_ms", "train_img_per_s")}}
+
+
+def checkpoint_path(point_key: str) -> Path:
+    return Path(config.project_root(), "checkpoints", f"{point_key}.pt")
+
+
+def _resumable(ckpt: Checkpoint | None, tracker: Tracker, key: str, prefix: str, echo) -> dict | None:
+    """The saved state of this point's interrupted run, if it is sound and its run can go on."""
+    if ckpt is None:
+        return None
+    try:
+        state = ckpt.load()
+    except CorruptCheckpoint as e:
+        echo(f"{prefix}  checkpoint corrupt, restarting the point from scratch: {e}")
+        ckpt.remove()
+        return None
+    if state is None:
+        return None
+    if not tracker.resume_point(state["run_id"], key):
+        echo(f"{prefix}  checkpoint of run {state['run_id'][:8]} cannot be resumed there; restarting")
+        ckpt.remove()
+        return None
+    return state
 
 
 def failure_reason(e: BaseException) -> str:
@@ -115,7 +152,8 @@ def failure_reason(e: BaseException) -> str:
 
 
 def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory_format, sink,
-           evaluate_test: bool = True) -> tuple[torch.nn.Module, trainer.FitResult]:
+           evaluate_test: bool = True, **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
+    """Build and fit the point's model; `resume` passes checkpoint, resume and run_id on."""
     torch.manual_seed(study.seed)
     model = _build(study, ds).to(device, memory_format=memory_format)
     if fault := faults.planned(grid.display_name(study)):
@@ -124,7 +162,8 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
     batcher = data.Batcher(ds, device=device, augment=study.data.augment, crop_padding=study.data.crop_padding,
                            memory_format=memory_format, randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
-                         study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test)
+                         study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test,
+                         **resume)
     return model, fitted
 
 

@@ -17,7 +17,9 @@ class Tracker(Protocol):
     def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
     def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None: ...
-    def fail_point(self, reason: str) -> None: ...
+    def fail_point(self, reason: str, status: str = "FAILED") -> None: ...
+    def resume_point(self, run_id: str, point_key: str) -> bool: ...
+    def close_orphans(self, point_key: str, reason: str) -> int: ...
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "ChildRun": ...
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
 
@@ -62,8 +64,22 @@ class NullTracker:
         run.update(metrics=dict(metrics), artifacts=dict(artifacts), status="FINISHED")
         self.finished[run["tags"]["point_key"]] = str(len(self.runs))
 
-    def fail_point(self, reason) -> None:
-        self.runs[-1].update(status="FAILED", reason=reason)
+    def fail_point(self, reason, status="FAILED") -> None:
+        self.runs[-1].update(status=status, reason=reason)
+
+    def resume_point(self, run_id, point_key) -> bool:
+        i = int(run_id) - 1
+        if not 0 <= i < len(self.runs) or self.runs[i]["status"] == "FINISHED" \
+                or self.runs[i]["tags"].get("point_key") != point_key:
+            return False
+        self.runs.append(self.runs.pop(i) | {"status": "RUNNING"})
+        return True
+
+    def close_orphans(self, point_key, reason) -> int:
+        orphans = [r for r in self.runs if r["status"] == "RUNNING" and r["tags"].get("point_key") == point_key]
+        for r in orphans:
+            r.update(status="KILLED", reason=reason)
+        return len(orphans)
 
     def annotate(self, params, tags) -> None:
         self.runs[-1]["params"].update(params)
@@ -131,9 +147,36 @@ class MlflowTracker:
                 self.client.log_dict(self.run_id, content, path)
         self.client.set_terminated(self.run_id, "FINISHED")
 
-    def fail_point(self, reason: str) -> None:
+    def fail_point(self, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(self.run_id, "status_reason", reason[:5000])
-        self.client.set_terminated(self.run_id, "FAILED")
+        self.client.set_terminated(self.run_id, status)
+
+    def resume_point(self, run_id: str, point_key: str) -> bool:
+        """Continue an unfinished run of this point (its checkpoint names it); False when the
+        run is gone, finished, or of another point."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        if run.info.status == "FINISHED" or run.data.tags.get("point_key") != point_key \
+                or run.info.experiment_id != self.experiment_id:
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "resumed", str(int(run.data.tags.get("resumed", "0")) + 1))
+        self.run_id = run_id
+        return True
+
+    def close_orphans(self, point_key: str, reason: str) -> int:
+        """Mark this point's runs left RUNNING by a killed process KILLED (they have no
+        checkpoint to resume from); returns how many."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.point_key = '{point_key}' and attributes.status = 'RUNNING'")
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "status_reason", reason)
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(runs)
 
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         """Add params (new keys only: MLflow params are immutable) and tags to the point run."""

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from study import recipe as recipes
+from study.checkpoint import Checkpoint, rng_state, set_rng_state
 from study.config import RecipeConfig, TrainerConfig
 from study.data import Batcher, Dataset, Split
 
@@ -51,8 +52,13 @@ def autocast(device: torch.device, precision: str):
 
 
 def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, settings: TrainerConfig,
-        *, seed: int, sink: EpochSink, device: torch.device, evaluate_test: bool = True) -> FitResult:
-    """Train; with evaluate_test=False (tuning trials) the test split is never touched."""
+        *, seed: int, sink: EpochSink, device: torch.device, evaluate_test: bool = True,
+        checkpoint: Checkpoint | None = None, resume: dict | None = None,
+        run_id: str = "") -> FitResult:
+    """Train; with evaluate_test=False (tuning trials) the test split is never touched.
+    With `checkpoint`, the whole training state is saved after every epoch; `resume` (a
+    loaded state) continues from its epoch with every RNG where it was, so the result equals
+    an uninterrupted run's in deterministic mode."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = recipes.make_optimizer(model, recipe)
     steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
@@ -61,12 +67,15 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     ema = recipes.WeightEma(getattr(model, "_orig_mod", model), recipe.ema_decay, recipe.epochs * steps,
                             recipe.ema_horizon) if recipe.ema_decay > 0 else None
     scored = ema.model if ema else model
-    history, epoch_times = [], []
+    history, epoch_times, done = [], [], 0
+    if resume:
+        history, epoch_times, done = _restore(resume, model, optimizer, schedule, ema, generator)
+        sink.log_epoch(done, history[-1])  # in case the run died between saving and logging it
     loop_start = time.perf_counter()
-    bar = tqdm(total=recipe.epochs * steps, leave=False, unit="step",
+    bar = tqdm(total=recipe.epochs * steps, initial=done * steps, leave=False, unit="step",
                disable=None if settings.progress else True, dynamic_ncols=True)
     try:
-        for epoch in range(1, recipe.epochs + 1):
+        for epoch in range(done + 1, recipe.epochs + 1):
             lr = schedule.get_last_lr()[0]
             t0 = time.perf_counter()
             train_loss = train_epoch(model, batcher.train(ds.train, recipe.batch_size, generator),
@@ -75,8 +84,11 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
             val = evaluate(scored, batcher, ds.minival, settings)
             metrics = {"train/loss": train_loss, "val/top1": val["top1"], "val/top5": val["top5"],
                        "lr": lr, "epoch_time_s": epoch_times[-1]}
-            sink.log_epoch(epoch, metrics)
             history.append(metrics)
+            if checkpoint:
+                checkpoint.save(_state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times,
+                                       run_id))
+            sink.log_epoch(epoch, metrics)
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{val['top1']:.3f}")
     finally:
         bar.close()
@@ -85,6 +97,26 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     if ema:
         metrics["minival/top1_no_ema"] = evaluate(model, batcher, ds.minival, settings)["top1"]
     return FitResult(metrics, history, loop_time)
+
+
+def _state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times, run_id) -> dict:
+    return {"epoch": epoch, "run_id": run_id, "model": getattr(model, "_orig_mod", model).state_dict(),
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "ema": {"model": ema.model.state_dict(), "step": ema.step} if ema else None,
+            "generator": generator.get_state(), "rng": rng_state(),
+            "history": history, "epoch_times": epoch_times}
+
+
+def _restore(state, model, optimizer, schedule, ema, generator) -> tuple[list, list, int]:
+    getattr(model, "_orig_mod", model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if ema:
+        ema.model.load_state_dict(state["ema"]["model"])
+        ema.step = state["ema"]["step"]
+    generator.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    return list(state["history"]), list(state["epoch_times"]), int(state["epoch"])
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,
