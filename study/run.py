@@ -81,8 +81,9 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     if resume:
         run_id = resume["run_id"]
         echo(f"{prefix}  resuming run {run_id[:8]} after epoch {resume['epoch']}")
+    elif run_id := tracker.adopt_orphan(key):
+        echo(f"{prefix}  restarting run {run_id[:8]} (interrupted before its first checkpoint)")
     else:
-        tracker.close_orphans(key, "interrupted before its first checkpoint; the point was restarted")
         run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha(), "device": str(device),
                                                     "threads": str(threads)})
     train = partial(_train, ds=ds, device=device, memory_format=memory_format)

@@ -19,7 +19,7 @@ class Tracker(Protocol):
     def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None: ...
     def fail_point(self, reason: str, status: str = "FAILED") -> None: ...
     def resume_point(self, run_id: str, point_key: str) -> bool: ...
-    def close_orphans(self, point_key: str, reason: str) -> int: ...
+    def adopt_orphan(self, point_key: str) -> str | None: ...
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "ChildRun": ...
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
 
@@ -75,11 +75,12 @@ class NullTracker:
         self.runs.append(self.runs.pop(i) | {"status": "RUNNING"})
         return True
 
-    def close_orphans(self, point_key, reason) -> int:
-        orphans = [r for r in self.runs if r["status"] == "RUNNING" and r["tags"].get("point_key") == point_key]
-        for r in orphans:
-            r.update(status="KILLED", reason=reason)
-        return len(orphans)
+    def adopt_orphan(self, point_key) -> str | None:
+        for i, r in enumerate(self.runs):
+            if r["status"] == "RUNNING" and r["tags"].get("point_key") == point_key:
+                self.runs.append(self.runs.pop(i))
+                return str(i + 1)
+        return None
 
     def annotate(self, params, tags) -> None:
         self.runs[-1]["params"].update(params)
@@ -168,15 +169,18 @@ class MlflowTracker:
         self.run_id = run_id
         return True
 
-    def close_orphans(self, point_key: str, reason: str) -> int:
-        """Mark this point's runs left RUNNING by a killed process KILLED (they have no
-        checkpoint to resume from); returns how many."""
+    def adopt_orphan(self, point_key: str) -> str | None:
+        """Take over this point's run left RUNNING by a killed process before its first
+        checkpoint (it holds params but no epochs yet): the point restarts inside it, so a
+        kill never leaves a second run behind. Returns its id, or None."""
         runs = self.client.search_runs(
-            [self.experiment_id], f"tags.point_key = '{point_key}' and attributes.status = 'RUNNING'")
-        for run in runs:
-            self.client.set_tag(run.info.run_id, "status_reason", reason)
-            self.client.set_terminated(run.info.run_id, "KILLED")
-        return len(runs)
+            [self.experiment_id], f"tags.point_key = '{point_key}' and attributes.status = 'RUNNING'",
+            order_by=["attributes.start_time DESC"])
+        if not runs:
+            return None
+        self.run_id = runs[0].info.run_id
+        self.client.set_tag(self.run_id, "restarted", str(int(runs[0].data.tags.get("restarted", "0")) + 1))
+        return self.run_id
 
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None:
         """Add params (new keys only: MLflow params are immutable) and tags to the point run."""

@@ -1,0 +1,71 @@
+"""A sweep killed with SIGKILL at random moments, again and again, then let finish: exactly
+one FINISHED run per point, none lost or duplicated, and every point's metrics equal those
+of an uninterrupted sweep (deterministic mode)."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, run_cli
+
+SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "model.width=0.25,0.5",
+         "model.depth=14", "data.resolution=12,16", "recipe.epochs=3", "data.synthetic_images=2000",
+         "recipe=resnet_rs", "trainer.deterministic=true", "trainer.latency_repeats=2", "trainer.progress=false",
+         "sweep=kill"]
+KILLS = 5
+COMPARED = ("top1", "top5", "minival/top1", "minival/top1_no_ema")
+
+
+def _runs(home):
+    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
+    exp = client.get_experiment_by_name("kill")
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("point_key")]
+
+
+def _kill_at_random(home, rng) -> None:
+    """Start the sweep; once this process has written a checkpoint (so the kill lands inside
+    a point, not in start-up), SIGKILL it a random 0-3 s later."""
+    env = dict(os.environ, STUDY_HOME=str(home), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", *SWEEP], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started, deadline = time.time(), time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and \
+            not any(p.stat().st_mtime > started for p in home.glob("checkpoints/*.pt")):
+        time.sleep(0.1)
+    time.sleep(rng.uniform(0, 3))
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
+    reference = run_cli(*SWEEP, home=tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = {r.data.tags["point_key"]: r.data.metrics for r in _runs(tmp_path / "reference")}
+    assert len(expected) == 4
+
+    home, rng = tmp_path / "killed", random.Random(7)
+    for _ in range(KILLS):
+        _kill_at_random(home, rng)
+    final = run_cli(*SWEEP, home=home)
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    runs = _runs(home)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["point_key"] for r in finished) == sorted(expected)  # one each, none lost
+    assert len(runs) == 4, "a killed attempt continues in its run; it never leaves a second one"
+    for run in finished:
+        for key in COMPARED:
+            assert run.data.metrics[key] == expected[run.data.tags["point_key"]][key], key
+    resumed = sum(int(r.data.tags.get("resumed", "0")) for r in runs)
+    restarted = sum(int(r.data.tags.get("restarted", "0")) for r in runs)
+    assert resumed >= 1, "at least one kill should land inside a point and be resumed"
+    assert not list((home / "checkpoints").glob("*.pt"))  # finished points clean up
+    print(f"points 4, kills {KILLS}, resumed from a checkpoint {resumed}, restarted before one {restarted}, "
+          f"runs {len(runs)}, FINISHED {len(finished)}")
