@@ -8,6 +8,8 @@ POINT ?=
 ARGS ?=
 PORT ?= 5000
 TRIALS ?= 20
+JOBS ?= 1
+LAUNCH := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
@@ -24,8 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default); finished points are skipped; ARGS="..." adds overrides
-	$(PY) -m study.run --multirun --config-dir sweeps --config-name $(SWEEP) $(ARGS)
+sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default, JOBS=4 in parallel); finished points are skipped; ARGS="..." adds overrides
+	$(PY) -m study.run --multirun --config-dir sweeps --config-name $(SWEEP) $(LAUNCH) $(ARGS)
 
 point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=26 data.resolution=20 recipe.epochs=8"
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true $(POINT)

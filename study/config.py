@@ -140,6 +140,8 @@ class StudyConfig:
     vars: dict[str, Any] = field(default_factory=dict)  # free values for interpolation in sweep
                                     # files (${vars.name}); not recorded, what they set is
     seed: int = 0                   # seed of initialisation, batch order and augmentation
+    seeds: int = 1                  # train each point with seeds seed .. seed+seeds-1: separate runs
+                                    # that share the point key (tag run_key tells them apart)
     sweep: str = "adhoc"            # sweep name: the MLflow experiment and parent run
     force: bool = False             # run the point even when a FINISHED run has its key
 
@@ -230,6 +232,7 @@ def _checks(s: StudyConfig):
         *[(f"tune.space.{k}", k, _is_setting(s, k), "must name a setting, e.g. recipe.weight_decay")
           for k in s.tune.space],
         ("sweep", s.sweep, bool(s.sweep) and "/" not in s.sweep, "must be a non-empty name without '/'"),
+        ("seeds", s.seeds, s.seeds >= 1, "must be >= 1"),
     ]
     for name, value, ok, rule in rules:
         if not ok:

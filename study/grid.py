@@ -16,7 +16,7 @@ NON_SEMANTIC = frozenset({
     "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
     "trainer.deterministic", "trainer.checkpoints", "trainer.keep_checkpoints",
     "tracking.uri", "tracking.artifact_root",
-    "sweep", "force", "vars",
+    "sweep", "force", "vars", "seeds",
 })
 
 
@@ -26,10 +26,18 @@ def semantic_settings(study: StudyConfig) -> dict[str, Any]:
 
 
 def point_key(study: StudyConfig) -> str:
-    """Stable hash of the semantic settings: equal settings give equal keys across runs,
-    machines and the order in which overrides were written."""
-    canonical = json.dumps(semantic_settings(study), sort_keys=True, default=str)
+    """Stable hash of the semantic settings but the seed: equal settings give equal keys across
+    runs, machines and the order in which overrides were written; the seeds of one grid point
+    share it."""
+    settings = {k: v for k, v in semantic_settings(study).items() if k != "seed"}
+    canonical = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def run_key(study: StudyConfig) -> str:
+    """One training of a grid point: its key and seed ('3f2a...-s1'); what skip, resume and
+    checkpoints go by."""
+    return f"{point_key(study)}-s{study.seed}"
 
 
 def display_name(study: StudyConfig, choices: list[str] = ()) -> str:

@@ -28,7 +28,7 @@ from study import config, data, faults, grid, measure, models, trainer, tune
 from study import device as devices
 from study.checkpoint import Checkpoint, CorruptCheckpoint
 from study.config import ConfigError, StudyConfig
-from study.tracking import Tracker, mlflow_tracker
+from study.tracking import Tracker, check_reachable, mlflow_tracker, redact
 
 RESULT_FILE = "result.json"   # one per job in its output folder, read by the sweep summary
 GRID_FILE = "grid.json"       # written by the sweep callback: the number of points
@@ -42,17 +42,19 @@ def main(cfg: DictConfig) -> dict:
         study = config.validate(cfg)
         device = devices.resolve_device(study.trainer.device)
         study = devices.resolve(study, device)
+        check_reachable(study.tracking.uri)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     tracker = mlflow_tracker(study.tracking.uri, study.sweep, study.tracking.artifact_root)
     hc = HydraConfig.get()
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
-    outcome = run_point(study, tracker=tracker, device=device, position=_position(), choices=choices,
-                        parallel_jobs=_parallel_jobs(),
-                        resolved_config=OmegaConf.to_yaml(cfg, resolve=True))
-    Path(HydraConfig.get().runtime.output_dir, RESULT_FILE).write_text(json.dumps(outcome))
-    return outcome
+    outcomes = [run_point(dataclasses.replace(study, seed=seed), tracker=tracker, device=device,
+                          position=_position(), choices=choices, parallel_jobs=_parallel_jobs(),
+                          resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)))
+                for seed in range(study.seed, study.seed + study.seeds)]  # seeds=N: N runs, one point key
+    Path(hc.runtime.output_dir, RESULT_FILE).write_text(json.dumps(outcomes))
+    return outcomes
 
 
 def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
@@ -61,11 +63,11 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     """Train, measure and record one validated grid point (its `auto` settings resolved by
     study.device.resolve); returns its outcome."""
     start = time.perf_counter()
-    key, name = grid.point_key(study), grid.display_name(study, choices)
+    key, run_key, name = grid.point_key(study), grid.run_key(study), grid.display_name(study, choices)
     prefix = f"[{position[0]}/{position[1]}] {name}"
     outcome = {"name": name, "point_key": key}
-    ckpt = Checkpoint(checkpoint_path(key)) if study.trainer.checkpoints else None
-    if not study.force and (run_id := tracker.finished_run(key)):
+    ckpt = Checkpoint(checkpoint_path(run_key)) if study.trainer.checkpoints else None
+    if not study.force and (run_id := tracker.finished_run(run_key)):
         if ckpt and not study.trainer.keep_checkpoints:
             ckpt.remove()  # left by a process killed between finishing and cleaning up
         echo(f"{prefix}  skipped: finished as run {run_id[:8]}")
@@ -77,15 +79,15 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     tuned_keys = set(study.tune.space) if study.tune.trials else set()
     params = {k: v for k, v in grid.semantic_settings(study).items() if k not in tuned_keys} | ds.sizes() | \
         {"point_key": key}
-    resume = _resumable(ckpt, tracker, key, prefix, echo)
+    resume = _resumable(ckpt, tracker, run_key, prefix, echo)
     if resume:
         run_id = resume["run_id"]
         echo(f"{prefix}  resuming run {run_id[:8]} after epoch {resume['epoch']}")
-    elif run_id := tracker.adopt_orphan(key):
+    elif run_id := tracker.adopt_orphan(run_key):
         echo(f"{prefix}  restarting run {run_id[:8]} (interrupted before its first checkpoint)")
     else:
-        run_id = tracker.start_point(name, params, {"point_key": key, "git_sha": git_sha(), "device": str(device),
-                                                    "threads": str(threads)})
+        run_id = tracker.start_point(name, params, {"point_key": key, "run_key": run_key, "git_sha": git_sha(),
+                                                    "device": str(device), "threads": str(threads)})
     train = partial(_train, ds=ds, device=device, memory_format=memory_format)
     artifacts = {"config.yaml": resolved_config}
     try:
@@ -120,8 +122,8 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
                       **{k: metrics[k] for k in ("top1", "flops", "params", "latency_ms", "train_img_per_s")}}
 
 
-def checkpoint_path(point_key: str) -> Path:
-    return Path(config.project_root(), "checkpoints", f"{point_key}.pt")
+def checkpoint_path(run_key: str) -> Path:
+    return Path(config.project_root(), "checkpoints", f"{run_key}.pt")
 
 
 def _resumable(ckpt: Checkpoint | None, tracker: Tracker, key: str, prefix: str, echo) -> dict | None:

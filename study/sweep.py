@@ -27,18 +27,23 @@ class SweepCallback(Callback):
         from study.run import GRID_FILE
 
         (sweep_dir / GRID_FILE).write_text(json.dumps({"total": len(jobs)}))
-        from study.tracking import mlflow_tracker
+        from study.tracking import check_reachable, mlflow_tracker, redact
 
+        try:
+            check_reachable(first.tracking.uri)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         # Open (and if new, create) the store, experiment and parent run once, before any job.
         self.tracker = mlflow_tracker(first.tracking.uri, first.sweep, first.tracking.artifact_root)
-        print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {first.tracking.uri}", flush=True)
+        print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from study.run import RESULT_FILE
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"),
-                                                            key=lambda p: int(p.parent.name))]
+        results = [r for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: int(p.parent.name))
+                   for r in json.loads(p.read_text())]
         print(summary_table(results), flush=True)
         failed = any(r["status"] == "FAILED" for r in results)
         self.tracker.close_sweep(failed)
@@ -61,7 +66,7 @@ def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.S
     if problems:
         print("error: the sweep has invalid points, nothing was run:\n" + "\n".join(problems), file=sys.stderr)
         sys.exit(2)
-    keys = [grid.point_key(s) for s in studies]
+    keys = [grid.run_key(s) for s in studies]
     if len(set(keys)) < len(keys):
         print(f"warning: {len(keys) - len(set(keys))} grid points repeat another point's settings",
               file=sys.stderr)

@@ -4,6 +4,9 @@ one child run per grid point); `NullTracker` keeps everything in memory for test
 """
 from __future__ import annotations
 
+import random
+import re
+import socket
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -13,13 +16,13 @@ PARENT_ROLE = "parent"
 
 
 class Tracker(Protocol):
-    def finished_run(self, point_key: str) -> str | None: ...
+    def finished_run(self, run_key: str) -> str | None: ...
     def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
     def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None: ...
     def fail_point(self, reason: str, status: str = "FAILED") -> None: ...
-    def resume_point(self, run_id: str, point_key: str) -> bool: ...
-    def adopt_orphan(self, point_key: str) -> str | None: ...
+    def resume_point(self, run_id: str, run_key: str) -> bool: ...
+    def adopt_orphan(self, run_key: str) -> str | None: ...
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "ChildRun": ...
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
 
@@ -48,8 +51,8 @@ class NullTracker:
         self.runs: list[dict[str, Any]] = []
         self.finished: dict[str, str] = {}
 
-    def finished_run(self, point_key: str) -> str | None:
-        return self.finished.get(point_key)
+    def finished_run(self, run_key: str) -> str | None:
+        return self.finished.get(run_key)
 
     def start_point(self, name, params, tags) -> str:
         self.runs.append({"name": name, "params": dict(params), "tags": dict(tags), "epochs": [],
@@ -62,22 +65,22 @@ class NullTracker:
     def finish_point(self, metrics, artifacts) -> None:
         run = self.runs[-1]
         run.update(metrics=dict(metrics), artifacts=dict(artifacts), status="FINISHED")
-        self.finished[run["tags"]["point_key"]] = str(len(self.runs))
+        self.finished[run["tags"]["run_key"]] = str(len(self.runs))
 
     def fail_point(self, reason, status="FAILED") -> None:
         self.runs[-1].update(status=status, reason=reason)
 
-    def resume_point(self, run_id, point_key) -> bool:
+    def resume_point(self, run_id, run_key) -> bool:
         i = int(run_id) - 1
         if not 0 <= i < len(self.runs) or self.runs[i]["status"] == "FINISHED" \
-                or self.runs[i]["tags"].get("point_key") != point_key:
+                or self.runs[i]["tags"].get("run_key") != run_key:
             return False
         self.runs.append(self.runs.pop(i) | {"status": "RUNNING"})
         return True
 
-    def adopt_orphan(self, point_key) -> str | None:
+    def adopt_orphan(self, run_key) -> str | None:
         for i, r in enumerate(self.runs):
-            if r["status"] == "RUNNING" and r["tags"].get("point_key") == point_key:
+            if r["status"] == "RUNNING" and r["tags"].get("run_key") == run_key:
                 self.runs.append(self.runs.pop(i))
                 return str(i + 1)
         return None
@@ -99,7 +102,7 @@ class MlflowTracker:
     def __init__(self, uri: str, sweep: str, artifact_root: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = Retrying(MlflowClient(tracking_uri=uri))
         self.sweep = sweep
         self.experiment_id = self._experiment(sweep, artifact_root)
         self.parent_id = self._parent()
@@ -121,10 +124,10 @@ class MlflowTracker:
                                      tags={"role": PARENT_ROLE, "sweep": self.sweep})
         return run.info.run_id
 
-    def finished_run(self, point_key: str) -> str | None:
+    def finished_run(self, run_key: str) -> str | None:
         runs = self.client.search_runs(
             [self.experiment_id],
-            f"tags.point_key = '{point_key}' and attributes.status = 'FINISHED'", max_results=1)
+            f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'", max_results=1)
         return runs[0].info.run_id if runs else None
 
     def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -152,7 +155,7 @@ class MlflowTracker:
         self.client.set_tag(self.run_id, "status_reason", reason[:5000])
         self.client.set_terminated(self.run_id, status)
 
-    def resume_point(self, run_id: str, point_key: str) -> bool:
+    def resume_point(self, run_id: str, run_key: str) -> bool:
         """Continue an unfinished run of this point (its checkpoint names it); False when the
         run is gone, finished, or of another point."""
         from mlflow.exceptions import MlflowException
@@ -161,7 +164,7 @@ class MlflowTracker:
             run = self.client.get_run(run_id)
         except MlflowException:
             return False
-        if run.info.status == "FINISHED" or run.data.tags.get("point_key") != point_key \
+        if run.info.status == "FINISHED" or run.data.tags.get("run_key") != run_key \
                 or run.info.experiment_id != self.experiment_id:
             return False
         self.client.update_run(run_id, status="RUNNING")
@@ -169,12 +172,12 @@ class MlflowTracker:
         self.run_id = run_id
         return True
 
-    def adopt_orphan(self, point_key: str) -> str | None:
+    def adopt_orphan(self, run_key: str) -> str | None:
         """Take over this point's run left RUNNING by a killed process before its first
         checkpoint (it holds params but no epochs yet): the point restarts inside it, so a
         kill never leaves a second run behind. Returns its id, or None."""
         runs = self.client.search_runs(
-            [self.experiment_id], f"tags.point_key = '{point_key}' and attributes.status = 'RUNNING'",
+            [self.experiment_id], f"tags.run_key = '{run_key}' and attributes.status = 'RUNNING'",
             order_by=["attributes.start_time DESC"])
         if not runs:
             return None
@@ -219,6 +222,35 @@ class MlflowChild:
         self.client.set_terminated(self.run_id, status)
 
 
+BUSY_MARKERS = ("database is locked", "database table is locked", "could not obtain lock")
+RETRY_FOR_S = 120.0
+
+
+class Retrying:
+    """An MlflowClient whose calls are retried with backoff while the store is busy (SQLite
+    allows one writer at a time: parallel jobs meet 'database is locked')."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            delay, deadline = 0.05, time.monotonic() + RETRY_FOR_S
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:
+                    if not any(m in str(e).lower() for m in BUSY_MARKERS) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 2.0)
+        return call
+
+
 def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
@@ -228,6 +260,32 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> N
 
 def _param_str(value: Any) -> str:
     return "null" if value is None else str(value)
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced: 'postgresql://lab:***@db/mlflow'. Credentials are
+    better kept out of URIs altogether: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for
+    a server, ~/.pgpass or PGPASSWORD for PostgreSQL."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", uri)
+
+
+def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
+    """Raise ConfigError when an http(s) or database-server URI has nobody listening, before
+    anything trains (MLflow's own client would retry for minutes)."""
+    from urllib.parse import urlsplit
+
+    from study.config import ConfigError
+
+    parts = urlsplit(uri)
+    if parts.scheme.split("+")[0] not in ("http", "https", "postgresql", "mysql", "mssql"):
+        return
+    default_port = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+    host, port = parts.hostname or "localhost", parts.port or default_port[parts.scheme.split("+")[0]]
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"invalid settings:\n  tracking.uri={redact(uri)!r}: no tracking server answers at "
+                          f"{host}:{port} ({e.strerror or e}); start it (make server) or use tracking=local") from e
 
 
 @lru_cache(maxsize=4)

@@ -35,7 +35,7 @@ class TuneResult:
 
 
 def study_name(study: StudyConfig) -> str:
-    return "point-" + grid.point_key(replace(study, tune=TuneConfig()))
+    return "point-" + grid.run_key(replace(study, tune=TuneConfig()))
 
 
 def storage(cfg: TuneConfig) -> optuna.storages.BaseStorage | str:

@@ -201,3 +201,18 @@ def test_rerunning_a_point_in_deterministic_mode_repeats_its_metrics_exactly(tmp
                         [m.value for m in history]))
     assert metrics[0] == metrics[1]
     assert runs[0].data.params["recipe.randaugment_ops"] == "2" and "minival/top1_no_ema" in metrics[0][0]
+
+
+def test_seeds_run_as_separate_runs_sharing_the_point_key(tmp_path):
+    from tests.conftest import TINY
+
+    first = run_cli(*TINY, "recipe.epochs=1", "seeds=2", "sweep=seeds", home=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = _client(tmp_path)
+    exp = client.get_experiment_by_name("seeds")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert len({r.data.tags["point_key"] for r in runs}) == 1 and len({r.data.tags["run_key"] for r in runs}) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    again = run_cli(*TINY, "recipe.epochs=1", "seeds=2", "sweep=seeds", home=tmp_path)
+    assert again.stdout.count("skipped: finished") == 2

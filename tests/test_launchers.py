@@ -1,0 +1,29 @@
+"""Scale-out through existing engines: the SLURM launcher config composes with the settings
+a lab needs, and a sweep runs through submitit's local executor (the same code path as SLURM,
+without a cluster)."""
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import compose_cfg, run_cli
+
+
+def test_slurm_launcher_has_the_settings_a_lab_needs():
+    cfg = compose_cfg("smoke", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra_cfg=True)
+    launcher = cfg.hydra.launcher
+    assert "SlurmLauncher" in launcher._target_
+    assert launcher.partition == "gpu" and launcher.gpus_per_task == 1 and launcher.array_parallelism == 64
+    assert launcher.timeout_min == 1440 and launcher.max_num_timeout > 0  # requeue on time-out
+
+
+def test_a_sweep_runs_through_submitit(tmp_path):
+    result = run_cli("--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "hydra/launcher=submitit_local",
+                     "hydra.launcher.timeout_min=10", "model.width=0.25", "model.depth=14", "data.resolution=12",
+                     "recipe.epochs=1,2", "data.synthetic_images=400", "trainer.latency_repeats=2",
+                     "trainer.progress=false", "sweep=submitit", home=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 points: 2 finished, 0 skipped, 0 failed" in result.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("submitit")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
