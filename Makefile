@@ -13,7 +13,7 @@ LAUNCH := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jo
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep point tune ui analyze recommend test bench clean
+.PHONY: help setup sweep point tune ui server analyze recommend test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ tune: setup ## tune one point on its minival split (Optuna, TRIALS=20), then tra
 
 ui: setup ## browse results: MLflow UI on http://127.0.0.1:5000 (PORT=...) over the default store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+server: setup ## shared tracking server: MLflow on 127.0.0.1:5001 over PostgreSQL (127.0.0.1:5433); sweeps use tracking=server
+	$(PY) -m study.server --home $(STORE_DIR)
 
 analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEEP/ and on the sweep parent run
 	$(PY) -m analysis --sweep $(SWEEP) $(ARGS)

@@ -36,7 +36,7 @@ GRID_FILE = "grid.json"       # written by the sweep callback: the number of poi
 config.register()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict:
     try:
         study = config.validate(cfg)
@@ -228,4 +228,8 @@ def git_sha() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not __main__'s: parallel launchers (joblib, submitit)
+    # pickle the task function by reference and must find it as study.run.main.
+    from study import run
+
+    run.main()

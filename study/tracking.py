@@ -234,6 +234,8 @@ class Retrying:
         self._client = client
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name == "_client":  # pickling asks before _client exists
+            raise AttributeError(name)
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
