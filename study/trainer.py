@@ -56,7 +56,7 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
         checkpoint: Checkpoint | None = None, resume: dict | None = None,
         run_id: str = "") -> FitResult:
     """Train; with evaluate_test=False (tuning trials) the test split is never touched.
-    With `checkpoint`, the whole training state is saved after every epoch; `resume` (a
+    With `checkpoint`, the whole training state is saved after every epoch but the last; `resume` (a
     loaded state) continues from its epoch with every RNG where it was, so the result equals
     an uninterrupted run's in deterministic mode."""
     generator = torch.Generator().manual_seed(seed)
@@ -85,7 +85,7 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
             metrics = {"train/loss": train_loss, "val/top1": val["top1"], "val/top5": val["top5"],
                        "lr": lr, "epoch_time_s": epoch_times[-1]}
             history.append(metrics)
-            if checkpoint:
+            if checkpoint and epoch < recipe.epochs:  # after the last one the point finishes at once
                 checkpoint.save(_state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times,
                                        run_id))
             sink.log_epoch(epoch, metrics)
