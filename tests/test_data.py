@@ -16,13 +16,20 @@ def _key(split: data.Split) -> set[bytes]:
     return {img.numpy().tobytes() for img in split.images}
 
 
+MNIST = DataConfig(minival_fraction=0.1)  # conf/data/mnist.yaml: 10% minival on the 4,000-image pool
+
+
 def test_mnist_default_is_real_offline_digits_split_with_a_fixed_seed():
-    ds = data.prepare(DataConfig())
+    from study import config
+    from tests.conftest import compose_cfg
+
+    assert config.validate(compose_cfg()).data == MNIST
+    ds = data.prepare(MNIST)
     assert (len(ds.train), len(ds.minival), len(ds.test)) == (3600, 400, 1000)
     assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape[1:] == (1, 28, 28)
     assert ds.num_classes == 10 and set(ds.train.labels.tolist()) == set(range(10))
     assert not (_key(ds.train) & _key(ds.test)) and not (_key(ds.minival) & _key(ds.test))
-    again = data._load.__wrapped__(data._source_key(DataConfig()))  # bypass the cache
+    again = data._load.__wrapped__(data._source_key(MNIST))  # bypass the cache
     assert torch.equal(again.test.labels, ds.test.labels)
 
 
