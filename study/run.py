@@ -49,10 +49,10 @@ def main(cfg: DictConfig) -> dict:
     tracker = mlflow_tracker(study.tracking.uri, study.sweep, study.tracking.artifact_root)
     hc = HydraConfig.get()
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
-    outcomes = [run_point(dataclasses.replace(study, seed=seed), tracker=tracker, device=device,
-                          position=_position(), choices=choices, parallel_jobs=_parallel_jobs(),
-                          resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)))
-                for seed in range(study.seed, study.seed + study.seeds)]  # seeds=N: N runs, one point key
+    point = partial(run_point, tracker=tracker, device=device, position=_position(), choices=choices,
+                    parallel_jobs=_parallel_jobs(), resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)))
+    outcomes = [point(dataclasses.replace(study, seed=seed))  # seeds=N: N runs sharing one point key
+                for seed in range(study.seed, study.seed + study.seeds)]
     Path(hc.runtime.output_dir, RESULT_FILE).write_text(json.dumps(outcomes))
     return outcomes
 
