@@ -44,3 +44,12 @@ def run_cli(*args: str, home: Path, timeout: float = 300, env: dict | None = Non
     env = dict(os.environ, STUDY_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def point_runs(home: Path, sweep: str, uri: str | None = None) -> list:
+    """The point runs (not the parent) of a sweep, from the store under `home` or at `uri`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or f"sqlite:///{home}/mlflow.db")
+    exp = client.get_experiment_by_name(sweep)
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("point_key")]

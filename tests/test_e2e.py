@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, point_runs, run_cli
 
 TINY_SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke",
               "model.width=0.25", "model.depth=14", "data.resolution=12", "recipe.epochs=1,2",
@@ -111,9 +111,7 @@ def test_diverging_point_is_recorded_failed_with_its_reason(tmp_path):
     result = run_cli("data=synthetic", "data.synthetic_images=400", "data.resolution=12", "model.depth=14",
                      "model.width=0.25", "recipe.epochs=1", "recipe.lr_per_256=1e30", "sweep=diverge",
                      home=tmp_path)
-    client = _client(tmp_path)
-    exp = client.get_experiment_by_name("diverge")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    runs = point_runs(tmp_path, "diverge")
     assert len(runs) == 1 and runs[0].info.status == "FAILED", result.stdout[-2000:]
     assert runs[0].data.tags["status_reason"].startswith("diverged:")
     assert "FAILED: diverged" in result.stdout
@@ -208,9 +206,7 @@ def test_seeds_run_as_separate_runs_sharing_the_point_key(tmp_path):
 
     first = run_cli(*TINY, "recipe.epochs=1", "seeds=2", "sweep=seeds", home=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    client = _client(tmp_path)
-    exp = client.get_experiment_by_name("seeds")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    runs = point_runs(tmp_path, "seeds")
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert len({r.data.tags["point_key"] for r in runs}) == 1 and len({r.data.tags["run_key"] for r in runs}) == 2
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -3,9 +3,7 @@ with its reason while the others finish; the sweep exits non-zero; rerunning it 
 only what did not finish."""
 from __future__ import annotations
 
-from mlflow.tracking import MlflowClient
-
-from tests.conftest import run_cli
+from tests.conftest import point_runs, run_cli
 
 SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "model.width=0.25,0.5",
          "model.depth=14", "data.resolution=12", "recipe.epochs=1,2", "data.synthetic_images=400",
@@ -14,9 +12,7 @@ FAULTS = "exception:w=0.25 d=14 r=12 e=1;nan:w=0.25 d=14 r=12 e=2;oom:w=0.5 d=14
 
 
 def _point_runs(home):
-    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
-    exp = client.get_experiment_by_name("faults")
-    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    return point_runs(home, "faults")
 
 
 def test_injected_faults_fail_their_points_while_the_others_finish(tmp_path):

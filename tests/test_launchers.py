@@ -3,9 +3,7 @@ a lab needs, and a sweep runs through submitit's local executor (the same code p
 without a cluster)."""
 from __future__ import annotations
 
-from mlflow.tracking import MlflowClient
-
-from tests.conftest import compose_cfg, run_cli
+from tests.conftest import compose_cfg, point_runs, run_cli
 
 
 def test_slurm_launcher_has_the_settings_a_lab_needs():
@@ -23,7 +21,5 @@ def test_a_sweep_runs_through_submitit(tmp_path):
                      "trainer.progress=false", "sweep=submitit", home=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 points: 2 finished, 0 skipped, 0 failed" in result.stdout
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("submitit")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    runs = point_runs(tmp_path, "submitit")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]

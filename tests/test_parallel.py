@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from mlflow.tracking import MlflowClient
-
-from tests.conftest import ROOT
+from tests.conftest import ROOT, point_runs
 
 GRID = ("model.width=0.25 model.depth=14 data.resolution=8,12 seed=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19 "
         "recipe.epochs=1 recipe.batch_size=32 data.synthetic_images=200 trainer.latency_repeats=1 "
@@ -22,9 +20,7 @@ def test_forty_points_in_four_jobs_into_sqlite_lose_nothing(tmp_path):
     assert "hydra/launcher=joblib hydra.launcher.n_jobs=4" in done.stdout  # make passed JOBS on
     assert "40 points: 40 finished, 0 skipped, 0 failed" in done.stdout
     assert "database is locked" not in done.stdout + done.stderr
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("parallel")
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("point_key")]
+    runs = point_runs(tmp_path, "parallel")
     assert len(runs) == 40 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["run_key"] for r in runs}) == 40 and len({r.data.tags["point_key"] for r in runs}) == 2
     assert {r.data.tags["threads"] for r in runs} == {str(max(1, len(os.sched_getaffinity(0)) // 4))}

@@ -10,9 +10,7 @@ import subprocess
 import sys
 import time
 
-from mlflow.tracking import MlflowClient
-
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, point_runs, run_cli
 
 SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "model.width=0.25,0.5",
          "model.depth=14", "data.resolution=12,16", "recipe.epochs=3", "data.synthetic_images=2000",
@@ -23,9 +21,7 @@ COMPARED = ("top1", "top5", "minival/top1", "minival/top1_no_ema")
 
 
 def _runs(home):
-    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
-    exp = client.get_experiment_by_name("kill")
-    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("point_key")]
+    return point_runs(home, "kill")
 
 
 def _kill_at_random(home, rng) -> None:

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import server
-from tests.conftest import ROOT
+from tests.conftest import ROOT, point_runs
 
 HAVE_POSTGRES = any((d / "pg_ctl").exists() for d in server.PG_BIN_DIRS) or shutil.which("pg_ctl")
 pytestmark = pytest.mark.skipif(not HAVE_POSTGRES, reason="PostgreSQL server programs (pg_ctl, initdb) are not "
@@ -89,8 +89,7 @@ def test_parallel_sweep_records_into_the_server(tracking_server, tmp_path):
     assert "8 points: 8 finished, 0 skipped, 0 failed" in done.stdout
     assert password not in done.stdout + done.stderr
     client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
-    exp = client.get_experiment_by_name("served")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("point_key")]
+    runs = point_runs(tmp_path, "served", uri=f"http://127.0.0.1:{port}")
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"record.json", "config.yaml"} <= artifacts
