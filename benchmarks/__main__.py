@@ -5,7 +5,7 @@ this one run, on this machine, so it is comparable across machines.
    (same model, data, batches, optimizer and schedule; nothing else), alternated, best of N.
 2. input pipeline vs training step: batches/s of the augmenting batcher alone against
    training steps/s.
-3. fixed cost of a point: wall time of study.run.run_point with a real MLflow store minus
+3. fixed cost of a point: wall time of study.point.run_point with a real MLflow store minus
    its epochs (model build, FLOP count, run record, final evaluation, latency, artifacts),
    in a warm process as in the middle of a sweep.
 4. skip cost: a sweep of finished points run again through the real CLI; the per-point cost
@@ -29,7 +29,7 @@ import torch
 
 from study import config, data, models, recipe as recipes, trainer
 from study.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
-from study.run import run_point
+from study.point import run_point
 from study.tracking import MlflowTracker
 from benchmarks.speed import bench_speed
 

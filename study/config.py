@@ -7,7 +7,8 @@ frozen dataclasses that are then passed explicitly; there is no global config ob
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, is_dataclass
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -104,6 +105,9 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"   # MLflow tracking URI (conf/tracking sets an absolute path)
     artifact_root: Optional[str] = None  # folder for artifacts of new experiments
+    retry_s: float = 300.0          # how long a store call is retried while the store is busy or
+                                    # unreachable (a server restart) before the call gives up, >= 0;
+                                    # epoch metrics are buffered meanwhile and training goes on
 
 
 PRUNERS = ("median", "hyperband", "none")
@@ -179,7 +183,58 @@ def validate(cfg: DictConfig | StudyConfig) -> StudyConfig:
     return study
 
 
-def _checks(s: StudyConfig):
+def setting_type(study: StudyConfig, path: str) -> type | None:
+    """The declared type of a dotted setting ('recipe.dropout' -> float; Optional[int] -> int),
+    or None when there is no such setting."""
+    section, _, name = path.partition(".")
+    part = getattr(study, section, None)
+    if not is_dataclass(part):
+        return None
+    hint = typing.get_type_hints(type(part)).get(name)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+
+
+def override(study: StudyConfig, values: dict[str, float]) -> StudyConfig:
+    """The study with dotted numeric settings replaced ({'recipe.dropout': 0.2}), each value cast
+    to its setting's type; raises ConfigError for a value that type cannot hold (3.5 for an
+    integer setting, anything for a non-numeric one). Validate the result."""
+    for path, value in values.items():
+        kind = setting_type(study, path)
+        if kind is int and float(value).is_integer() and not isinstance(value, bool):
+            value = int(value)
+        elif kind is float and not isinstance(value, bool):
+            value = float(value)
+        else:
+            allowed = "an integer" if kind is int else "a number"
+            raise ConfigError(f"invalid settings:\n  {path}={value!r}: must be {allowed}" if kind in (int, float)
+                              else f"invalid settings:\n  {path}: only numeric settings can be set this way")
+        section, name = path.split(".", 1)
+        study = replace(study, **{section: replace(getattr(study, section), **{name: value})})
+    return study
+
+
+def _space_checks(s: StudyConfig):
+    """Every tuning range names a numeric setting and stays inside its allowed values."""
+    for path, r in s.tune.space.items():
+        kind = setting_type(s, path)
+        where = f"tune.space.{path}"
+        if not _is_setting(s, path):
+            yield where, path, "must name a setting, e.g. recipe.weight_decay"
+        elif kind not in (int, float):
+            yield where, path, "must name a numeric setting"
+        elif not (0 < r.low < r.high if r.log else r.low < r.high):
+            yield where, (r.low, r.high), "needs low < high (and low > 0 when log)"
+        elif kind is int and not r.integer:
+            yield where, (r.low, r.high), f"{path} is an integer setting: add integer: true"
+        else:
+            for bound in (r.low, r.high):
+                for name, _, rule in _checks(override(s, {path: bound}), space=False):
+                    if name == path:
+                        yield where, (r.low, r.high), f"the range leaves {path}'s allowed values ({rule})"
+
+
+def _checks(s: StudyConfig, space: bool = True):
     m, d, r, t = s.model, s.data, s.recipe, s.trainer
     depths = ", ".join(map(str, sorted(BLOCKS_PER_STAGE)))
     rules = [
@@ -227,10 +282,7 @@ def _checks(s: StudyConfig):
         ("tune.trials", s.tune.trials, s.tune.trials >= 0, "must be >= 0 (0 = no tuning)"),
         ("tune.pruner", s.tune.pruner, s.tune.pruner in PRUNERS, f"must be one of {', '.join(PRUNERS)}"),
         ("tune.startup_trials", s.tune.startup_trials, s.tune.startup_trials >= 0, "must be >= 0"),
-        *[(f"tune.space.{k}", (r.low, r.high), 0 < r.low < r.high if r.log else r.low < r.high,
-           "needs low < high (and low > 0 when log)") for k, r in s.tune.space.items()],
-        *[(f"tune.space.{k}", k, _is_setting(s, k), "must name a setting, e.g. recipe.weight_decay")
-          for k in s.tune.space],
+        ("tracking.retry_s", s.tracking.retry_s, s.tracking.retry_s >= 0, "must be >= 0 (seconds)"),
         ("sweep", s.sweep, bool(s.sweep) and "/" not in s.sweep, "must be a non-empty name without '/'"),
         ("seeds", s.seeds, s.seeds >= 1, "must be >= 1"),
     ]
@@ -238,6 +290,8 @@ def _checks(s: StudyConfig):
         if not ok:
             yield name, value, rule
     yield from _data_folder_checks(d)
+    if space:
+        yield from _space_checks(s)
 
 
 def _is_setting(study: StudyConfig, path: str) -> bool:

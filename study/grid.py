@@ -1,5 +1,25 @@
 """A grid point's identity: which settings are semantic, its key, its display name,
-and the expansion of a sweep's declared grid into the overrides of each point."""
+and the expansion of a sweep's declared grid into the overrides of each point.
+
+The point-key contract (key version 1). Every finished run in every user's store is found
+again by its key, so the key changes only when what is trained or measured changes:
+
+1. The key is the first 16 hex digits of the SHA-256 of the JSON (sorted keys) of the keyed
+   settings and their values; the seed is not keyed (the seeds of a point share its key, the
+   run key adds it: '<key>-s<seed>').
+2. Keyed are the settings in KEYED, always, and nothing in NON_SEMANTIC (where and how fast a
+   point runs, where it is recorded, bookkeeping).
+3. tune.* is keyed only when the point is tuned (tune.trials > 0): an untuned point trains the
+   same whatever the tuning block says. tune.storage is never keyed (where trials are kept,
+   and it may hold a credential).
+4. A setting added to the schema after version 1 goes into ADDED with its neutral value, the
+   value that trains exactly what was trained before it existed. It is keyed only when it
+   differs from that value, so an upgrade leaves every existing key unchanged.
+   tests/test_grid.py fails for a semantic setting found in neither table, and pins golden keys.
+5. Stores written before this contract (key version 0: every setting but NON_SEMANTIC, tune.*
+   included) are recognised: `legacy_run_key` computes a point's version-0 key, and the point
+   lifecycle re-tags such runs with the current key when it meets them (study.point).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,36 +28,76 @@ from typing import Any
 
 from study.config import StudyConfig, flatten
 
-# Settings that do not change what is trained or measured as a result: where and how fast
-# it runs, where it is recorded, and bookkeeping. Everything else is semantic.
+KEY_VERSION = 1
+
 NON_SEMANTIC = frozenset({
     "data.root", "data.download",
     "trainer.device", "trainer.channels_last", "trainer.compile", "trainer.threads", "trainer.eval_batch_size",
     "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
     "trainer.deterministic", "trainer.checkpoints", "trainer.keep_checkpoints",
-    "tracking.uri", "tracking.artifact_root",
-    "sweep", "force", "vars", "seeds",
+    "tracking.uri", "tracking.artifact_root", "tracking.retry_s",
+    "sweep", "force", "vars", "seeds", "tune.storage",
 })
+
+# Keyed in every point (key version 1). Never remove or rename one: that changes every key.
+KEYED = frozenset({
+    "model.depth", "model.width", "model.se", "model.se_ratio", "model.resnet_d",
+    "data.name", "data.resolution", "data.minival_fraction", "data.test_fraction", "data.split_seed",
+    "data.max_train_images", "data.augment", "data.crop_padding", "data.synthetic_images",
+    "data.synthetic_classes", "data.synthetic_size",
+    "recipe.epochs", "recipe.batch_size", "recipe.lr_per_256", "recipe.warmup_epochs", "recipe.schedule",
+    "recipe.step_milestones", "recipe.step_gamma", "recipe.momentum", "recipe.nesterov", "recipe.weight_decay",
+    "recipe.label_smoothing", "recipe.dropout", "recipe.stochastic_depth", "recipe.stochastic_depth_rule",
+    "recipe.randaugment_ops", "recipe.randaugment_magnitude", "recipe.ema_decay", "recipe.ema_horizon",
+    "trainer.precision",
+})
+TUNE_KEYED = frozenset({"tune.trials", "tune.sampler_seed", "tune.pruner", "tune.startup_trials", "tune.space"})
+
+# Settings added after key version 1: name -> neutral value (keyed only when different).
+ADDED: dict[str, Any] = {}
+
+# Key version 0 (stores written before the contract): these settings, tune.* included, always.
+_V0 = KEYED | TUNE_KEYED | {"tune.storage"}
 
 
 def semantic_settings(study: StudyConfig) -> dict[str, Any]:
-    """Every setting that defines the grid point, flattened ('model.width': 0.5, ...)."""
+    """Every setting that defines the grid point, flattened ('model.width': 0.5, ...): what a
+    point run logs as its params."""
     return {k: v for k, v in flatten(study).items() if k not in NON_SEMANTIC}
 
 
-def point_key(study: StudyConfig) -> str:
-    """Stable hash of the semantic settings but the seed: equal settings give equal keys across
-    runs, machines and the order in which overrides were written; the seeds of one grid point
-    share it."""
-    settings = {k: v for k, v in semantic_settings(study).items() if k != "seed"}
+def keyed_settings(study: StudyConfig) -> dict[str, Any]:
+    """The settings the point key hashes (rules 2-4 of the contract); no seed."""
+    flat = flatten(study)
+    tuned = study.tune.trials > 0
+    return {k: v for k, v in flat.items()
+            if k in KEYED or (tuned and k in TUNE_KEYED) or (k in ADDED and v != ADDED[k])}
+
+
+def _digest(settings: dict[str, Any]) -> str:
     canonical = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def point_key(study: StudyConfig) -> str:
+    """Stable hash of the keyed settings: equal settings give equal keys across runs, machines,
+    the order in which overrides were written, and upgrades of this tool."""
+    return _digest(keyed_settings(study))
 
 
 def run_key(study: StudyConfig) -> str:
     """One training of a grid point: its key and seed ('3f2a...-s1'); what skip, resume and
     checkpoints go by."""
     return f"{point_key(study)}-s{study.seed}"
+
+
+def legacy_run_key(study: StudyConfig) -> str | None:
+    """The run key this point had under key version 0, or None when it could not have existed
+    then (a setting added since is not at its neutral value)."""
+    flat = flatten(study)
+    if any(flat[k] != neutral for k, neutral in ADDED.items() if k in flat):
+        return None
+    return f"{_digest({k: v for k, v in flat.items() if k in _V0})}-s{study.seed}"
 
 
 def display_name(study: StudyConfig, choices: list[str] = ()) -> str:

@@ -3,7 +3,6 @@ the first job, and prints a summary table of every point when the last one ends.
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from study import config, grid
+from study import config, grid, handoff
 from study.config import ConfigError
 
 
@@ -22,12 +21,11 @@ class SweepCallback(Callback):
         jobs = grid.expand(dict(config.hydra.sweeper.params or {}), list(config.hydra.overrides.task))
         studies = validate_grid(config, jobs)
         first = studies[0]
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        from study.run import GRID_FILE
+        handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs))
+        from study.redaction import redact, redact_logs
+        from study.tracking import check_reachable, mlflow_tracker
 
-        (sweep_dir / GRID_FILE).write_text(json.dumps({"total": len(jobs)}))
-        from study.tracking import check_reachable, mlflow_tracker, redact
+        redact_logs()  # Hydra echoes each job's overrides
 
         try:
             check_reachable(first.tracking.uri)
@@ -35,17 +33,18 @@ class SweepCallback(Callback):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         # Open (and if new, create) the store, experiment and parent run once, before any job.
-        self.tracker = mlflow_tracker(first.tracking.uri, first.sweep, first.tracking.artifact_root)
+        t = first.tracking
+        self.tracker = mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s)
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from study.run import RESULT_FILE
+        from study.redaction import redact_hydra_output
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        results = [r for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: int(p.parent.name))
-                   for r in json.loads(p.read_text())]
+        redact_hydra_output(sweep_dir)  # multirun.yaml
+        results = handoff.read_outcomes(sweep_dir)
         print(summary_table(results), flush=True)
-        failed = any(r["status"] == "FAILED" for r in results)
+        failed = any(r["status"] in ("FAILED", "UNRECORDED") for r in results)
         self.tracker.close_sweep(failed)
         if failed:
             sys.exit(1)
@@ -100,7 +99,11 @@ def _is_leaf(cfg: DictConfig, key: str) -> bool:
     return not isinstance(node, DictConfig) and key.split(".")[0] in cfg
 
 
+STATUSES = ("FINISHED", "SKIPPED", "FAILED", "BUSY", "UNRECORDED")
+
+
 def summary_table(results: list[dict]) -> str:
+    """The table printed when a sweep ends: a line per point, then the counts by status."""
     header = f"{'#':>4}  {'point':<24} {'status':<9} {'top1':>6} {'MFLOPs':>9} {'lat ms':>7} {'time s':>7}"
     lines = [header, "-" * len(header)]
     for i, r in enumerate(results, 1):
@@ -108,8 +111,14 @@ def summary_table(results: list[dict]) -> str:
         flops = f"{r['flops'] / 1e6:.1f}" if "flops" in r else "-"
         lat = f"{r['latency_ms']:.2f}" if "latency_ms" in r else "-"
         lines.append(f"{i:>4}  {r['name']:<24} {r['status']:<9} {top1:>6} {flops:>9} {lat:>7} {r['seconds']:>7.1f}")
-    counts = {s: sum(r["status"] == s for r in results) for s in ("FINISHED", "SKIPPED", "FAILED")}
+    counts = {s: sum(r["status"] == s for r in results) for s in STATUSES}
     total = sum(r["seconds"] for r in results)
-    lines.append(f"{len(results)} points: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
+    lines.append(f"{len(results)} points: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()
+                                                         if n or s in ("FINISHED", "SKIPPED", "FAILED"))
                  + f"; {total:.0f}s in points")
+    if counts["BUSY"]:
+        lines.append(f"{counts['BUSY']} point(s) were being trained by another process and were left to it")
+    if counts["UNRECORDED"]:
+        lines.append(f"{counts['UNRECORDED']} point(s) trained but could not be recorded (the store failed): "
+                     "their results are kept on disk; run the sweep again to record them")
     return "\n".join(lines)

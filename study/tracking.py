@@ -4,27 +4,43 @@ one child run per grid point); `NullTracker` keeps everything in memory for test
 """
 from __future__ import annotations
 
+import os
 import random
-import re
 import socket
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from study.redaction import redact, redact_values
+
 PARENT_ROLE = "parent"
+# Errors that pass: a busy store (SQLite allows one writer at a time: parallel jobs meet
+# 'database is locked') and an unreachable or restarting one (a tracking server, PostgreSQL).
+TRANSIENT_MARKERS = ("database is locked", "database table is locked", "could not obtain lock",
+                     "connection refused", "max retries exceeded", "failed to establish a new connection",
+                     "connection reset", "connection aborted", "remote end closed connection", "timed out",
+                     "temporarily unavailable", "server closed the connection", "could not connect to server",
+                     "connection to server", "bad gateway", "service unavailable", "gateway timeout",
+                     "status code 502", "status code 503", "status code 504")
+RETRY_FOR_S = 120.0
+EPOCH_RETRY_S = 5.0  # an epoch's metrics wait at most this long before the point buffers them
+
+
 
 
 class Tracker(Protocol):
     def finished_run(self, run_key: str) -> str | None: ...
     def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
-    def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None: ...
+    def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any],
+                     epochs: list = ()) -> None: ...
     def fail_point(self, reason: str, status: str = "FAILED") -> None: ...
     def resume_point(self, run_id: str, run_key: str) -> bool: ...
     def adopt_orphan(self, run_key: str) -> str | None: ...
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "ChildRun": ...
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
+    def migrate(self, legacy_run_key: str, run_key: str, point_key: str) -> int: ...
 
 
 class ChildRun(Protocol):
@@ -62,8 +78,9 @@ class NullTracker:
     def log_epoch(self, epoch, metrics) -> None:
         self.runs[-1]["epochs"].append((epoch, dict(metrics)))
 
-    def finish_point(self, metrics, artifacts) -> None:
+    def finish_point(self, metrics, artifacts, epochs=()) -> None:
         run = self.runs[-1]
+        run["epochs"].extend((e, dict(m)) for e, m in epochs)
         run.update(metrics=dict(metrics), artifacts=dict(artifacts), status="FINISHED")
         self.finished[run["tags"]["run_key"]] = str(len(self.runs))
 
@@ -89,6 +106,14 @@ class NullTracker:
         self.runs[-1]["params"].update(params)
         self.runs[-1]["tags"].update(tags)
 
+    def migrate(self, legacy_run_key, run_key, point_key) -> int:
+        moved = [r for r in self.runs if r["tags"].get("run_key") == legacy_run_key]
+        for r in moved:
+            r["tags"].update(run_key=run_key, point_key=point_key, legacy_run_key=legacy_run_key)
+            if r["status"] == "FINISHED":
+                self.finished[run_key] = self.finished.pop(legacy_run_key)
+        return len(moved)
+
     def start_child(self, name, params, tags) -> NullChild:
         record = {"name": name, "params": dict(params), "tags": dict(tags), "epochs": []}
         self.runs[-1].setdefault("children", []).append(record)
@@ -99,10 +124,15 @@ class MlflowTracker:
     """One experiment per sweep (named after it) holding one parent run, and one child run
     per grid point nested under it through the `mlflow.parentRunId` tag."""
 
-    def __init__(self, uri: str, sweep: str, artifact_root: str | None = None) -> None:
+    def __init__(self, uri: str, sweep: str, artifact_root: str | None = None, retry_s: float = RETRY_FOR_S) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.client = Retrying(MlflowClient(tracking_uri=uri))
+        # Outages are retried here (Retrying), with a budget; MLflow's own HTTP retries would
+        # otherwise hold every call for minutes while a server restarts.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        client = MlflowClient(tracking_uri=uri)
+        self.client = Retrying(client, retry_s)
+        self._epoch_client = Retrying(client, min(retry_s, EPOCH_RETRY_S))  # training waits at most this
         self.sweep = sweep
         self.experiment_id = self._experiment(sweep, artifact_root)
         self.parent_id = self._parent()
@@ -134,25 +164,29 @@ class MlflowTracker:
         from mlflow.entities import Param
 
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={**tags, "sweep": self.sweep, "mlflow.parentRunId": self.parent_id})
+                                     tags=_redacted({**tags, "sweep": self.sweep, "mlflow.parentRunId": self.parent_id}))
         self.run_id = run.info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
         return self.run_id
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self._log_metrics(metrics, step=epoch)
+        _log_metrics(self._epoch_client, self.run_id, metrics, epoch)
 
-    def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any]) -> None:
+    def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any], epochs: list = ()) -> None:
+        """Log the epochs still waiting (buffered during an outage), the final metrics and the
+        artifacts, then mark the run FINISHED."""
+        for epoch, epoch_metrics in epochs:
+            self._log_metrics(epoch_metrics, step=epoch)
         self._log_metrics(metrics, step=0)
         for path, content in artifacts.items():
             if isinstance(content, str):
-                self.client.log_text(self.run_id, content, path)
+                self.client.log_text(self.run_id, redact(content), path)
             else:
-                self.client.log_dict(self.run_id, content, path)
+                self.client.log_dict(self.run_id, redact_values(content), path)
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail_point(self, reason: str, status: str = "FAILED") -> None:
-        self.client.set_tag(self.run_id, "status_reason", reason[:5000])
+        self.client.set_tag(self.run_id, "status_reason", redact(reason)[:5000])
         self.client.set_terminated(self.run_id, status)
 
     def resume_point(self, run_id: str, run_key: str) -> bool:
@@ -190,13 +224,22 @@ class MlflowTracker:
         from mlflow.entities import Param, RunTag
 
         self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()],
-                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+                              tags=[RunTag(k, v) for k, v in _redacted(tags).items()])
+
+    def migrate(self, legacy_run_key: str, run_key: str, point_key: str) -> int:
+        """Re-tag this sweep's runs recorded under the point's key-version-0 run key with its
+        current keys (the old one stays in the tag `legacy_run_key`); returns how many."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.run_key = '{legacy_run_key}'")
+        for run in runs:
+            for key, value in (("run_key", run_key), ("point_key", point_key), ("legacy_run_key", legacy_run_key)):
+                self.client.set_tag(run.info.run_id, key, value)
+        return len(runs)
 
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "MlflowChild":
         from mlflow.entities import Param
 
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={**tags, "sweep": self.sweep, "mlflow.parentRunId": self.run_id})
+                                     tags=_redacted({**tags, "sweep": self.sweep, "mlflow.parentRunId": self.run_id}))
         self.client.log_batch(run.info.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
         return MlflowChild(self.client, run.info.run_id)
 
@@ -218,37 +261,38 @@ class MlflowChild:
         if metrics:
             _log_metrics(self.client, self.run_id, metrics, 0)
         if reason:
-            self.client.set_tag(self.run_id, "status_reason", reason[:5000])
+            self.client.set_tag(self.run_id, "status_reason", redact(reason)[:5000])
         self.client.set_terminated(self.run_id, status)
 
 
-BUSY_MARKERS = ("database is locked", "database table is locked", "could not obtain lock")
-RETRY_FOR_S = 120.0
+def is_transient(error: BaseException) -> bool:
+    return any(m in str(error).lower() for m in TRANSIENT_MARKERS)
 
 
 class Retrying:
-    """An MlflowClient whose calls are retried with backoff while the store is busy (SQLite
-    allows one writer at a time: parallel jobs meet 'database is locked')."""
+    """An MlflowClient whose calls are retried with backoff (50 ms doubling up to 2 s, with
+    jitter) while the error is transient, for at most `retry_s` seconds; any other error, or
+    one that outlasts the budget, is raised."""
 
-    def __init__(self, client) -> None:
-        self._client = client
+    def __init__(self, client, retry_s: float = RETRY_FOR_S, sleep=time.sleep) -> None:
+        self._client, self._retry_s, self._sleep = client, retry_s, sleep
 
     def __getattr__(self, name: str):
-        if name.startswith("__") or name == "_client":  # pickling asks before _client exists
+        if name.startswith("__") or name.startswith("_"):  # pickling asks before _client exists
             raise AttributeError(name)
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
 
         def call(*args, **kwargs):
-            delay, deadline = 0.05, time.monotonic() + RETRY_FOR_S
+            delay, deadline = 0.05, time.monotonic() + self._retry_s
             while True:
                 try:
                     return attr(*args, **kwargs)
                 except Exception as e:
-                    if not any(m in str(e).lower() for m in BUSY_MARKERS) or time.monotonic() > deadline:
+                    if not is_transient(e) or time.monotonic() > deadline:
                         raise
-                    time.sleep(delay * (1 + random.random()))
+                    self._sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 2.0)
         return call
 
@@ -261,14 +305,11 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> N
 
 
 def _param_str(value: Any) -> str:
-    return "null" if value is None else str(value)
+    return "null" if value is None else redact(str(value))
 
 
-def redact(uri: str) -> str:
-    """The URI with any password replaced: 'postgresql://lab:***@db/mlflow'. Credentials are
-    better kept out of URIs altogether: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for
-    a server, ~/.pgpass or PGPASSWORD for PostgreSQL."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", uri)
+def _redacted(tags: dict[str, Any]) -> dict[str, str]:
+    return {k: redact(str(v)) for k, v in tags.items()}
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
@@ -291,6 +332,6 @@ def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
 
 
 @lru_cache(maxsize=4)
-def mlflow_tracker(uri: str, sweep: str, artifact_root: str | None) -> MlflowTracker:
+def mlflow_tracker(uri: str, sweep: str, artifact_root: str | None, retry_s: float = RETRY_FOR_S) -> MlflowTracker:
     """One tracker per store and sweep in a process: the store is opened once per sweep."""
-    return MlflowTracker(uri, sweep, artifact_root)
+    return MlflowTracker(uri, sweep, artifact_root, retry_s)

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study import grid
-from study.config import SearchRange, StudyConfig, TuneConfig, project_root
+from study.config import SearchRange, StudyConfig, TuneConfig, flatten, override, project_root, validate
 from study.trainer import DivergedError
 
 Train = Callable[[StudyConfig, Any], dict[str, float]]  # (settings, epoch sink) -> final metrics
@@ -34,8 +34,12 @@ class TuneResult:
     trials: dict[str, int]            # state -> count
 
 
-def study_name(study: StudyConfig) -> str:
-    return "point-" + grid.run_key(replace(study, tune=TuneConfig()))
+def study_name(study: StudyConfig, names: list[str] = ()) -> str:
+    """'point-<run key of the untuned point>'; the name a store written before point-key
+    version 1 gave it when `names` (the studies in the storage) holds only that one."""
+    untuned = replace(study, tune=TuneConfig())
+    name, legacy = "point-" + grid.run_key(untuned), grid.legacy_run_key(untuned)
+    return "point-" + legacy if legacy and name not in names and "point-" + legacy in names else name
 
 
 def storage(cfg: TuneConfig) -> optuna.storages.BaseStorage | str:
@@ -60,12 +64,15 @@ def sample(trial: optuna.Trial, space: dict[str, SearchRange]) -> dict[str, floa
 
 
 def apply(study: StudyConfig, values: dict[str, float]) -> StudyConfig:
-    """The study with dotted settings replaced: {'recipe.dropout': 0.2} -> study.recipe.dropout."""
-    for path, value in values.items():
-        section, name = path.split(".", 1)
-        part = getattr(study, section)
-        study = replace(study, **{section: replace(part, **{name: type(getattr(part, name))(value)})})
-    return study
+    """The study with the sampled settings, cast to their types and validated by the schema
+    ({'recipe.dropout': 0.2} -> study.recipe.dropout); raises ConfigError."""
+    return validate(override(study, values))
+
+
+def trained_values(study: StudyConfig) -> dict[str, Any]:
+    """The values of the tuned settings as the point trains with them (its params)."""
+    flat = flatten(study)
+    return {k: flat[k] for k in sorted(study.tune.space)}
 
 
 class _TrialSink:
@@ -84,9 +91,10 @@ class _TrialSink:
 def tune_point(study: StudyConfig, train: Train, tracker, echo: Callable[[str], None] = print) -> TuneResult:
     """Run the missing trials of the point's study; the best trial's settings and the study."""
     cfg = study.tune
-    name = study_name(study)
+    where = storage(cfg)
+    name = study_name(study, optuna.get_all_study_names(where))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.create_study(study_name=name, storage=storage(cfg), direction="maximize", load_if_exists=True,
+    st = optuna.create_study(study_name=name, storage=where, direction="maximize", load_if_exists=True,
                              sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed), pruner=pruner(cfg))
     for stale in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         st.tell(stale.number, state=TrialState.FAIL)  # left behind by a killed process
@@ -98,11 +106,11 @@ def tune_point(study: StudyConfig, train: Train, tracker, echo: Callable[[str], 
 
 def _run_trial(st: optuna.Study, study: StudyConfig, train: Train, tracker, echo) -> None:
     trial = st.ask()
-    values = sample(trial, study.tune.space)
-    run = tracker.start_child(f"trial {trial.number}", values,
+    settings = apply(study, sample(trial, study.tune.space))
+    run = tracker.start_child(f"trial {trial.number}", trained_values(settings),
                               {"optuna.study": st.study_name, "optuna.trial": str(trial.number)})
     try:
-        metrics = train(apply(study, values), _TrialSink(run, trial))
+        metrics = train(settings, _TrialSink(run, trial))
     except optuna.TrialPruned as e:
         st.tell(trial, state=TrialState.PRUNED)
         run.end("KILLED", reason=str(e))

@@ -15,7 +15,7 @@ import torch
 
 from study import config, tune
 from study import device as devices
-from study.run import run_point
+from study.point import run_point
 from study.tracking import NullTracker
 from tests.conftest import ROOT, TINY, compose_cfg
 
