@@ -16,12 +16,17 @@ FINAL_METRICS = ("top1", "top5", "error", "minival/top1", "minival/top5", "flops
 
 @dataclass(frozen=True)
 class Runs:
-    table: pd.DataFrame           # one row per FINISHED point run, typed columns; `tuned`: tuned by Optuna
-    excluded: dict[str, int]      # status -> number of runs left out (FAILED, RUNNING, KILLED)
+    table: pd.DataFrame           # one row per run key (point and seed): its latest FINISHED run, typed
+                                  # columns; `tuned`: tuned by Optuna
+    excluded: dict[str, int]      # why runs were left out -> how many: their status (FAILED, RUNNING,
+                                  # KILLED), or `rerun` (an older FINISHED run of a run key rerun later)
 
 
 def load_runs(sweep: str, tracking_uri: str) -> Runs:
-    """The FINISHED child runs of `sweep`; other runs are counted in `excluded`."""
+    """The latest FINISHED child run of every run key of `sweep`. A forced rerun (make point,
+    force=true) repeats a seed, it is not another one: only the latest counts, and the older
+    ones are counted in `excluded['rerun']`, as runs of other statuses are under theirs.
+    Params under tune.* describe how a point was tuned, not the point, and are left out."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -29,15 +34,25 @@ def load_runs(sweep: str, tracking_uri: str) -> Runs:
     if experiment is None:
         raise LookupError(f"no sweep named {sweep!r} in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], "tags.point_key != ''", max_results=50000)
-    rows, excluded = [], {}
+    excluded: dict[str, int] = {}
+    latest = {}
     for run in runs:
         if run.info.status != "FINISHED":
             excluded[run.info.status] = excluded.get(run.info.status, 0) + 1
             continue
-        metrics = {k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics}
-        rows.append({"run_id": run.info.run_id, "tuned": run.data.tags.get("tuned") == "true",
-                     **run.data.params, **metrics})
+        key = run.data.tags.get("run_key", run.info.run_id)
+        if key in latest:
+            excluded["rerun"] = excluded.get("rerun", 0) + 1
+        if key not in latest or run.info.start_time > latest[key].info.start_time:
+            latest[key] = run
+    rows = [_row(run) for run in latest.values()]
     return Runs(_typed(pd.DataFrame(rows)), excluded)
+
+
+def _row(run) -> dict:
+    metrics = {k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics}
+    params = {k: v for k, v in run.data.params.items() if not k.startswith("tune.")}
+    return {"run_id": run.info.run_id, "tuned": run.data.tags.get("tuned") == "true", **params, **metrics}
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

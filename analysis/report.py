@@ -75,10 +75,18 @@ def summary(decisions: dict) -> list[str]:
     return lines
 
 
+def _left_out(excluded: dict[str, int]) -> list[str]:
+    if not excluded:
+        return []
+    why = {"rerun": "older runs of a rerun point (only the latest counts)"}
+    return ["Runs left out: " + ", ".join(f"{n} {why.get(k, k)}" for k, n in sorted(excluded.items())) + "."]
+
+
 def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
     warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
     parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
-             f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.", "",
+             f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",
+             *_left_out(decisions.get("excluded_runs", {})), "",
              "## Decisions", *[f"- {s}" for s in summary(decisions)], "", "## Warnings",
              *warnings, "",
              "## Figures", *[f"![{p.stem}]({p.name})" for p in figures], "",

@@ -32,5 +32,8 @@ def tags() -> dict[str, str]:
             versions[f"version.{name}"] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[f"version.{name}"] = "absent"
+    import torch
+
+    versions["version.torch"] = torch.__version__  # with its build: '2.14.1+cu130'
     return {"git_sha": sha or "unknown",
             "git_dirty": "unknown" if status is None else str(bool(status)).lower(), **versions}

@@ -72,3 +72,14 @@ def test_a_sweep_with_an_unreachable_server_runs_nothing(store):
                      "tracking.uri=http://127.0.0.1:9", home=home)
     assert result.returncode == 2 and "no tracking server answers at 127.0.0.1:9" in result.stderr
     assert _snapshot(home) == before
+
+
+def test_a_tuning_range_outside_the_settings_allowed_values_is_rejected_at_load(store, tmp_path):
+    home, before = store
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "wide.yaml").write_text("defaults: [default]\nspace:\n  recipe.dropout: {low: 0.0, high: 1.5}\n")
+    result = run_cli(*TINY, "tune=wide", "tune.trials=2", f"hydra.searchpath=[file://{tmp_path}]", home=home)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "tune.space.recipe.dropout=(0.0, 1.5): the range leaves recipe.dropout's allowed values " \
+           "(must be in [0, 1))" in result.stderr
+    assert _snapshot(home) == before

@@ -2,7 +2,9 @@
 with a message naming the setting, before anything is built and without creating a run."""
 from __future__ import annotations
 
+import re
 import sqlite3
+from dataclasses import replace
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -168,3 +170,36 @@ def test_group_choices_in_a_grid_use_full_composition_once_each(monkeypatch):
     assert calls == [["data=mnist"], ["+extra=1"], ["recipe=resnet_rs"]]
 
 
+
+
+def _with_space(space: dict) -> config.StudyConfig:
+    study = config.validate(compose_cfg("config", TINY))
+    ranges = {k: config.SearchRange(**v) for k, v in space.items()}
+    return replace(study, tune=replace(study.tune, trials=2, space=ranges))
+
+
+@pytest.mark.parametrize("space,needle", [
+    ({"recipe.dropout": {"low": 0.0, "high": 1.5}}, "the range leaves recipe.dropout's allowed values"),
+    ({"recipe.weight_decay": {"low": -1.0, "high": 1e-3}}, "the range leaves recipe.weight_decay's allowed values"),
+    ({"recipe.lr_per_256": {"low": 0.0, "high": 0.4, "log": True}}, "needs low < high (and low > 0 when log)"),
+    ({"recipe.randaugment_ops": {"low": 0, "high": 3}}, "recipe.randaugment_ops is an integer setting"),
+    ({"recipe.nesterov": {"low": 0, "high": 1}}, "must name a numeric setting"),
+    ({"recipe.schedule": {"low": 0, "high": 1}}, "must name a numeric setting"),
+    ({"trainer.threads": {"low": 1, "high": 2, "integer": True}}, "must name a setting"),
+])
+def test_tuning_ranges_are_checked_against_the_schema_when_loaded(space, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config.validate(_with_space(space))
+
+
+def test_tuned_values_are_cast_to_their_settings_types_and_validated():
+    study = config.validate(compose_cfg("config", TINY))
+    assert config.override(study, {"recipe.randaugment_ops": 3.0}).recipe.randaugment_ops == 3
+    assert config.override(study, {"data.max_train_images": 100.0}).data.max_train_images == 100  # Optional[int]
+    assert type(config.override(study, {"recipe.dropout": 0}).recipe.dropout) is float
+    for bad in ({"recipe.randaugment_ops": 2.5}, {"recipe.nesterov": 0.3}, {"recipe.schedule": 1.0}):
+        with pytest.raises(ConfigError):
+            config.override(study, bad)
+    from study import tune
+    with pytest.raises(ConfigError, match=re.escape("recipe.dropout=1.2: must be in [0, 1)")):
+        tune.apply(study, {"recipe.dropout": 1.2})

@@ -32,7 +32,7 @@ def _kill_at_random(home, rng) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     started, deadline = time.time(), time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and \
-            not any(p.stat().st_mtime > started for p in home.glob("checkpoints/*.pt")):
+            not any(p.stat().st_mtime > started for p in home.glob("checkpoints/*/*.pt")):
         time.sleep(0.1)
     time.sleep(rng.uniform(0, 3))
     if proc.poll() is None:
@@ -62,6 +62,6 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     resumed = sum(int(r.data.tags.get("resumed", "0")) for r in runs)
     restarted = sum(int(r.data.tags.get("restarted", "0")) for r in runs)
     assert resumed >= 1, "at least one kill should land inside a point and be resumed"
-    assert not list((home / "checkpoints").glob("*.pt"))  # finished points clean up
+    assert not list((home / "checkpoints").glob("*/*.pt"))  # finished points clean up
     print(f"points 4, kills {KILLS}, resumed from a checkpoint {resumed}, restarted before one {restarted}, "
           f"runs {len(runs)}, FINISHED {len(finished)}")

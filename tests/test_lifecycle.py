@@ -1,0 +1,157 @@
+"""The point lifecycle (study/point.py) in one process: ownership, per-sweep files, records
+that survive a failing store, provenance and redaction, stores written before key version 1."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from study import config, grid, provenance
+from study import device as devices
+from study.checkpoint import Checkpoint
+from study.point import run_point
+from study.pointfiles import PointFiles
+from study.tracking import NullTracker
+from tests.conftest import ROOT, TINY, compose_cfg, point_runs, run_cli
+
+CPU = torch.device("cpu")
+
+
+def tiny(*extra: str) -> config.StudyConfig:
+    return devices.resolve(config.validate(compose_cfg("config", [*TINY, *extra])), CPU)
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+class FlakyTracker(NullTracker):
+    """A store that fails the calls named in `down` (method -> how many times) the way a
+    restarting server does."""
+
+    def __init__(self, **down: int) -> None:
+        super().__init__()
+        self.down = down
+
+    def _maybe_fail(self, method: str) -> None:
+        if self.down.get(method, 0) > 0:
+            self.down[method] -= 1
+            raise ConnectionError("API request failed: Connection refused")
+
+    def log_epoch(self, epoch, metrics):
+        self._maybe_fail("log_epoch")
+        super().log_epoch(epoch, metrics)
+
+    def finish_point(self, metrics, artifacts, epochs=()):
+        self._maybe_fail("finish_point")
+        super().finish_point(metrics, artifacts, epochs)
+
+
+def test_a_store_outage_during_the_epochs_pauses_logging_not_training(study_home):
+    tracker, lines = FlakyTracker(log_epoch=2), []
+    study = tiny("recipe.epochs=3")
+    outcome = run_point(study, tracker=tracker, device=CPU, echo=lines.append)
+    assert outcome["status"] == "FINISHED", lines
+    assert [e for e, _ in tracker.runs[-1]["epochs"]] == [1, 2, 3]  # every epoch, in order, once
+    assert any("logging paused, training goes on" in line for line in lines)
+    assert any("logging resumed" in line for line in lines)
+
+
+def test_a_store_failure_after_training_keeps_the_training_and_the_next_run_records_it(study_home):
+    study = tiny("recipe.epochs=3")
+    files = PointFiles(study.sweep, grid.run_key(study))
+    tracker = FlakyTracker(finish_point=1)
+    first = run_point(study, tracker=tracker, device=CPU, echo=quiet)
+    assert first["status"] == "UNRECORDED"
+    assert files.pending_record()["metrics"]["top1"] >= 0 and files.checkpoint.path.exists()
+    assert tracker.runs[-1]["status"] == "RUNNING" and not tracker.finished
+
+    lines = []
+    second = run_point(study, tracker=tracker, device=CPU, echo=lines.append)
+    assert second["status"] == "FINISHED" and second["run_id"] == first["run_id"], lines
+    run = tracker.runs[-1]
+    assert run["status"] == "FINISHED" and run["tags"]["recorded_late"] == "true"
+    assert run["metrics"]["top1"] == second["top1"] and len(tracker.runs) == 1  # recorded, not retrained
+    assert any("recorded the training kept" in line for line in lines)
+    assert files.pending_record() is None and not files.checkpoint.path.exists()
+    assert run_point(study, tracker=tracker, device=CPU, echo=quiet)["status"] == "SKIPPED"
+
+
+def test_a_point_owned_by_a_live_process_is_left_to_it(study_home):
+    study = tiny("recipe.epochs=1", "force=true")
+    owner = PointFiles(study.sweep, grid.run_key(study))
+    assert owner.acquire() is None
+    tracker, lines = NullTracker(), []
+    try:
+        outcome = run_point(study, tracker=tracker, device=CPU, echo=lines.append)
+    finally:
+        owner.release()
+    assert outcome["status"] == "BUSY" and "pid" in outcome["owner"]
+    assert not tracker.runs, "a live point's run is never adopted or duplicated"
+    assert "being trained right now by" in lines[0]
+    assert run_point(study, tracker=tracker, device=CPU, echo=quiet)["status"] == "FINISHED"  # lease released
+
+
+def test_checkpoints_belong_to_their_sweep(study_home):
+    study = tiny("recipe.epochs=2")
+    other = PointFiles("another_sweep", grid.run_key(study))
+    other.checkpoint.save({"epoch": 1, "run_id": "run-of-another-sweep"})
+    outcome = run_point(study, tracker=NullTracker(), device=CPU, echo=quiet)
+    assert outcome["status"] == "FINISHED"
+    assert other.checkpoint.load()["run_id"] == "run-of-another-sweep"  # untouched
+
+
+def test_every_run_says_which_code_and_packages_trained_it(study_home):
+    tracker = NullTracker()
+    run_point(tiny("recipe.epochs=1"), tracker=tracker, device=CPU, echo=quiet)
+    tags = tracker.runs[-1]["tags"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert tags["git_sha"] == head, "the commit of the code that ran, wherever STUDY_HOME is"
+    assert tags["git_dirty"] in ("true", "false") and tags["version.torch"] == torch.__version__
+    assert {"version.timm", "version.mlflow"} <= tags.keys() and tags["key_version"] == str(grid.KEY_VERSION)
+    assert provenance.tags() is provenance.tags()  # looked up once per process
+
+
+def test_untuned_points_do_not_log_the_tuning_block(study_home):
+    tracker = NullTracker()
+    run_point(tiny("recipe.epochs=1", "tune.storage=postgresql://lab:pw@db/optuna"), tracker=tracker,
+              device=CPU, echo=quiet)
+    assert not [k for k in tracker.runs[-1]["params"] if k.startswith("tune.")]
+
+
+def test_a_store_written_before_key_version_1_is_recognised(tmp_path):
+    with gzip.open(ROOT / "tests" / "data" / "store_v0.db.gz") as src, open(tmp_path / "mlflow.db", "wb") as dst:
+        shutil.copyfileobj(src, dst)  # written by the code before this contract: 2 finished points
+    args = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "model.width=0.25", "model.depth=14",
+            "data.resolution=12", "recipe.epochs=1,2", "data.synthetic_images=400", "trainer.latency_repeats=2",
+            "sweep=legacy"]
+    again = run_cli(*args, home=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 points: 0 finished, 2 skipped" in again.stdout
+    runs = point_runs(tmp_path, "legacy")
+    assert len(runs) == 2 and {r.data.tags["legacy_run_key"] for r in runs} == \
+        {"fafffd1db287f490-s0", "c652aff62ffc3807-s0"}
+    point = [a for a in args[5:-1] if not a.startswith("recipe.epochs")] + ["recipe.epochs=1"]
+    study = devices.resolve(config.validate(compose_cfg("smoke", point)), CPU)
+    assert grid.run_key(study) in {r.data.tags["run_key"] for r in runs}  # re-tagged with the current key
+
+
+SECRET = "S3cr3tPw"
+
+
+@pytest.mark.slow
+def test_no_password_reaches_the_store_the_outputs_or_the_console(tmp_path):
+    uri = f"postgresql://lab:{SECRET}@127.0.0.1:9/optuna"
+    sweep = run_cli("--multirun", *TINY, "recipe.epochs=1", "model.depth=14,26", f"tune.storage={uri}",
+                    f"+vars.db={uri}", "sweep=secrets", home=tmp_path)
+    single = run_cli(*TINY, "recipe.epochs=1", f"tune.storage={uri}", "sweep=secrets", "force=true", home=tmp_path)
+    for done in (sweep, single):
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert SECRET not in done.stdout + done.stderr
+    assert len(point_runs(tmp_path, "secrets")) == 3
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    assert any(b"lab:***@" in p.read_bytes() for p in tmp_path.rglob("config.yaml"))  # redacted, not dropped
