@@ -13,7 +13,7 @@ import json
 from functools import partial
 
 from torch import nn
-from timm.layers import DropPath, get_attn
+from timm.layers import DropPath, get_attn, make_divisible
 from timm.models.resnet import Bottleneck, ResNet
 
 # Bottleneck blocks per stage by network depth (depth = 3 x blocks + 2).
@@ -56,11 +56,7 @@ CHANNEL_DIVISOR = 8
 def scale_channels(channels: int, width: float, divisor: int = CHANNEL_DIVISOR) -> int:
     """Channels x width multiplier, rounded to a multiple of `divisor` (never below it,
     never more than 10% under the exact product; the EfficientNet/timm rounding rule)."""
-    exact = channels * width
-    rounded = max(divisor, int(exact + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * exact:
-        rounded += divisor
-    return rounded
+    return make_divisible(channels * width, divisor)
 
 
 def stage_channels(width: float) -> tuple[int, ...]:

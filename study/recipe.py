@@ -17,10 +17,11 @@
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
+from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from study.config import RecipeConfig
@@ -38,10 +39,9 @@ def peak_lr(recipe: RecipeConfig) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay only tensors of rank > 1 (conv and linear weights)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Decay only tensors of rank > 1 (conv and linear weights): timm's rule (biases and
+    batch-norm parameters in a group without decay)."""
+    return param_groups_weight_decay(model, weight_decay)
 
 
 def make_optimizer(model: nn.Module, recipe: RecipeConfig) -> torch.optim.Optimizer:
@@ -80,23 +80,29 @@ def ema_decay_at(step: int, decay: float, total_steps: int, horizon: float) -> f
     return min(decay, (1 + step) / (10 + step), cap)
 
 
-class WeightEma:
-    """An exponential moving average of a model's parameters and buffers (batch-norm running
-    statistics included; integer buffers such as batch counters are copied)."""
+class _ScheduledEma(ModelEmaV3):
+    """timm's EMA (every floating parameter and buffer lerped, other buffers copied) with the
+    decay schedule above."""
 
     def __init__(self, model: nn.Module, decay: float, total_steps: int, horizon: float):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.total_steps, self.horizon, self.step = decay, total_steps, horizon, 0
-        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
-        self._float = [p for p in pairs if p[0].is_floating_point()]
-        self._other = [p for p in pairs if not p[0].is_floating_point()]
+        super().__init__(model, decay=decay)
+        self.total_steps, self.horizon = total_steps, horizon
 
-    @torch.no_grad()
+    def get_decay(self, step: int | None = None) -> float:
+        return ema_decay_at(step or 0, self.decay, self.total_steps, self.horizon)
+
+
+class WeightEma:
+    """An exponential moving average of a model's parameters and buffers (batch-norm running
+    statistics included; integer buffers such as batch counters are copied), on timm's
+    ModelEmaV3. `model` is the averaged copy, `step` the updates so far (checkpointed)."""
+
+    def __init__(self, model: nn.Module, decay: float, total_steps: int, horizon: float):
+        self.source, self.step = model, 0
+        self._ema = _ScheduledEma(model, decay, total_steps, horizon)
+        self.model = self._ema.module.requires_grad_(False)
+
     def update(self) -> None:
         """Blend in the source model's current weights (call after each optimizer step)."""
-        d = ema_decay_at(self.step, self.decay, self.total_steps, self.horizon)
+        self._ema.update(self.source, self.step)
         self.step += 1
-        if self._float:
-            torch._foreach_lerp_([e for e, _ in self._float], [s for _, s in self._float], 1 - d)
-        for e, src in self._other:
-            e.copy_(src)

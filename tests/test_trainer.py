@@ -27,7 +27,8 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_zero():
 
 def test_weight_decay_skips_batch_norm_and_biases():
     model = models.build_model(14, 0.25, num_classes=10)
-    decay, no_decay = recipe.param_groups(model, 4e-5)
+    groups = recipe.param_groups(model, 4e-5)
+    decay, no_decay = (next(g for g in groups if (g["weight_decay"] > 0) == want) for want in (True, False))
     bn_ids = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
     assert bn_ids and bn_ids <= {id(p) for p in no_decay["params"]}
     assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 4e-5
