@@ -13,10 +13,10 @@ LAUNCH := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jo
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep point tune ui server analyze recommend test bench clean
+.PHONY: help setup sweep point tune ui server analyze recommend test test-quick bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## create .venv with the project installed (skipped when pyproject.toml is unchanged)
 
@@ -47,8 +47,11 @@ analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEE
 recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6)
 	$(PY) -m analysis recommend --sweep $(SWEEP) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS))
 
-test: setup ## run the test suite
+test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)
+
+test-quick: setup ## the tests but the long end-to-end ones marked slow (a few minutes)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 bench: setup ## benchmarks: trainer vs bare loop, input pipeline vs step, fixed and skip cost per point
 	$(PY) -m benchmarks $(ARGS)

@@ -30,6 +30,7 @@ def test_fit_recovers_a_saturating_law_and_prefers_it():
     assert {f.form for f in fits} == {"power", "saturating", "log_quadratic"}
 
 
+@pytest.mark.slow
 def test_exponent_intervals_cover_the_truth_in_at_least_90_percent_of_draws():
     rng, truth, covered = np.random.default_rng(0), 0.3, 0
     draws = 50

@@ -89,6 +89,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"CIFAR-10 JPEG archive absent ({SHARED_DATA})")
+@pytest.mark.slow
 def test_cifar10_jpeg_folder_loads_with_its_own_test_split(tmp_path):
     with tarfile.open(SHARED_DATA) as tar:
         tar.extractall(tmp_path, filter="data")

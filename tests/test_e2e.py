@@ -160,6 +160,7 @@ LADDER_SMOKE = ["--multirun", "--config-dir", "sweeps", "--config-name", "recipe
                 "vars.short_epochs=1", "vars.long_epochs=2", "recipe.batch_size=32", "trainer.latency_repeats=2"]
 
 
+@pytest.mark.slow
 def test_recipe_ablation_ladder_runs_end_to_end_at_smoke_scale(tmp_path):
     result = run_cli(*LADDER_SMOKE, home=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -181,6 +182,7 @@ def test_recipe_ablation_ladder_runs_end_to_end_at_smoke_scale(tmp_path):
         ("True", "False", "True")
 
 
+@pytest.mark.slow
 def test_rerunning_a_point_in_deterministic_mode_repeats_its_metrics_exactly(tmp_path):
     from tests.conftest import TINY
 
@@ -201,6 +203,7 @@ def test_rerunning_a_point_in_deterministic_mode_repeats_its_metrics_exactly(tmp
     assert runs[0].data.params["recipe.randaugment_ops"] == "2" and "minival/top1_no_ema" in metrics[0][0]
 
 
+@pytest.mark.slow
 def test_seeds_run_as_separate_runs_sharing_the_point_key(tmp_path):
     from tests.conftest import TINY
 

@@ -3,6 +3,8 @@ with its reason while the others finish; the sweep exits non-zero; rerunning it 
 only what did not finish."""
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import point_runs, run_cli
 
 SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "model.width=0.25,0.5",
@@ -15,6 +17,7 @@ def _point_runs(home):
     return point_runs(home, "faults")
 
 
+@pytest.mark.slow
 def test_injected_faults_fail_their_points_while_the_others_finish(tmp_path):
     first = run_cli(*SWEEP, home=tmp_path, env={"STUDY_INJECT_FAULT": FAULTS})
     assert first.returncode == 1, first.stderr[-3000:]

@@ -3,17 +3,12 @@ a lab needs, and a sweep runs through submitit's local executor (the same code p
 without a cluster)."""
 from __future__ import annotations
 
-from tests.conftest import compose_cfg, point_runs, run_cli
+import pytest
+
+from tests.conftest import point_runs, run_cli
 
 
-def test_slurm_launcher_has_the_settings_a_lab_needs():
-    cfg = compose_cfg("smoke", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra_cfg=True)
-    launcher = cfg.hydra.launcher
-    assert "SlurmLauncher" in launcher._target_
-    assert launcher.partition == "gpu" and launcher.gpus_per_task == 1 and launcher.array_parallelism == 64
-    assert launcher.timeout_min == 1440 and launcher.max_num_timeout > 0  # requeue on time-out
-
-
+@pytest.mark.slow
 def test_a_sweep_runs_through_submitit(tmp_path):
     result = run_cli("--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "hydra/launcher=submitit_local",
                      "hydra.launcher.timeout_min=10", "model.width=0.25", "model.depth=14", "data.resolution=12",

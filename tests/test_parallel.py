@@ -2,6 +2,8 @@
 SQLite store, with no lost run and no 'database is locked' failure."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 
@@ -12,6 +14,7 @@ GRID = ("model.width=0.25 model.depth=14 data.resolution=8,12 seed=0,1,2,3,4,5,6
         "trainer.progress=false sweep=parallel")
 
 
+@pytest.mark.slow
 def test_forty_points_in_four_jobs_into_sqlite_lose_nothing(tmp_path):
     env = dict(os.environ, STUDY_HOME=str(tmp_path))
     done = subprocess.run(["make", "sweep", "SWEEP=smoke", "JOBS=4", f"ARGS={GRID}"], cwd=ROOT, env=env,

@@ -3,6 +3,8 @@ one FINISHED run per point, none lost or duplicated, and every point's metrics e
 of an uninterrupted sweep (deterministic mode)."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import random
 import signal
@@ -40,6 +42,7 @@ def _kill_at_random(home, rng) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     reference = run_cli(*SWEEP, home=tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]

@@ -18,8 +18,8 @@ from study import server
 from tests.conftest import ROOT, point_runs
 
 HAVE_POSTGRES = any((d / "pg_ctl").exists() for d in server.PG_BIN_DIRS) or shutil.which("pg_ctl")
-pytestmark = pytest.mark.skipif(not HAVE_POSTGRES, reason="PostgreSQL server programs (pg_ctl, initdb) are not "
-                                "installed; .ci/run installs them (apt-get install postgresql)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAVE_POSTGRES, reason="PostgreSQL server programs (pg_ctl, initdb) are not "
+                                "installed; .ci/run installs them (apt-get install postgresql)")]
 
 
 def _free_port() -> int:

@@ -59,6 +59,7 @@ def test_restarted_study_continues_without_repeating_trials(tuned):
     assert len(finished) == 6 and len(tracker.runs[-1]["children"]) == 2  # only the 2 missing trials ran
 
 
+@pytest.mark.slow
 def test_killed_tuning_run_continues_the_same_study(study_home):
     env = dict(os.environ, STUDY_HOME=str(study_home), PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "study.run", *TINY, "tune.trials=5", "recipe.epochs=3", "sweep=tuning"]
