@@ -47,7 +47,13 @@ def store(tmp_path_factory):
     return home, _snapshot(home)
 
 
-@pytest.mark.parametrize("args,needle", CASES, ids=[" ".join(a) for a, _ in CASES])
+# One case of each kind in the quick tier (make test-quick); every case in make test.
+QUICK = {"model.width=0", "data.name=imagenet", "model.width=wide", "model.widht=1", "data=imagenet",
+         "tracking.uri=postgresql://lab:s3cret@127.0.0.1:9/mlflow"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    pytest.param(a, n, id=" ".join(a), marks=() if " ".join(a) in QUICK else pytest.mark.slow) for a, n in CASES])
 def test_bad_input_exits_naming_the_setting_and_leaves_the_store_alone(store, args, needle):
     home, before = store
     result = run_cli(*TINY, *args, home=home)
