@@ -56,3 +56,39 @@ def data_limits(configs: pd.DataFrame) -> list[dict[str, str]]:
                                                  f"{int(configs['native_resolution'].max())} px: upsampled "
                                                  "images add compute but no information."))
     return out
+
+
+def frontier_edges(context: str, front: pd.DataFrame, regime: pd.DataFrame) -> list[dict[str, str]]:
+    """The frontier runs into an edge of the grid or of the data: past it, resolution (or
+    depth, width) could not grow, so a small exponent there reads as a finding it is not."""
+    out, top = [], front.iloc[-1]
+    if top["resolution"] >= regime["resolution"].max():
+        out.append(_w("frontier_at_grid_edge", f"{context}: the frontier's largest model uses the grid's largest "
+                                               f"resolution ({int(top['resolution'])} px); resolution could not "
+                                               "grow further, so its exponent is a lower bound and 'slow "
+                                               "resolution scaling' may be the grid's edge, not a finding."))
+    if "native_resolution" in front and (front["resolution"] >= front["native_resolution"]).any():
+        out.append(_w("frontier_at_native_resolution", f"{context}: the frontier reaches the data's native "
+                                                       f"{int(front['native_resolution'].max())} px; larger "
+                                                       "resolutions only upsample, so resolution cannot pay "
+                                                       "off beyond it."))
+    for axis in ("depth", "width"):
+        if top[axis] >= regime[axis].max():
+            out.append(_w("frontier_at_grid_edge", f"{context}: the frontier's largest model uses the grid's "
+                                                   f"largest {axis} ({top[axis]:g}); its exponent is bounded "
+                                                   "by the grid."))
+    return out
+
+
+def exponent_sum(context: str, total: float, tol: float = 0.15) -> list[dict[str, str]]:
+    """FLOPs ~ d w^2 r^2, so along any path d + 2w + 2r exponents add up to about 1."""
+    if abs(total - 1) <= tol:
+        return []
+    return [_w("exponent_sum", f"{context}: the frontier exponents give d + 2w + 2r = {total:.2f}, not about 1 "
+                               "(FLOPs ~ d w^2 r^2): the frontier is too ragged, or FLOPs do not follow that form "
+                               "here, to read the exponents as a scaling rule.")]
+
+
+def selected_on_test(context: str) -> dict[str, str]:
+    return _w("selected_on_test", f"{context}: the runs have no minival accuracy, so the frontier was chosen on "
+                                  "test error, which makes the test numbers optimistic.")

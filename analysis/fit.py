@@ -7,7 +7,8 @@ Forms (x is compute divided by its geometric mean, so every parameter is of orde
 
 Each form is fitted from several starting points (`scipy.optimize.least_squares`,
 loss='huber'); the best start is kept and diagnosed: not converged, a parameter at a bound,
-starts that disagree. Forms are compared by AIC on the log-error residuals.
+starts that disagree. Forms are compared by AICc (AIC with the small-sample correction, as
+lines hold 3-7 points) on the squared log-error residuals at the optimum.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class Fit:
     x_ref: float              # compute that maps to x = 1
     n: int
     cost: float               # Huber cost at the optimum
-    aic: float
+    aicc: float               # small-sample AIC; inf when n <= k + 1
     diagnostics: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -110,9 +111,16 @@ def fit_form(compute, error, form: str, starts: list[np.ndarray] | None = None) 
         raise ValueError(f"{form}: no start could be fitted")
     best = min(results, key=lambda r: r.cost)
     sse = float(np.sum(best.fun ** 2))
-    n, k = len(e), f.n_params
-    aic = n * np.log(max(sse, 1e-300) / n) + 2 * k
-    return Fit(form, best.x, x_ref, n, float(best.cost), aic, _diagnose(best, results, lo, hi, f, x))
+    return Fit(form, best.x, x_ref, len(e), float(best.cost), aicc(sse, len(e), f.n_params),
+               _diagnose(best, results, lo, hi, f, x))
+
+
+def aicc(sse: float, n: int, n_params: int) -> float:
+    """AICc of a least-squares fit (Gaussian residuals; the variance counts as a parameter)."""
+    k = n_params + 1
+    if n - k - 1 <= 0:
+        return float("inf")
+    return float(n * np.log(max(sse, 1e-300) / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1))
 
 
 def _diagnose(best, results, lo, hi, f: Form, x) -> tuple[str, ...]:
@@ -133,10 +141,10 @@ def _diagnose(best, results, lo, hi, f: Form, x) -> tuple[str, ...]:
 
 
 def fit_best(compute, error) -> tuple[Fit, list[Fit]]:
-    """Every form the data can support (more points than parameters); the lowest-AIC fit
-    whose diagnostics are clean (else the lowest AIC), and all fits."""
+    """Every form the data can support (more points than parameters); the lowest-AICc fit
+    whose diagnostics are clean (else the lowest AICc), and all fits."""
     fits = [fit_form(compute, error, name) for name, f in FORMS.items() if len(error) > f.n_params]
     if not fits:
         raise ValueError(f"too few configurations to fit ({len(error)})")
     clean = [f for f in fits if f.ok] or fits
-    return min(clean, key=lambda f: f.aic), fits
+    return min(clean, key=lambda f: f.aicc), fits

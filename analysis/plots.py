@@ -43,7 +43,7 @@ def error_vs_cost(configs: pd.DataFrame, out: Path) -> Path:
                 part = regime[axis == name]
                 ax.scatter(part[cost], part["error"], c=colour, s=18, label=name if i == 0 else None)
             front = rules.frontier(regime, cost)
-            ax.step(front[cost], front["error"], where="post", c="crimson", lw=1, label="Pareto front")
+            ax.step(front[cost], front["error"], where="post", c="crimson", lw=1, label="Pareto front (chosen on minival)")
             ax.set(xscale="log", yscale="log", xlabel=cost, ylabel="test error", title=f"{e} epochs")
     axes[0][0].legend(fontsize=7)
     return _save(fig, out / "error_vs_flops_latency.png")
@@ -67,21 +67,15 @@ def depth_vs_width(configs: pd.DataFrame, out: Path, n_bands: int = 100) -> Path
 
 
 def _bootstrap_lines(regime: pd.DataFrame, axis: str, n: int) -> np.ndarray:
-    """Bands: the axis line's error predicted by the regime's error surface refitted on
-    bootstrap resamples of its configurations."""
-    line = rules.axis_line(regime, axis)
-    rng = np.random.default_rng(0)
-    curves = []
-    for _ in range(n):
-        sample = regime.iloc[rng.integers(0, len(regime), len(regime))]
-        try:
-            beta, _ = rules._surface(sample)
-        except (ValueError, np.linalg.LinAlgError):
-            continue
-        ld, lw, lr = (np.log(line[c].to_numpy(float)) for c in ("depth", "width", "resolution"))
-        X = np.column_stack([np.ones_like(ld), ld, ld ** 2, lw, lw ** 2, lr])
-        curves.append(np.exp(X @ beta))
-    return np.array(curves)
+    """Bands: the axis line's error predicted by the regime's error surface
+    (analysis.depth_width.Surface) over draws of its coefficients."""
+    from analysis.depth_width import Surface
+
+    try:
+        surface = Surface(regime)
+    except (ValueError, np.linalg.LinAlgError):
+        return np.empty((0, 0))
+    return np.exp(surface.draws(n, 0) @ surface.features(rules.axis_line(regime, axis)).T)
 
 
 def resolution(configs: pd.DataFrame, decisions: dict, out: Path) -> Path:

@@ -51,28 +51,57 @@ def all_warnings(decisions: dict) -> list[dict]:
 
 
 def summary(decisions: dict) -> list[str]:
-    """The decisions in plain sentences."""
-    lines = []
-    for e, d in decisions["depth_vs_width"]["by_regime"].items():
-        gap = d["error_gap_depth_minus_width"]
-        lines.append(f"{e} epochs: {d['winner']} scaling wins (error gap depth - width {gap['estimate']:+.4f}, "
-                     f"90% interval [{gap['interval'][0]:+.4f}, {gap['interval'][1]:+.4f}], "
-                     f"P(depth better) = {d['p_depth_better']:.2f}).")
-    flip = decisions["depth_vs_width"]["flip"]
-    if flip.get("flips") is not None:
-        lines.append(f"Winner {'flips' if flip['flips'] else 'does not flip'} between {flip['short_regime']} and "
-                     f"{flip['long_regime']} epochs (P(flip) = {flip['p_flip']:.2f}).")
+    """The decisions in plain sentences: 'wins' only for a decided rule."""
+    dvw = decisions["depth_vs_width"]
+    lines = [_regime_sentence(e, d) for e, d in dvw["by_regime"].items()]
+    if (flip := _flip_sentence(dvw["flip"])):
+        lines.append(flip)
     for e, d in decisions["resolution_scaling"]["by_regime"].items():
         a = d["a_resolution"]
-        lines.append(f"{e} epochs: resolution grows as C^{a['estimate']:.3f} on the frontier (interval "
-                     f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]; EfficientNet 0.214; "
-                     f"P(slower) = {d['p_slower_than_efficientnet']:.2f}); depth C^{d['a_depth']['estimate']:.3f}, "
+        verdict = {"slower": "slower than EfficientNet's 0.214", "not_slower": "not slower than EfficientNet's 0.214",
+                   "undecided": "undecided against EfficientNet's 0.214"}[d["slower_than_efficientnet"]]
+        lines.append(f"{e} epochs: on the minival frontier resolution grows as C^{a['estimate']:.3f} (90% interval "
+                     f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]): {verdict} "
+                     f"(P(slower) = {d['p_slower_than_efficientnet']:.2f}); depth C^{d['a_depth']['estimate']:.3f}, "
                      f"width C^{d['a_width']['estimate']:.3f}.")
     for e, d in decisions["extrapolation"]["by_regime"].items():
         lines.append(f"{e} epochs: a {d['form']} law fitted on the {d['fit_configurations']} smallest configurations "
                      f"predicts the {d['held_out']} largest with mean |log error| {d['mean_abs_log_error']:.3f}, "
-                     f"bias {d['bias_log']:+.3f}, 90% interval coverage {d['interval_coverage']:.2f}.")
+                     f"bias {d['bias_log']:+.3f}; {d['prediction_interval_coverage']:.0%} of them fall in its 90% "
+                     "prediction interval.")
     return lines
+
+
+def _gap_text(d: dict) -> str:
+    gap = d["error_gap_depth_minus_width"]
+    return (f"error gap depth - width {gap['estimate']:+.4f}, 90% interval [{gap['interval'][0]:+.4f}, "
+            f"{gap['interval'][1]:+.4f}], P(depth better) = {d['p_depth_better']:.2f}")
+
+
+def _regime_sentence(epochs, d: dict) -> str:
+    res = d["by_resolution"]
+    if d["winner"] == "depends_on_resolution":
+        parts = [f"{w} at {r} px" for r, w in ((r, x["winner"]) for r, x in res.items())]
+        return f"{epochs} epochs: the winner depends on the resolution: {', '.join(parts)} ({_gap_text(d)} overall)."
+    if d["winner"] == "undecided":
+        return (f"{epochs} epochs: undecided between depth and width scaling ({_gap_text(d)}); "
+                f"to decide it: {d['would_decide']}.")
+    everywhere = all(x["winner"] == d["winner"] for x in res.values())
+    where = " at every resolution" if everywhere and len(res) > 1 else \
+        "" if len(res) == 1 else " (per resolution: " + ", ".join(f"{x['winner']} at {r} px" for r, x in res.items()) + ")"
+    return f"{epochs} epochs: {d['winner']} scaling wins{where} ({_gap_text(d)})."
+
+
+def _flip_sentence(flip: dict) -> str | None:
+    if "winners" not in flip:
+        return None
+    if flip["flips"]:
+        (e0, w0), (e1, w1) = flip["from"], flip["to"]
+        return f"The winner flips: {w0} scaling at {e0} epochs, {w1} scaling at {e1} epochs."
+    if flip["flips"] is False:
+        return f"The winner does not flip: {next(iter(flip['winners'].values()))} scaling in every regime."
+    shown = ", ".join(f"{w} at {e} epochs" for e, w in flip["winners"].items())
+    return f"Whether the winner flips between regimes is undecided ({shown})."
 
 
 def _left_out(excluded: dict[str, int]) -> list[str]:

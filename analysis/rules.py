@@ -1,8 +1,8 @@
-"""The scaling rules, each answered with an estimate, a bootstrap interval and warnings.
+"""The scaling rules, each answered with an estimate, an interval, a three-valued decision
+where it decides something, and warnings.
 
-Input: one row per configuration (analysis.load.by_configuration). The depth and width
-"lines" of a regime run through its base model (smallest width and depth) at each resolution:
-the depth line varies depth at the base width, the width line varies width at the base depth.
+Input: one row per configuration (analysis.load.by_configuration). Depth vs width lives in
+analysis/depth_width.py; every selection (the Pareto frontier) reads minival, never test.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 
 from analysis import caveats as warn
 from analysis.fit import fit_best, fit_form, training_compute
+from analysis.depth_width import depth_vs_width
 from analysis.uncertainty import bootstrap, interval, probability
 
 EFFICIENTNET_RESOLUTION_EXPONENT = 0.214  # 1.15^phi per 2^phi FLOPs (Tan & Le 2019)
@@ -26,59 +27,7 @@ def tidy(configs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-# --- depth vs width ---------------------------------------------------------------------
-# A regime's configurations give a log-error surface, log e = a + b_d ld + b_dd ld^2 + b_w lw
-# + b_ww lw^2 + b_r lr (l = log of depth, width, resolution), and the compute elasticities of
-# each axis, log C = g0 + g_d ld + g_w lw + g_r lr. Scaling depth alone from the base model
-# (smallest depth and width) and scaling width alone reach each compute C at a different
-# error; their difference at matched compute, averaged over resolutions, decides the rule.
-
-def _surface(regime: pd.DataFrame):
-    ld, lw, lr = (np.log(regime[c].to_numpy(float)) for c in ("depth", "width", "resolution"))
-    if min(len(set(ld)), len(set(lw))) < 3:
-        raise ValueError("depth and width need 3 distinct values each")
-    X = np.column_stack([np.ones_like(ld), ld, ld ** 2, lw, lw ** 2, lr])
-    beta = np.linalg.lstsq(X, np.log(regime["error"].to_numpy(float)), rcond=None)[0]
-    gamma = np.linalg.lstsq(X[:, [0, 1, 3, 5]], np.log(regime["compute"].to_numpy(float)), rcond=None)[0]
-    return beta, gamma
-
-
-def _path_log_error(beta, gamma, log_c, axis: str, base: dict, lr: float):
-    """log error along one axis from the base model, at log compute `log_c`."""
-    g0, g_d, g_w, g_r = gamma
-    ld, lw = np.log(base["depth"]), np.log(base["width"])
-    if axis == "depth":
-        ld = (log_c - g0 - g_w * lw - g_r * lr) / g_d
-    else:
-        lw = (log_c - g0 - g_d * ld - g_r * lr) / g_w
-    return beta @ np.array([1, ld, ld ** 2, lw, lw ** 2, lr])
-
-
-def depth_width_gap(regime: pd.DataFrame) -> dict[str, float]:
-    """error(depth scaling) - error(width scaling) at matched compute (negative: depth wins),
-    halfway (in log compute) along the stretch both paths cover within the observed depths
-    and widths, averaged over resolutions; and the log10 training compute (mean over the
-    base models) where the sign changes on that stretch (NaN if it does not)."""
-    beta, gamma = _surface(regime)
-    base = {"depth": regime["depth"].min(), "width": regime["width"].min()}
-    # Both paths start at the base model; each reaches as far as its axis was observed.
-    reach = min(gamma[1] * np.log(regime["depth"].max() / base["depth"]),
-                gamma[2] * np.log(regime["width"].max() / base["width"]))
-    steps = np.linspace(0, reach, 64)
-    gaps = []
-    for r in sorted(regime["resolution"].unique()):
-        lr = np.log(r)
-        c0 = gamma @ np.array([1, np.log(base["depth"]), np.log(base["width"]), lr])
-        gaps.append([np.exp(_path_log_error(beta, gamma, c0 + t, "depth", base, lr))
-                     - np.exp(_path_log_error(beta, gamma, c0 + t, "width", base, lr)) for t in steps])
-    gap = np.mean(gaps, axis=0)
-    mid = float(gap[len(steps) // 2])
-    change = np.flatnonzero(np.diff(np.sign(gap[1:])) != 0) + 1
-    c_base = np.log(regime.loc[(regime["depth"] == base["depth"]) & (regime["width"] == base["width"]),
-                               "compute"]).mean()
-    crossover = float((c_base + steps[change[0]]) / np.log(10)) if len(change) else np.nan
-    return {"gap": mid, "depth_better": float(mid < 0), "log10_crossover": crossover}
-
+# --- depth vs width: analysis/depth_width.py --------------------------------------------
 
 def _per_regime(configs: pd.DataFrame, statistic, context: str, n_boot: int, seed: int, warnings: list):
     """(epochs, regime, estimate, bootstrap replicates) of every regime where `statistic` can
@@ -92,73 +41,92 @@ def _per_regime(configs: pd.DataFrame, statistic, context: str, n_boot: int, see
         yield int(epochs), regime, est, bootstrap(regime, statistic, n_boot, seed, strata=None)
 
 
-def depth_vs_width(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
-    by_regime, warnings = {}, []
-    for epochs, regime, est, boot in _per_regime(configs, depth_width_gap, "depth vs width", n_boot, seed,
-                                                 warnings):
-        p = probability(boot["depth_better"]) if len(boot) else float("nan")
-        c = est["log10_crossover"]
-        by_regime[epochs] = {
-            "winner": "depth" if est["gap"] < 0 else "width",
-            "error_gap_depth_minus_width": {"estimate": est["gap"], "interval": interval(boot.get("gap", []))},
-            "p_depth_better": p,
-            "log10_crossover_compute": {"estimate": None if np.isnan(c) else c,
-                                        "p_crossover_in_range": probability(np.isfinite(boot.get("log10_crossover",
-                                                                                                  [np.nan]))),
-                                        "interval": interval(boot.get("log10_crossover", []))},
-            "replicates": len(boot),
-        }
-        warnings += warn.unstable(f"depth vs width at {epochs} epochs", p)
-    return {"by_regime": by_regime, "flip": _flip(by_regime), "warnings": warnings}
-
-
-def _flip(by_regime: dict) -> dict:
-    if len(by_regime) < 2:
-        return {"flips": None}
-    short, long = by_regime[min(by_regime)], by_regime[max(by_regime)]
-    ps, pl = short["p_depth_better"], long["p_depth_better"]
-    return {"short_regime": min(by_regime), "long_regime": max(by_regime),
-            "short_winner": short["winner"], "long_winner": long["winner"],
-            "flips": short["winner"] != long["winner"],
-            "p_flip": ps * (1 - pl) + (1 - ps) * pl}  # regimes use disjoint runs: independent
-
-
 # --- slow resolution scaling -------------------------------------------------------------
 
-def frontier(regime: pd.DataFrame, cost: str = "flops") -> pd.DataFrame:
-    """Pareto-optimal configurations: lower error than every cheaper one."""
-    ordered = regime.sort_values([cost, "error"])
-    keep = ordered["error"] < ordered["error"].cummin().shift(fill_value=np.inf)
-    return ordered[keep]
+def selection_error(regime: pd.DataFrame) -> pd.Series:
+    """The error every selection reads: minival's (1 - minival/top1); test error only where a
+    record has no minival (then a `selected_on_test` warning says so)."""
+    if "minival/top1" in regime and regime["minival/top1"].notna().all():
+        return 1 - regime["minival/top1"]
+    return regime["error"]
 
 
-def frontier_exponents(regime: pd.DataFrame) -> dict[str, float]:
-    front = frontier(regime)
+def frontier(regime: pd.DataFrame, cost: str = "flops", select: pd.Series | None = None) -> pd.DataFrame:
+    """Pareto-optimal configurations, chosen on minival: lower selection error than every
+    cheaper one."""
+    chosen = selection_error(regime) if select is None else select
+    ordered = regime.assign(_select=chosen).sort_values([cost, "_select"])
+    keep = ordered["_select"] < ordered["_select"].cummin().shift(fill_value=np.inf)
+    return ordered[keep].drop(columns="_select")
+
+
+def frontier_exponents(regime: pd.DataFrame, select: pd.Series | None = None) -> dict[str, float]:
+    front = frontier(regime, select=select)
     if front["flops"].nunique() < 3:
         raise ValueError("the frontier has fewer than 3 configurations")
     lc = np.log(front["flops"])
     slope = lambda col: float(np.polyfit(lc, np.log(front[col]), 1)[0])  # noqa: E731
-    a = {f"a_{k}": slope(k) for k in ("depth", "width", "resolution")}
-    a["slow"] = float(a["a_resolution"] < EFFICIENTNET_RESOLUTION_EXPONENT)
-    a["r_below_depth"] = float(a["a_resolution"] < a["a_depth"])
-    a["r_below_width"] = float(a["a_resolution"] < a["a_width"])
-    return a
+    return {f"a_{k}": slope(k) for k in ("depth", "width", "resolution")}
+
+
+def selection_noise_sd(regime: pd.DataFrame) -> np.ndarray:
+    """Per configuration, the sd of its log selection error: the pooled seed variance of log
+    error over its seeds, else (one seed) the residual variance of the regime's error surface."""
+    from analysis.depth_width import Surface
+
+    pooled = regime["pooled_var"].iloc[0] if "pooled_var" in regime else np.nan
+    mean_error = float(regime["error"].mean())
+    if np.isfinite(pooled) and pooled > 0:
+        var = pooled / mean_error ** 2  # delta method: var(log e) ~ var(e) / e^2
+    else:
+        try:
+            var = Surface(regime).sigma2 * regime["n_seeds"].mean()
+        except ValueError:
+            var = 0.1 ** 2  # nothing to estimate it from: a deliberately wide 10%
+    return np.sqrt(var / regime["n_seeds"].to_numpy(float))
 
 
 def resolution_scaling(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
+    """Exponents of depth, width and resolution against FLOPs along the minival frontier. The
+    frontier's membership is itself uncertain: each replicate redraws every configuration's
+    selection error with its noise (selection_noise_sd) and selects the frontier again."""
     out, warnings = {}, []
-    for epochs, regime, est, boot in _per_regime(configs, frontier_exponents, "frontier exponents", n_boot, seed,
-                                                 warnings):
-        out[epochs] = {
+    rng = np.random.default_rng(seed)
+    for epochs, regime in configs.groupby("epochs"):
+        context = f"slow resolution scaling at {int(epochs)} epochs"
+        regime = regime.reset_index(drop=True)
+        try:
+            est = frontier_exponents(regime)
+        except ValueError as e:
+            warnings.append(warn.too_few(context, str(e)))
+            continue
+        sd, chosen = selection_noise_sd(regime), selection_error(regime)
+        boot = []
+        for _ in range(n_boot):
+            try:
+                boot.append(frontier_exponents(regime, chosen * np.exp(rng.normal(0, sd))))
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+        boot = pd.DataFrame(boot)
+        a_r = boot.get("a_resolution", pd.Series(dtype=float))
+        lo, hi = interval(a_r)
+        slower = "slower" if hi < EFFICIENTNET_RESOLUTION_EXPONENT else "not_slower" \
+            if lo > EFFICIENTNET_RESOLUTION_EXPONENT else "undecided"
+        front = frontier(regime)
+        out[int(epochs)] = {
             **{k: {"estimate": est[k], "interval": interval(boot.get(k, []))}
                for k in ("a_depth", "a_width", "a_resolution")},
-            "p_slower_than_efficientnet": probability(boot.get("slow", [])),
-            "p_resolution_below_depth": probability(boot.get("r_below_depth", [])),
-            "p_resolution_below_width": probability(boot.get("r_below_width", [])),
-            "frontier_size": int(len(frontier(regime))),
+            "slower_than_efficientnet": slower,
+            "p_slower_than_efficientnet": probability(a_r < EFFICIENTNET_RESOLUTION_EXPONENT),
+            "p_resolution_below_depth": probability(a_r < boot.get("a_depth", np.nan)),
+            "p_resolution_below_width": probability(a_r < boot.get("a_width", np.nan)),
+            "flops_exponent_sum": est["a_depth"] + 2 * est["a_width"] + 2 * est["a_resolution"],
+            "frontier_size": int(len(front)), "selected_on": "minival" if "minival/top1" in regime else "test",
         }
-        warnings += warn.unstable(f"slow resolution scaling at {epochs} epochs",
-                                  out[epochs]["p_slower_than_efficientnet"])
+        warnings += warn.frontier_edges(context, front, regime) + \
+            warn.exponent_sum(context, out[int(epochs)]["flops_exponent_sum"])
+        if out[int(epochs)]["selected_on"] == "test":
+            warnings.append(warn.selected_on_test(context))
     return {"reference_a_resolution": EFFICIENTNET_RESOLUTION_EXPONENT, "by_regime": out, "warnings": warnings}
 
 
@@ -213,7 +181,10 @@ def _name(row) -> str:
 # --- extrapolation -----------------------------------------------------------------------
 
 def extrapolation(configs: pd.DataFrame, n_boot: int, seed: int = 0, held_out: float = 1 / 3) -> dict:
-    """Per regime: fit on the smaller 2/3 of configurations by compute, predict the rest."""
+    """Per regime: fit on the smaller 2/3 of configurations by compute, predict the rest. The
+    held-out configurations are single noisy runs, so they are compared with a prediction
+    interval: the refitted law's spread (bootstrap over the fitted configurations) plus the
+    residual scatter of a configuration around the law (log scale, n - k degrees of freedom)."""
     out, warnings, parity = {}, [], []
     for epochs, regime in configs.groupby("epochs"):
         ordered = regime.sort_values("compute")
@@ -228,12 +199,18 @@ def extrapolation(configs: pd.DataFrame, n_boot: int, seed: int = 0, held_out: f
                                                                   starts=[best.params]).predict(test["compute"]))),
                          n_boot, seed, strata=None)
         pred = best.predict(test["compute"])
-        lo, hi = (np.nanquantile(boot.to_numpy(), q, axis=0) for q in (0.05, 0.95))
+        resid = np.log(best.predict(train["compute"]) / train["error"].to_numpy())
+        scatter = np.sqrt(np.sum(resid ** 2) / max(len(train) - len(best.params), 1))
+        rng = np.random.default_rng(seed)
+        draws = boot.to_numpy() * np.exp(scatter * rng.standard_t(max(len(train) - len(best.params), 1),
+                                                                  size=boot.shape))
+        lo, hi = (np.nanquantile(draws, q, axis=0) for q in (0.05, 0.95))
         log_ratio = np.log(pred / test["error"].to_numpy())
         out[int(epochs)] = {"form": best.form, "fit_configurations": len(train), "held_out": len(test),
                             "mean_abs_log_error": float(np.mean(np.abs(log_ratio))),
                             "bias_log": float(np.mean(log_ratio)),
-                            "interval_coverage": float(np.mean((test["error"] >= lo) & (test["error"] <= hi)))}
+                            "prediction_interval_coverage": float(np.mean((test["error"] >= lo)
+                                                                          & (test["error"] <= hi)))}
         parity += [{"epochs": int(epochs), "actual": float(a), "predicted": float(p)}
                    for a, p in zip(test["error"], pred)]
         warnings += [warn.fit_failed(f"extrapolation at {epochs} epochs", d) for d in best.diagnostics]
@@ -271,7 +248,7 @@ def scaling_fits(configs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
                     continue
                 warnings += [warn.fit_failed(context, d) for d in best.diagnostics]
                 rows += [{"epochs": int(epochs), "axis": axis, "cost": cost, "form": f.form, "best": f is best,
-                          "exponent": f.exponent, "aic": f.aic, "n": f.n, "params": list(map(float, f.params)),
+                          "exponent": f.exponent, "aicc": f.aicc, "n": f.n, "params": list(map(float, f.params)),
                           "diagnostics": "; ".join(f.diagnostics)} for f in fits]
     return pd.DataFrame(rows), warnings
 

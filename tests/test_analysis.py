@@ -59,7 +59,8 @@ def _grid(beta_d, beta_w, epochs, rng, noise=0.02, seeds=1):
         rows.append({"depth": d, "width": w, "resolution": r, "epochs": epochs, "flops": flops,
                      "latency_ms": flops / 1e6 * (1 + 0.3 * np.log(d)), "params": d * w ** 2 * 1e4,
                      "activations": flops / 10, "train_images": 1000, "native_resolution": 32,
-                     "error": err * np.exp(rng.normal(0, noise)), "n_seeds": seeds, "pooled_var": np.nan})
+                     "error": err * np.exp(rng.normal(0, noise)), "n_seeds": seeds, "pooled_var": np.nan,
+                     "minival/top1": 1 - err * np.exp(rng.normal(0, noise))})
     out = pd.DataFrame(rows)
     out["compute"] = 3 * out["flops"] * out["train_images"] * out["epochs"]
     return out
@@ -69,11 +70,11 @@ def test_winning_axis_per_regime_and_the_flip_are_found():
     rng = np.random.default_rng(0)
     # per unit log-compute (depth ~ C^1, width ~ C^2): short 0.05 vs 0.2 -> width; long 0.4 vs 0.05 -> depth
     configs = pd.concat([_grid(0.05, 0.4, 10, rng), _grid(0.4, 0.1, 100, rng)], ignore_index=True)
-    result = rules.depth_vs_width(configs, n_boot=200)
-    assert result["by_regime"][10]["winner"] == "width" and result["by_regime"][10]["p_depth_better"] < 0.1
-    assert result["by_regime"][100]["winner"] == "depth" and result["by_regime"][100]["p_depth_better"] > 0.9
-    assert result["flip"]["flips"] and result["flip"]["p_flip"] > 0.8
-    assert result["warnings"] == []
+    result = rules.depth_vs_width(configs, 200)
+    assert result["by_regime"][10]["winner"] == "width" and result["by_regime"][10]["p_depth_better"] < 0.05
+    assert result["by_regime"][100]["winner"] == "depth" and result["by_regime"][100]["p_depth_better"] > 0.95
+    assert result["flip"]["flips"] is True and result["flip"]["from"] == [10, "width"]
+    assert result["flip"]["to"] == [100, "depth"] and result["warnings"] == []
 
 
 def test_slow_resolution_scaling_is_measured_on_the_frontier():
@@ -82,7 +83,8 @@ def test_slow_resolution_scaling_is_measured_on_the_frontier():
     for key in ("a_depth", "a_width", "a_resolution"):
         lo, hi = res[key]["interval"]
         assert lo <= res[key]["estimate"] <= hi
-    assert 0 <= res["p_slower_than_efficientnet"] <= 1
+    assert 0 <= res["p_slower_than_efficientnet"] <= 1 and res["selected_on"] == "minival"
+    assert res["slower_than_efficientnet"] in ("slower", "not_slower", "undecided")
 
 
 def test_flops_vs_latency_and_extrapolation_report_every_regime():
@@ -91,7 +93,7 @@ def test_flops_vs_latency_and_extrapolation_report_every_regime():
     assert {"100/small", "100/large", "100/pairs"} <= fl.keys()
     assert fl["100/small"]["flops"]["spearman"] < 0  # more compute, less error
     ex = rules.extrapolation(configs, n_boot=50)["by_regime"][100]
-    assert ex["held_out"] >= 2 and 0 <= ex["interval_coverage"] <= 1
+    assert ex["held_out"] >= 2 and 0 <= ex["prediction_interval_coverage"] <= 1
 
 
 def test_unstable_warning_fires_only_between_0_1_and_0_9():

@@ -1,0 +1,147 @@
+"""Synthetic sweeps with a planted truth, to test the decisions the way statisticians test
+one: many simulated studies, counting how often intervals cover the truth and how often a
+winner is named where there is none. Also a power tool: how many seeds would a grid need?
+
+A truth gives each resolution the elasticities of error with respect to depth and width,
+e = floor + e0 (d/d0)^-a_d(r) (w/w0)^-a_w(r) (r/r0)^-rho, with training compute proportional to
+d w^2 r^2: per unit of log compute, depth buys a_d(r) and width a_w(r)/2. Each seed's error is
+the true error times a log-normal noise. Tables look like analysis.load.load_runs's, one row
+per run, so they go through the same by_configuration -> tidy -> decision path as a real sweep.
+
+The true gap of a simulated study is the decision's statistic on noiseless runs of the same
+grid (the value the estimate tends to as noise vanishes), so coverage measures the intervals'
+claim, not the surface's fit to a floor it cannot represent exactly.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+DEPTHS, WIDTHS, RESOLUTIONS = (14, 26, 50), (0.25, 0.5, 1.0), (16, 24, 32)
+
+
+@dataclass(frozen=True)
+class Truth:
+    name: str
+    elasticities: Callable[[float], tuple[float, float]]  # resolution -> (a_depth, a_width)
+    expected: str                                         # the right regime winner
+    floor: float = 0.0
+
+
+def _x(r: float) -> float:  # 0 at the smallest resolution, 1 at the largest
+    return float(np.log(r / RESOLUTIONS[0]) / np.log(RESOLUTIONS[-1] / RESOLUTIONS[0]))
+
+
+TRUTHS = {
+    "depth": Truth("depth", lambda r: (0.50, 0.10), "depth"),              # per log C: 0.50 vs 0.05
+    "width": Truth("width", lambda r: (0.00, 0.80), "width"),              # 0.00 vs 0.40
+    "tie": Truth("tie", lambda r: (0.15, 0.30), "undecided"),              # 0.15 vs 0.15: only compute matters
+    "tie_floor": Truth("tie_floor", lambda r: (0.2, 0.4), "undecided", floor=0.02),
+    "resolution": Truth("resolution", lambda r: (0.05 + 0.45 * _x(r), 0.60 - 0.55 * _x(r)),
+                        "depends_on_resolution"),  # width at 16 px, depth at 32 px
+    "depth_everywhere": Truth("depth_everywhere", lambda r: (0.45 + 0.1 * _x(r), 0.05 + 0.05 * _x(r)), "depth",
+                              floor=0.01),
+}
+
+
+def true_error(truth: Truth, d, w, r, e0: float = 0.3, rho: float = 0.3) -> float:
+    a_d, a_w = truth.elasticities(r)
+    return truth.floor + e0 * (d / DEPTHS[0]) ** -a_d * (w / WIDTHS[0]) ** -a_w * (r / RESOLUTIONS[0]) ** -rho
+
+
+def runs(truth: Truth, epochs: int, rng: np.random.Generator, noise: float = 0.08, seeds: int = 1,
+         depths=DEPTHS, widths=WIDTHS, resolutions=RESOLUTIONS) -> pd.DataFrame:
+    """One row per run of a grid under `truth`, with the run record's columns. noise=0 gives
+    the true errors."""
+    rows = []
+    for d, w, r in itertools.product(depths, widths, resolutions):
+        flops = 1e4 * d * w ** 2 * r ** 2
+        err = true_error(truth, d, w, r)
+        for s in range(seeds):
+            e = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
+            m = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
+            rows.append({"model.depth": d, "model.width": w, "data.resolution": r, "recipe.epochs": epochs,
+                         "seed": s, "error": e, "top1": 1 - e, "minival/top1": 1 - m, "flops": flops,
+                         "params": d * w ** 2 * 1e4, "activations": flops / 10,
+                         "latency_ms": flops / 1e6 * (1 + 0.3 * np.log(d)), "data.train_images": 1000,
+                         "data.native_resolution": max(resolutions)})
+    return pd.DataFrame(rows)
+
+
+def configurations(table: pd.DataFrame) -> pd.DataFrame:
+    from analysis.load import by_configuration
+    from analysis.rules import tidy
+
+    return tidy(by_configuration(table))
+
+
+def study(truths: dict[int, Truth], rng, noise: float, seeds: int) -> pd.DataFrame:
+    """A whole sweep: one truth per epoch regime."""
+    return pd.concat([runs(t, e, rng, noise, seeds) for e, t in truths.items()], ignore_index=True)
+
+
+def calibrate(n_studies: int = 240, draws: int = 400, seed: int = 0) -> dict:
+    """Simulated studies of every truth, 1-3 seeds and noise like the default study's (relative
+    sd 5-15% of the error): coverage of the 90% interval of each regime's gap and of each
+    resolution's, how often a winner is named on ties, how often the right one on clear cases."""
+    from analysis.depth_width import depth_vs_width
+
+    rng = np.random.default_rng(seed)
+    names = list(TRUTHS)
+    covered, covered_res, named_on_tie, right, clear, outcomes = [], [], [], [], [], {n: {} for n in names}
+    for i in range(n_studies):
+        truth = TRUTHS[names[i % len(names)]]
+        noise, seeds = float(rng.choice([0.05, 0.1, 0.15])), int(rng.integers(1, 4))
+        noisy = depth_vs_width(configurations(runs(truth, 10, rng, noise, seeds)), draws, seed=i)["by_regime"][10]
+        exact = depth_vs_width(configurations(runs(truth, 10, rng, 0.0, 1)), 2, seed=i)["by_regime"][10]
+        lo, hi = noisy["error_gap_depth_minus_width"]["interval"]
+        covered.append(lo <= exact["error_gap_depth_minus_width"]["estimate"] <= hi)
+        for r, d in noisy["by_resolution"].items():
+            lo, hi = d["error_gap_depth_minus_width"]["interval"]
+            covered_res.append(lo <= exact["by_resolution"][r]["error_gap_depth_minus_width"]["estimate"] <= hi)
+        winner = noisy["winner"]
+        outcomes[truth.name][winner] = outcomes[truth.name].get(winner, 0) + 1
+        if truth.expected == "undecided":
+            named_on_tie.append(winner != "undecided")
+        elif truth.expected in ("depth", "width"):
+            clear.append(winner == truth.expected)
+        else:
+            right.append(winner == truth.expected)
+    return {"studies": n_studies, "coverage_regime_gap": float(np.mean(covered)),
+            "coverage_resolution_gap": float(np.mean(covered_res)),
+            "tie_named_a_winner": float(np.mean(named_on_tie)), "clear_right_winner": float(np.mean(clear)),
+            "resolution_dependent_found": float(np.mean(right)), "outcomes": outcomes}
+
+
+PARAMS = ("model.depth", "model.width", "data.resolution", "recipe.epochs", "seed", "data.train_images",
+          "data.native_resolution")
+METRICS = ("error", "top1", "minival/top1", "flops", "params", "activations", "latency_ms")
+
+
+def record(table: pd.DataFrame, tracking_uri: str, sweep: str, artifact_root: str) -> None:
+    """Write a simulated table into an MLflow store as a sweep's run record (a parent run, one
+    FINISHED child per row; artifacts, such as the report, under `artifact_root`), so it can be
+    analysed like a real sweep: `python -m analysis`."""
+    import hashlib
+
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    from pathlib import Path
+
+    exp = client.create_experiment(sweep, artifact_location=Path(artifact_root, sweep).as_uri())
+    parent = client.create_run(exp, run_name=sweep, tags={"role": "parent", "sweep": sweep}).info.run_id
+    for row in table.to_dict("records"):
+        key = hashlib.sha256(str([row[p] for p in PARAMS if p != "seed"]).encode()).hexdigest()[:16]
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "sweep": sweep, "point_key": key,
+                                           "run_key": f"{key}-s{row['seed']}"}).info.run_id
+        client.log_batch(run, metrics=[Metric(m, float(row[m]), 0, 0) for m in METRICS],
+                         params=[Param(p, str(row[p])) for p in PARAMS] + [Param("point_key", key)],
+                         tags=[RunTag("simulated", "true")])
+        client.set_terminated(run, "FINISHED")
+    client.set_terminated(parent, "FINISHED")

@@ -1,0 +1,41 @@
+"""The analysis at scale and its calibration (issue 12):
+
+- speed: 1,000 runs (5 depths x 5 widths x 4 resolutions x 2 regimes x 5 seeds, simulated)
+  through by_configuration and every rule with 1,000 replicates; target under 60 s on 2 cores;
+- calibration: analysis.simulate.calibrate over simulated studies with planted truths: coverage
+  of the 90% intervals of the gap (regime and per resolution; target 0.85-0.95), how often a tie
+  is given a winner (target 0.10, the 1 - level a 90% decision allows), how often a clear case
+  gets the right one (target >= 0.90)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from analysis import rules, simulate
+
+GRID = dict(depths=(14, 26, 50, 101, 152), widths=(0.25, 0.5, 1.0, 1.5, 2.0), resolutions=(16, 24, 32, 48))
+
+
+def bench_analysis(args) -> list[tuple]:
+    rng = np.random.default_rng(0)
+    table = pd.concat([simulate.runs(simulate.TRUTHS["width"], 10, rng, 0.1, 5, **GRID),
+                       simulate.runs(simulate.TRUTHS["depth"], 100, rng, 0.1, 5, **GRID)], ignore_index=True)
+    t0 = time.perf_counter()
+    rules.decide(simulate.configurations(table), 1000, 0)
+    seconds = time.perf_counter() - t0
+    return [("analyse 1,000 runs x 1,000 replicates, s", f"{len(table)} runs, every rule", seconds, 60.0,
+             seconds / 60.0, "ratio < 1")]
+
+
+def bench_calibration(args) -> list[tuple]:
+    t0 = time.perf_counter()
+    c = simulate.calibrate(n_studies=600, draws=400, seed=1)
+    case = f"{c['studies']} simulated studies"
+    return [("90% interval covers the regime gap", case, c["coverage_regime_gap"], 0.9, None, "0.85-0.95"),
+            ("90% interval covers a resolution's gap", case, c["coverage_resolution_gap"], 0.9, None, "0.85-0.95"),
+            ("tie given a winner", case, c["tie_named_a_winner"], 0.1, None, "~0.10 (1 - level)"),
+            ("clear case, right winner", case, c["clear_right_winner"], 0.9, None, ">= 0.90"),
+            ("resolution-dependent truth found", case, c["resolution_dependent_found"], None, None, ""),
+            ("  calibration run, s", case, time.perf_counter() - t0, None, None, "")]
