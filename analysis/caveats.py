@@ -17,8 +17,8 @@ def too_few(context: str, detail: str) -> dict[str, str]:
 
 def unstable(context: str, p: float) -> list[dict[str, str]]:
     if UNSTABLE[0] < p < UNSTABLE[1]:
-        return [_w("unstable", f"{context}: the decision is unstable (probability {p:.2f} across bootstrap "
-                               "replicates); more configurations or seeds would settle it.")]
+        return [_w("unstable", f"{context}: the decision is unstable (probability {p:.2f} across the "
+                               "estimate's draws); more configurations or seeds would settle it.")]
     return []
 
 
@@ -48,8 +48,9 @@ def data_limits(configs: pd.DataFrame) -> list[dict[str, str]]:
         out.append(_w("too_few", f"regimes with fewer than {MIN_CONFIGS} configurations: "
                                  f"{sorted(per_regime[per_regime < MIN_CONFIGS].index.tolist())}."))
     if configs["n_seeds"].max() < 2:
-        out.append(_w("too_few", "every configuration has one seed: seed noise is not measured, so intervals "
-                                 "only reflect the spread between configurations (run with seed=0,1,...)."))
+        out.append(_w("too_few", "every configuration has one seed: seed noise is estimated from the scatter "
+                                 "of configurations around the fitted laws (mixed with their lack of fit), not "
+                                 "measured; a second seed (seeds=2) measures it."))
     if "native_resolution" in configs and (configs["resolution"] > configs["native_resolution"]).any():
         above = sorted(configs.loc[configs["resolution"] > configs["native_resolution"], "resolution"].unique())
         out.append(_w("above_native_resolution", f"resolutions {above} exceed the data set's native "

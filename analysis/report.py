@@ -60,16 +60,22 @@ def summary(decisions: dict) -> list[str]:
         a = d["a_resolution"]
         verdict = {"slower": "slower than EfficientNet's 0.214", "not_slower": "not slower than EfficientNet's 0.214",
                    "undecided": "undecided against EfficientNet's 0.214"}[d["slower_than_efficientnet"]]
-        lines.append(f"{e} epochs: on the minival frontier resolution grows as C^{a['estimate']:.3f} (90% interval "
+        if d["slower_than_efficientnet"] == "undecided" and d.get("resolution_edge"):
+            verdict += f" ({d['resolution_edge']}: resolution could not grow further, so a small exponent may only show that edge)"
+        lines.append(f"{_epochs(e)}: on the minival frontier resolution grows as C^{a['estimate']:.3f} (90% interval "
                      f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]): {verdict} "
                      f"(P(slower) = {d['p_slower_than_efficientnet']:.2f}); depth C^{d['a_depth']['estimate']:.3f}, "
                      f"width C^{d['a_width']['estimate']:.3f}.")
     for e, d in decisions["extrapolation"]["by_regime"].items():
-        lines.append(f"{e} epochs: a {d['form']} law fitted on the {d['fit_configurations']} smallest configurations "
+        lines.append(f"{_epochs(e)}: a {d['form']} law fitted on the {d['fit_configurations']} smallest configurations "
                      f"predicts the {d['held_out']} largest with mean |log error| {d['mean_abs_log_error']:.3f}, "
                      f"bias {d['bias_log']:+.3f}; {d['prediction_interval_coverage']:.0%} of them fall in its 90% "
                      "prediction interval.")
     return lines
+
+
+def _epochs(e) -> str:
+    return f"{e} epoch" + ("" if int(e) == 1 else "s")
 
 
 def _gap_text(d: dict) -> str:
@@ -82,14 +88,14 @@ def _regime_sentence(epochs, d: dict) -> str:
     res = d["by_resolution"]
     if d["winner"] == "depends_on_resolution":
         parts = [f"{w} at {r} px" for r, w in ((r, x["winner"]) for r, x in res.items())]
-        return f"{epochs} epochs: the winner depends on the resolution: {', '.join(parts)} ({_gap_text(d)} overall)."
+        return f"{_epochs(epochs)}: the winner depends on the resolution: {', '.join(parts)} ({_gap_text(d)} overall)."
     if d["winner"] == "undecided":
-        return (f"{epochs} epochs: undecided between depth and width scaling ({_gap_text(d)}); "
+        return (f"{_epochs(epochs)}: undecided between depth and width scaling ({_gap_text(d)}); "
                 f"to decide it: {d['would_decide']}.")
     everywhere = all(x["winner"] == d["winner"] for x in res.values())
     where = " at every resolution" if everywhere and len(res) > 1 else \
         "" if len(res) == 1 else " (per resolution: " + ", ".join(f"{x['winner']} at {r} px" for r, x in res.items()) + ")"
-    return f"{epochs} epochs: {d['winner']} scaling wins{where} ({_gap_text(d)})."
+    return f"{_epochs(epochs)}: {d['winner']} scaling wins{where} ({_gap_text(d)})."
 
 
 def _flip_sentence(flip: dict) -> str | None:
@@ -97,10 +103,10 @@ def _flip_sentence(flip: dict) -> str | None:
         return None
     if flip["flips"]:
         (e0, w0), (e1, w1) = flip["from"], flip["to"]
-        return f"The winner flips: {w0} scaling at {e0} epochs, {w1} scaling at {e1} epochs."
+        return f"The winner flips: {w0} scaling at {_epochs(e0)}, {w1} scaling at {_epochs(e1)}."
     if flip["flips"] is False:
         return f"The winner does not flip: {next(iter(flip['winners'].values()))} scaling in every regime."
-    shown = ", ".join(f"{w} at {e} epochs" for e, w in flip["winners"].items())
+    shown = ", ".join(f"{w} at {_epochs(e)}" for e, w in flip["winners"].items())
     return f"Whether the winner flips between regimes is undecided ({shown})."
 
 

@@ -86,6 +86,16 @@ def selection_noise_sd(regime: pd.DataFrame) -> np.ndarray:
     return np.sqrt(var / regime["n_seeds"].to_numpy(float))
 
 
+def resolution_edge(front: pd.DataFrame, regime: pd.DataFrame) -> str | None:
+    """Why the frontier's resolution could not grow further, if it could not: it reaches the
+    grid's largest resolution, or the data's native one."""
+    if "native_resolution" in front and (front["resolution"] >= front["native_resolution"]).any():
+        return f"the frontier reaches the data's native {int(front['native_resolution'].max())} px"
+    if front["resolution"].iloc[-1] >= regime["resolution"].max():
+        return f"the frontier reaches the grid's largest resolution ({int(regime['resolution'].max())} px)"
+    return None
+
+
 def resolution_scaling(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
     """Exponents of depth, width and resolution against FLOPs along the minival frontier. The
     frontier's membership is itself uncertain: each replicate redraws every configuration's
@@ -113,6 +123,9 @@ def resolution_scaling(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dic
         slower = "slower" if hi < EFFICIENTNET_RESOLUTION_EXPONENT else "not_slower" \
             if lo > EFFICIENTNET_RESOLUTION_EXPONENT else "undecided"
         front = frontier(regime)
+        edge = resolution_edge(front, regime)
+        if slower == "slower" and edge:  # a bound, not a finding: resolution could not grow further
+            slower = "undecided"
         out[int(epochs)] = {
             **{k: {"estimate": est[k], "interval": interval(boot.get(k, []))}
                for k in ("a_depth", "a_width", "a_resolution")},
@@ -122,6 +135,7 @@ def resolution_scaling(configs: pd.DataFrame, n_boot: int, seed: int = 0) -> dic
             "p_resolution_below_width": probability(a_r < boot.get("a_width", np.nan)),
             "flops_exponent_sum": est["a_depth"] + 2 * est["a_width"] + 2 * est["a_resolution"],
             "frontier_size": int(len(front)), "selected_on": "minival" if "minival/top1" in regime else "test",
+            "resolution_edge": edge,
         }
         warnings += warn.frontier_edges(context, front, regime) + \
             warn.exponent_sum(context, out[int(epochs)]["flops_exponent_sum"])
