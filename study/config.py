@@ -73,6 +73,8 @@ class RecipeConfig:
     weight_decay: float = 4e-5      # L2 on conv/linear weights, not on BN or biases (paper)
     label_smoothing: float = 0.1    # [0, 1)
     dropout: float = 0.0            # dropout before the classifier, [0, 1)
+    dropout_width_slope: float = 0.1  # recipe=resnet_rs: dropout added per doubling of the width
+                                    # multiplier above 1 (study.regularization.dropout), [0, 0.5]
     stochastic_depth: float = 0.0   # drop-path rate of the last stage (or block), [0, 1)
     stochastic_depth_rule: str = "stage"  # one of study.models.DROP_PATH_RULES: the paper's
                                     # 0.4/0.6/0.8/1.0 x rate per stage, or timm's linear per block
@@ -80,6 +82,10 @@ class RecipeConfig:
     randaugment_magnitude: float = 10.0  # TF's 0-10 scale (values above 10 extrapolate), [0, 30]
     ema_decay: float = 0.0          # weight EMA decay (paper 0.9999), 0 = off, [0, 1); evaluation
                                     # then uses the EMA weights and batch-norm statistics
+    ema_reference_batch: Optional[int] = 4096  # the batch ema_decay is given for: per step the decay
+                                    # is ema_decay^(batch_size / ema_reference_batch), so the EMA spans
+                                    # the same number of images at any batch (paper: 0.9999 at 4096);
+                                    # null = ema_decay per step whatever the batch, >= 1
     ema_horizon: float = 0.1        # the EMA averages over at most this share of the run's steps
                                     # (study.recipe.ema_decay_at), (0, 1]
 
@@ -273,6 +279,10 @@ def _checks(s: StudyConfig, space: bool = True):
          "must be in [0, 30] (TF's scale: 10 = the strongest of the original range)"),
         ("recipe.ema_decay", r.ema_decay, 0 <= r.ema_decay < 1, "must be in [0, 1) (0 = no EMA)"),
         ("recipe.ema_horizon", r.ema_horizon, 0 < r.ema_horizon <= 1, "must be in (0, 1]"),
+        ("recipe.ema_reference_batch", r.ema_reference_batch, r.ema_reference_batch is None or
+         r.ema_reference_batch >= 1, "must be >= 1 or null"),
+        ("recipe.dropout_width_slope", r.dropout_width_slope, 0 <= r.dropout_width_slope <= 0.5,
+         "must be in [0, 0.5]"),
         ("trainer.device", t.device, t.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
         ("trainer.precision", t.precision, t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("trainer.threads", t.threads, t.threads >= 0, "must be >= 0 (0 = all cores)"),

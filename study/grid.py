@@ -16,9 +16,17 @@ again by its key, so the key changes only when what is trained or measured chang
    value that trains exactly what was trained before it existed. It is keyed only when it
    differs from that value, so an upgrade leaves every existing key unchanged.
    tests/test_grid.py fails for a semantic setting found in neither table, and pins golden keys.
-5. Stores written before this contract (key version 0: every setting but NON_SEMANTIC, tune.*
+   A neutral value can be a test of the whole point: a setting that only matters together
+   with another (the EMA's reference batch, when the EMA is off) is neutral wherever it
+   cannot change what is trained.
+5. A version that changes what a setting's value trains keys the derived quantity for the
+   values it changed, and only for them (REDEFINED): depths 300 and 400 took the paper's
+   layouts in place of interpolated ones, so their keys carry `model.blocks_per_stage`.
+6. Stores written before this contract (key version 0: every setting but NON_SEMANTIC, tune.*
    included) are recognised: `legacy_run_key` computes a point's version-0 key, and the point
-   lifecycle re-tags such runs with the current key when it meets them (study.point).
+   lifecycle re-tags such runs with the current key when it meets them (study.point). A point
+   that could not have existed then (a setting added since that is not neutral, a redefined
+   value) has no version-0 key.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import json
 from typing import Any
 
 from study.config import StudyConfig, flatten
+from study.models import BLOCKS_PER_STAGE
 
 KEY_VERSION = 1
 
@@ -53,8 +62,19 @@ KEYED = frozenset({
 })
 TUNE_KEYED = frozenset({"tune.trials", "tune.sampler_seed", "tune.pruner", "tune.startup_trials", "tune.space"})
 
-# Settings added after key version 1: name -> neutral value (keyed only when different).
-ADDED: dict[str, Any] = {}
+# Settings added after key version 1: name -> neutral value, or a test of the flattened point
+# that says whether the setting is neutral there (keyed only where it is not).
+ADDED: dict[str, Any] = {
+    # EMA decay given per images seen at this batch (study.recipe): neutral with the EMA off,
+    # at the reference batch itself, or null (per step, the behaviour before it existed).
+    "recipe.ema_reference_batch": lambda s: s["recipe.ema_reference_batch"] in (None, s["recipe.batch_size"])
+    or s["recipe.ema_decay"] == 0,
+    # Only feeds recipe.dropout through the resnet_rs rule; recipe.dropout itself is keyed.
+    "recipe.dropout_width_slope": lambda s: True,
+}
+
+# Values whose meaning a later version changed: setting -> (changed values, derived key, its value).
+REDEFINED = {"model.depth": ({300, 400}, "model.blocks_per_stage", lambda s: list(BLOCKS_PER_STAGE[s["model.depth"]]))}
 
 # Key version 0 (stores written before the contract): these settings, tune.* included, always.
 _V0 = KEYED | TUNE_KEYED | {"tune.storage"}
@@ -66,12 +86,21 @@ def semantic_settings(study: StudyConfig) -> dict[str, Any]:
     return {k: v for k, v in flatten(study).items() if k not in NON_SEMANTIC}
 
 
+def _neutral(name: str, flat: dict[str, Any]) -> bool:
+    neutral = ADDED[name]
+    return neutral(flat) if callable(neutral) else flat[name] == neutral
+
+
+def _redefined(flat: dict[str, Any]) -> dict[str, Any]:
+    return {key: derive(flat) for name, (values, key, derive) in REDEFINED.items() if flat[name] in values}
+
+
 def keyed_settings(study: StudyConfig) -> dict[str, Any]:
-    """The settings the point key hashes (rules 2-4 of the contract); no seed."""
+    """The settings the point key hashes (rules 2-5 of the contract); no seed."""
     flat = flatten(study)
     tuned = study.tune.trials > 0
     return {k: v for k, v in flat.items()
-            if k in KEYED or (tuned and k in TUNE_KEYED) or (k in ADDED and v != ADDED[k])}
+            if k in KEYED or (tuned and k in TUNE_KEYED) or (k in ADDED and not _neutral(k, flat))} | _redefined(flat)
 
 
 def _digest(settings: dict[str, Any]) -> str:
@@ -95,7 +124,7 @@ def legacy_run_key(study: StudyConfig) -> str | None:
     """The run key this point had under key version 0, or None when it could not have existed
     then (a setting added since is not at its neutral value)."""
     flat = flatten(study)
-    if any(flat[k] != neutral for k, neutral in ADDED.items() if k in flat):
+    if any(not _neutral(k, flat) for k in ADDED if k in flat) or _redefined(flat):
         return None
     return f"{_digest({k: v for k, v in flat.items() if k in _V0})}-s{study.seed}"
 

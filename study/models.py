@@ -31,9 +31,9 @@ BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
     200: (3, 24, 36, 3),
     270: (4, 29, 53, 4),
-    300: (4, 30, 61, 4),
+    300: (4, 36, 54, 4),    # the paper's layout (Bello et al. 2021, Table 7; in no released config)
     350: (4, 36, 72, 4),
-    400: (4, 42, 83, 4),
+    400: (6, 48, 72, 6),    # the paper's layout, likewise
     420: (4, 44, 87, 4),
 }
 # The eleven published ResNet-RS models: preset name -> (depth, training/eval resolution).

@@ -9,7 +9,10 @@
   point still spends most of its steps at and after the peak lr.
 - Cross-entropy with label smoothing.
 - Weight EMA over every parameter and buffer, batch-norm statistics included (the released
-  configs' 0.9999). Its decay at step t is min(ema_decay, (1 + t) / (10 + t), cap): TF's
+  configs' 0.9999 at batch 4096). The decay is defined per images seen: per step it is
+  ema_decay^(batch / ema_reference_batch) (ema_step_decay), so at batch 128 the EMA still spans
+  the paper's ~41M images, not 32 times fewer. At step t the decay is
+  min(step decay, (1 + t) / (10 + t), cap): TF's
   warm-up, and a cap so that the EMA's horizon 1 / (1 - decay) is at most `ema_horizon` of
   the run's steps. The paper's 0.9999 is a 10,000-step horizon over ~109,000 steps (350
   epochs of 1.28M images at batch 4096), about 9%; the default 0.1 keeps that proportion,
@@ -72,6 +75,14 @@ def make_schedule(optimizer: torch.optim.Optimizer, recipe: RecipeConfig,
 
 def make_loss(recipe: RecipeConfig) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+
+def ema_step_decay(recipe: RecipeConfig) -> float:
+    """The EMA decay per optimizer step: recipe.ema_decay is given per `ema_reference_batch`
+    images, so the horizon in images, batch / (1 - decay), is the same at any batch."""
+    if recipe.ema_reference_batch is None:
+        return recipe.ema_decay
+    return recipe.ema_decay ** (recipe.batch_size / recipe.ema_reference_batch)
 
 
 def ema_decay_at(step: int, decay: float, total_steps: int, horizon: float) -> float:

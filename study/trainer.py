@@ -64,7 +64,7 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
     schedule = recipes.make_schedule(optimizer, recipe, steps)
     loss_fn = recipes.make_loss(recipe)
-    ema = recipes.WeightEma(getattr(model, "_orig_mod", model), recipe.ema_decay, recipe.epochs * steps,
+    ema = recipes.WeightEma(getattr(model, "_orig_mod", model), recipes.ema_step_decay(recipe), recipe.epochs * steps,
                             recipe.ema_horizon) if recipe.ema_decay > 0 else None
     scored = ema.model if ema else model
     history, epoch_times, done = [], [], 0

@@ -87,3 +87,21 @@ def test_every_semantic_setting_is_placed_in_the_key_contract():
 def test_key_version_0_of_a_store_written_before_the_contract():
     # tests/data/store_v0.db.gz holds this point under this run key (written by key version 0)
     assert grid.legacy_run_key(point("smoke", SMOKE_POINT)) == "fafffd1db287f490-s0"
+
+
+def test_redefined_depths_carry_their_layout_and_have_no_version_0_key():
+    deep = point("config", [*TINY, "model.depth=300"])
+    assert grid.keyed_settings(deep)["model.blocks_per_stage"] == [4, 36, 54, 4]
+    assert grid.legacy_run_key(deep) is None  # its old runs trained the interpolated layout
+    assert "model.blocks_per_stage" not in grid.keyed_settings(point("config", TINY))
+
+
+def test_the_ema_reference_batch_is_keyed_only_where_it_changes_the_training():
+    base = grid.point_key(point("config", TINY))  # EMA off
+    assert grid.point_key(point("config", [*TINY, "recipe.ema_reference_batch=256"])) == base
+    ema = [*TINY, "recipe.ema_decay=0.999"]
+    per_images = grid.keyed_settings(point("config", ema))
+    assert per_images["recipe.ema_reference_batch"] == 4096  # batch 32 != 4096: keyed
+    per_step = point("config", [*ema, "recipe.ema_reference_batch=null"])
+    assert "recipe.ema_reference_batch" not in grid.keyed_settings(per_step)
+    assert grid.legacy_run_key(per_step) is not None and grid.legacy_run_key(point("config", ema)) is None

@@ -129,3 +129,19 @@ def test_cli_prints_one_json_object(capsys):
     record = json.loads(capsys.readouterr().out)
     assert {"params", "flops", "activations"} <= record.keys()
     assert abs(record["params"] - 35.7e6) / 35.7e6 < 0.01
+
+
+@pytest.mark.parametrize("depth,layout", [(300, (4, 36, 54, 4)), (400, (6, 48, 72, 6))])
+def test_depths_300_and_400_have_the_papers_layouts(depth, layout):
+    from functools import partial
+
+    from timm.layers import get_attn
+    from timm.models.resnet import Bottleneck, ResNet
+
+    assert models.blocks_per_stage(depth) == layout
+    ours = _counts_on_meta(lambda: models.build_model(depth, 1.0, num_classes=1000), 256)
+    attn = partial(get_attn("se"), rd_ratio=0.25)
+    reference = _counts_on_meta(lambda: ResNet(block=Bottleneck, layers=layout, stem_width=32, stem_type="deep",
+                                               replace_stem_pool=True, avg_down=True,
+                                               block_args=dict(attn_layer=attn)), 256)
+    assert ours == reference

@@ -114,3 +114,34 @@ def test_minival_is_two_percent_by_default():
     assert config.DataConfig().minival_fraction == 0.02
     for name in ("cifar10", "cifar100", "image_folder"):
         assert config.validate(compose_cfg("config", [f"data={name}", "data.root=/tmp"])).data.minival_fraction == 0.02
+
+
+def test_ema_spans_the_same_images_at_batch_128_and_4096():
+    from study.config import RecipeConfig
+
+    def horizon_images(batch):
+        decay = recipe.ema_step_decay(RecipeConfig(batch_size=batch, ema_decay=0.9999))
+        return batch / (1 - decay)
+
+    assert horizon_images(128) == pytest.approx(horizon_images(4096), rel=0.01)
+    assert horizon_images(4096) == pytest.approx(4096 / 1e-4, rel=1e-6)  # the paper's 0.9999 per step
+    legacy = RecipeConfig(batch_size=128, ema_decay=0.9999, ema_reference_batch=None)
+    assert recipe.ema_step_decay(legacy) == 0.9999  # per step, as before the setting existed
+
+
+@pytest.mark.parametrize("depth,resolution,width,expected", [
+    (50, 160, 1.0, 0.25), (50, 160, 0.5, 0.25), (50, 160, 2.0, 0.35), (50, 160, 4.0, 0.45),
+    (350, 320, 1.0, 0.4), (350, 320, 2.0, 0.5), (350, 320, 4.0, 0.5)])
+def test_dropout_grows_with_width_under_the_resnet_rs_rule(depth, resolution, width, expected):
+    from study import regularization
+
+    assert regularization.dropout(depth, resolution, width) == pytest.approx(expected)
+
+
+def test_the_resnet_rs_recipe_records_the_width_rule_it_applied():
+    from study import config
+    from tests.conftest import compose_cfg
+
+    study = config.validate(compose_cfg("config", ["recipe=resnet_rs", "model.depth=50", "model.width=2.0",
+                                                   "data.resolution=160", "recipe.dropout_width_slope=0.2"]))
+    assert study.recipe.dropout == pytest.approx(0.45) and study.recipe.dropout_width_slope == 0.2
