@@ -20,6 +20,8 @@ from study.regularization import register_resolvers
 
 DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
 AUGMENTS = ("flip_crop", "crop", "none")
+CROPS = ("pad", "random_resized")
+EVAL_CROP_RANDOM_RESIZED = 0.875  # the ImageNet convention: 224 px centre crop of a 256 px image
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,6 +53,17 @@ class DataConfig:
     max_train_images: Optional[int] = None  # use a subset of the training split, >= 1
     augment: str = "crop"           # one of AUGMENTS: random crop (+ horizontal flip), or none
     crop_padding: float = 0.125     # random-crop padding, fraction of the resolution, [0, 0.5]
+    crop: Optional[str] = None      # one of CROPS: `pad`, a random crop of the zero-padded image
+                                    # (crop_padding); `random_resized`, Inception-style scale augmentation
+                                    # (a random area and aspect ratio, resized to the resolution);
+                                    # null = random_resized from recipe.random_resized_from px, else pad
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random_resized: range of
+                                    # the crop's area over the image's, 0 < low <= high <= 1
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random_resized: range of
+                                    # the crop's aspect ratio (sampled log-uniformly), 0 < low <= high
+    eval_crop: Optional[float] = None  # evaluation: the centre crop's side over the stored image's, (0, 1];
+                                    # images are stored at resolution / eval_crop; null = 0.875 with
+                                    # random_resized, 1 (the whole image) with pad
     synthetic_images: int = 2000    # synthetic: number of images (all splits)
     synthetic_classes: int = 10     # synthetic: number of classes, >= 2
     synthetic_size: int = 16        # synthetic: native image side in px, >= 8
@@ -73,6 +86,9 @@ class RecipeConfig:
     weight_decay: float = 4e-5      # L2 on conv/linear weights, not on BN or biases (paper)
     label_smoothing: float = 0.1    # [0, 1)
     dropout: float = 0.0            # dropout before the classifier, [0, 1)
+    random_resized_from: Optional[int] = None  # with data.crop null: random-resized crops from this
+                                    # resolution on (recipe=resnet_rs: 128 px, the paper's ImageNet
+                                    # recipe); null = never, >= 8
     dropout_width_slope: float = 0.1  # recipe=resnet_rs: dropout added per doubling of the width
                                     # multiplier above 1 (study.regularization.dropout), [0, 0.5]
     stochastic_depth: float = 0.0   # drop-path rate of the last stage (or block), [0, 1)
@@ -181,12 +197,28 @@ def _mutable(node: DictConfig) -> DictConfig:
 
 
 def validate(cfg: DictConfig | StudyConfig) -> StudyConfig:
-    """Typed, range-checked settings; raises ConfigError naming every bad setting."""
-    study = cfg if isinstance(cfg, StudyConfig) else OmegaConf.to_object(cfg)
+    """Typed, range-checked settings, with the settings that default to a rule (data.crop,
+    data.eval_crop) made concrete; raises ConfigError naming every bad setting."""
+    study = _concrete(cfg if isinstance(cfg, StudyConfig) else OmegaConf.to_object(cfg))
     problems = [f"{name}={value!r}: {rule}" for name, value, rule in _checks(study)]
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     return study
+
+
+def _concrete(study: StudyConfig) -> StudyConfig:
+    """data.crop null -> random_resized from recipe.random_resized_from px, else pad;
+    data.eval_crop null -> 0.875 with random_resized, else 1. The concrete values are what the
+    point key and the run record hold."""
+    d, r = study.data, study.recipe
+    crop = d.crop
+    if crop is None:
+        crop = "random_resized" if r.random_resized_from is not None and d.resolution >= r.random_resized_from \
+            else "pad"
+    eval_crop = d.eval_crop
+    if eval_crop is None:
+        eval_crop = EVAL_CROP_RANDOM_RESIZED if crop == "random_resized" else 1.0
+    return replace(study, data=replace(d, crop=crop, eval_crop=float(eval_crop)))
 
 
 def setting_type(study: StudyConfig, path: str) -> type | None:
@@ -255,6 +287,16 @@ def _checks(s: StudyConfig, space: bool = True):
          "must be >= 1 or null"),
         ("data.augment", d.augment, d.augment in AUGMENTS, f"must be one of {', '.join(AUGMENTS)}"),
         ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= 0.5, "must be in [0, 0.5]"),
+        ("data.crop", d.crop, d.crop in CROPS, f"must be one of {', '.join(CROPS)} (or null: by the recipe)"),
+        ("data.crop_scale", d.crop_scale, len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+         "must be [low, high] with 0 < low <= high <= 1"),
+        ("data.crop_ratio", d.crop_ratio, len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+         "must be [low, high] with 0 < low <= high"),
+        ("data.eval_crop", d.eval_crop, 0 < d.eval_crop <= 1, "must be in (0, 1]"),
+        ("data.eval_crop", d.eval_crop, d.eval_crop == 1 or d.crop == "random_resized",
+         "a centre crop goes with data.crop=random_resized (pad crops train on the whole image)"),
+        ("recipe.random_resized_from", r.random_resized_from, r.random_resized_from is None
+         or r.random_resized_from >= 8, "must be >= 8 (pixels) or null"),
         ("data.synthetic_images", d.synthetic_images, d.synthetic_images >= 50, "must be >= 50"),
         ("data.synthetic_classes", d.synthetic_classes, d.synthetic_classes >= 2, "must be >= 2"),
         ("data.synthetic_size", d.synthetic_size, d.synthetic_size >= 8, "must be >= 8 (pixels)"),

@@ -10,6 +10,7 @@ download path; `data.download=true` fetches them).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -46,13 +47,14 @@ class Dataset:
     mean: tuple[float, ...]   # per channel, in [0, 1], of the training split
     std: tuple[float, ...]
     native_resolution: int
+    resolution: int = 0           # the training resolution; images are stored at stored_size(...)
 
     @property
     def in_chans(self) -> int:
         return self.train.images.shape[1]
 
     @property
-    def resolution(self) -> int:
+    def stored_resolution(self) -> int:
         return self.train.images.shape[-1]
 
     def sizes(self) -> dict[str, int]:
@@ -62,13 +64,22 @@ class Dataset:
 
 
 def prepare(cfg: DataConfig) -> Dataset:
-    """The data set of a grid point at its resolution (decoded and resized once, cached)."""
-    return _resized(_load(_source_key(cfg)), cfg.resolution)
+    """The data set of a grid point at its resolution (decoded and resized once, cached),
+    stored at stored_size: larger than the resolution when evaluation takes a centre crop."""
+    return _resized(_load(_source_key(cfg)), stored_size(cfg), cfg.resolution)
+
+
+def stored_size(cfg: DataConfig) -> int:
+    """resolution / eval_crop (ImageNet: 224 / 0.875 = 256): evaluation's centre crop is then
+    the resolution exactly, and random-resized crops draw from the larger image."""
+    eval_crop = cfg.eval_crop if cfg.eval_crop is not None else 1.0
+    return round(cfg.resolution / eval_crop)
 
 
 def _source_key(cfg: DataConfig) -> DataConfig:
-    """The config with the resolution removed, so every resolution shares one decode."""
-    return replace(cfg, resolution=0)
+    """The config without what only batches use (resolution, crops), so every resolution and
+    crop shares one decode (and the cache key holds no list)."""
+    return replace(cfg, resolution=0, crop=None, crop_scale=(), crop_ratio=(), eval_crop=None)
 
 
 @lru_cache(maxsize=2)
@@ -81,7 +92,7 @@ def _load(cfg: DataConfig) -> Dataset:
         train = Split(train.images[:cfg.max_train_images], train.labels[:cfg.max_train_images])
     mean, std = _channel_stats(train.images)
     return Dataset(cfg.name, train, minival, test, num_classes, mean, std,
-                   native_resolution=train.images.shape[-1])
+                   native_resolution=train.images.shape[-1], resolution=train.images.shape[-1])
 
 
 def _split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -100,10 +111,10 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 @lru_cache(maxsize=4)
-def _resized(ds: Dataset, resolution: int) -> Dataset:
-    resize = lambda s: Split(resize_uint8(s.images, resolution), s.labels)  # noqa: E731
+def _resized(ds: Dataset, stored: int, resolution: int) -> Dataset:
+    resize = lambda s: Split(resize_uint8(s.images, stored), s.labels)  # noqa: E731
     return Dataset(ds.name, resize(ds.train), resize(ds.minival), resize(ds.test), ds.num_classes,
-                   ds.mean, ds.std, ds.native_resolution)
+                   ds.mean, ds.std, ds.native_resolution, resolution)
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
@@ -190,6 +201,31 @@ def _decode_folder(folder: Path, classes: list[str], size: int | None = None) ->
     return Split(torch.stack(images), torch.tensor([lab for _, lab in files], dtype=torch.long))
 
 
+def random_resized_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                         generator: torch.Generator, tries: int = 10) -> torch.Tensor:
+    """n crop boxes (x0, y0, x1, y1 in pixels) as torchvision's RandomResizedCrop draws them: an
+    area fraction uniform in `scale` and an aspect ratio log-uniform in `ratio`, the first of
+    `tries` draws that fits inside the image, at a uniform position; where none fits, the
+    largest centred crop whose ratio lies in `ratio`. Drawn on the CPU from `generator`."""
+    area = height * width * torch.empty(n, tries).uniform_(*scale, generator=generator)
+    log_r = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    w = torch.sqrt(area * log_r.exp()).round()
+    h = torch.sqrt(area / log_r.exp()).round()
+    fits = (w >= 1) & (w <= width) & (h >= 1) & (h <= height)
+    first = torch.where(fits.any(dim=1), fits.float().argmax(dim=1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    w, h = w[rows, first.clamp_min(0)], h[rows, first.clamp_min(0)]
+    aspect = width / height  # fallback: the whole image, narrowed to the ratio range
+    fw = width if ratio[0] <= aspect <= ratio[1] else round(min(width, height * ratio[1]))
+    fh = height if ratio[0] <= aspect <= ratio[1] else round(min(height, width / ratio[0]))
+    w = torch.where(first >= 0, w, torch.tensor(float(fw)))
+    h = torch.where(first >= 0, h, torch.tensor(float(fh)))
+    u = torch.rand(n, 2, generator=generator)
+    x0 = torch.where(first >= 0, (u[:, 0] * (width - w + 1)).floor(), torch.div(width - w, 2, rounding_mode="floor"))
+    y0 = torch.where(first >= 0, (u[:, 1] * (height - h + 1)).floor(), torch.div(height - h, 2, rounding_mode="floor"))
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
 _LOADERS = {"mnist": _load_mnist, "synthetic": _load_synthetic, "cifar10": _load_cifar,
             "cifar100": _load_cifar, "image_folder": _load_image_folder}
 
@@ -197,17 +233,22 @@ _LOADERS = {"mnist": _load_mnist, "synthetic": _load_synthetic, "cifar10": _load
 # --- batches on the training device ---
 
 class Batcher:
-    """Turns uint8 splits into normalised float batches on `device`; training batches get
-    a per-image random crop (zero padding) and, with flip_crop, a per-image horizontal flip,
-    done as one gather over the whole batch, then RandAugment when `randaugment` = (ops,
-    magnitude) has ops > 0 (study.augment). On a GPU each split is copied to the device once
-    (uint8, from pinned memory), so batches are cut, augmented and normalised there."""
+    """Turns uint8 splits into normalised float batches on `device`. Training batches get a
+    per-image crop: `pad`, a random crop of the zero-padded image, done as one gather over the
+    whole batch; or `random_resized`, a random area and aspect ratio per image
+    (random_resized_boxes) resized to the resolution in one batched bilinear ROI-align. With
+    flip_crop, a per-image horizontal flip; then RandAugment when `randaugment` = (ops,
+    magnitude) has ops > 0 (study.augment). Evaluation takes the centre crop of the stored
+    image at the resolution. On a GPU each split is copied to the device once (uint8, from
+    pinned memory), so batches are cut, augmented and normalised there."""
 
     def __init__(self, ds: Dataset, *, device: torch.device, augment: str, crop_padding: float,
                  memory_format: torch.memory_format = torch.channels_last,
-                 randaugment: tuple[int, float] = (0, 0.0)):
+                 randaugment: tuple[int, float] = (0, 0.0), crop: str = "pad",
+                 crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)):
         self.device, self.augment, self.memory_format = device, augment, memory_format
-        self.randaugment = randaugment
+        self.randaugment, self.crop, self.resolution = randaugment, crop, ds.resolution
+        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.pad = round(crop_padding * ds.resolution) if augment != "none" else 0
         mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
@@ -231,21 +272,49 @@ class Batcher:
         for i in range(steps):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             x, y = split.images[idx], split.labels[idx]
-            if self.augment != "none":
+            if self.augment != "none" and self.crop == "random_resized":
+                x = self._random_resized(x, generator)
+            elif self.augment != "none":
                 x = self._crop_flip(x, generator)
+            else:
+                x = self._centre(x)
             if self.randaugment[0]:
                 x = rand_augment(x, *self.randaugment, generator=generator)
             yield self._normalise(x), y
 
     def evaluate(self, split: Split, batch_size: int) -> Iterator[tuple]:
+        """The centre crop at the resolution of every image, in order."""
         split = self._on_device(split)
         for i in range(0, len(split), batch_size):
-            yield self._normalise(split.images[i:i + batch_size]), split.labels[i:i + batch_size]
+            yield self._normalise(self._centre(split.images[i:i + batch_size])), split.labels[i:i + batch_size]
+
+    def _centre(self, x: torch.Tensor) -> torch.Tensor:
+        top = (x.shape[-2] - self.resolution) // 2
+        left = (x.shape[-1] - self.resolution) // 2
+        return x[..., top:top + self.resolution, left:left + self.resolution]
+
+    def _random_resized(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Per image: a random_resized_boxes crop resized to the resolution (bilinear, averaging
+        over each output pixel's footprint when shrinking), then a flip with flip_crop."""
+        from torchvision.ops import roi_align
+
+        b, _, h, w = x.shape
+        boxes = random_resized_boxes(b, h, w, self.crop_scale, self.crop_ratio, generator)
+        if self.augment == "flip_crop":
+            flip = torch.rand(b, generator=generator) < 0.5
+        rois = torch.cat([torch.arange(b, dtype=boxes.dtype)[:, None], boxes], dim=1).to(x.device)
+        out = roi_align(x.float(), rois, output_size=(self.resolution, self.resolution), spatial_scale=1.0,
+                        sampling_ratio=-1, aligned=True)
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+        if self.augment == "flip_crop":
+            out = torch.where(flip.to(x.device)[:, None, None, None], out.flip(-1), out)
+        return out
 
     def steps_per_epoch(self, split: Split, batch_size: int) -> int:
         return max(1, len(split) // batch_size)
 
     def _crop_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = self._centre(x)
         b, _, h, w = x.shape
         p = self.pad
         off = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)

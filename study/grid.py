@@ -71,6 +71,13 @@ ADDED: dict[str, Any] = {
     or s["recipe.ema_decay"] == 0,
     # Only feeds recipe.dropout through the resnet_rs rule; recipe.dropout itself is keyed.
     "recipe.dropout_width_slope": lambda s: True,
+    # Crops: pad crops of the whole image were the only kind before these settings.
+    "data.crop": "pad",
+    "data.eval_crop": 1.0,
+    "data.crop_scale": lambda s: s["data.crop"] == "pad",
+    "data.crop_ratio": lambda s: s["data.crop"] == "pad",
+    # Only picks data.crop (made concrete by config.validate), which is keyed itself.
+    "recipe.random_resized_from": lambda s: True,
 }
 
 # Values whose meaning a later version changed: setting -> (changed values, derived key, its value).

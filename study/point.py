@@ -256,8 +256,10 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
     if fault := faults.planned(grid.display_name(study)):
         faults.inject(model, fault)
     r = study.recipe
-    batcher = data.Batcher(ds, device=device, augment=study.data.augment, crop_padding=study.data.crop_padding,
-                           memory_format=memory_format, randaugment=(r.randaugment_ops, r.randaugment_magnitude))
+    d = study.data
+    batcher = data.Batcher(ds, device=device, augment=d.augment, crop_padding=d.crop_padding, crop=d.crop,
+                           crop_scale=d.crop_scale, crop_ratio=d.crop_ratio, memory_format=memory_format,
+                           randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
                          study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test,
                          **resume)

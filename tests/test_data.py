@@ -16,7 +16,7 @@ def _key(split: data.Split) -> set[bytes]:
     return {img.numpy().tobytes() for img in split.images}
 
 
-MNIST = DataConfig(minival_fraction=0.1)  # conf/data/mnist.yaml: 10% minival on the 4,000-image pool
+MNIST = DataConfig(minival_fraction=0.1, crop="pad", eval_crop=1.0)  # conf/data/mnist.yaml: 10% minival on the 4,000-image pool
 
 
 def test_mnist_default_is_real_offline_digits_split_with_a_fixed_seed():
@@ -99,3 +99,54 @@ def test_cifar10_jpeg_folder_loads_with_its_own_test_split(tmp_path):
     assert ds.num_classes == 10 and ds.train.images.shape[1:] == (3, 32, 32)
     counts = torch.bincount(ds.test.labels)
     assert counts.tolist() == [1000] * 10
+
+
+def test_random_resized_boxes_have_torchvisions_statistics():
+    from torchvision.transforms import RandomResizedCrop
+
+    n, size = 4000, 64
+    boxes = data.random_resized_boxes(n, size, size, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= size).all() and (boxes[:, 3] <= size).all()
+    torch.manual_seed(0)
+    image = torch.zeros(3, size, size)
+    ref = torch.tensor([RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+                       dtype=torch.float)  # (top, left, h, w)
+    ours_area, ref_area = (w * h / size ** 2), ref[:, 2] * ref[:, 3] / size ** 2
+    assert abs(ours_area.mean() - ref_area.mean()) < 0.02 and abs(ours_area.std() - ref_area.std()) < 0.02
+    ours_aspect, ref_aspect = (w / h).log(), (ref[:, 3] / ref[:, 2]).log()
+    assert abs(ours_aspect.mean() - ref_aspect.mean()) < 0.02 and abs(ours_aspect.std() - ref_aspect.std()) < 0.02
+    centre_x, ref_centre_x = (boxes[:, 0] + w / 2) / size, (ref[:, 1] + ref[:, 3] / 2) / size
+    assert abs(centre_x.mean() - ref_centre_x.mean()) < 0.02 and abs(centre_x.std() - ref_centre_x.std()) < 0.02
+
+
+def _ramp_dataset(stored: int, resolution: int) -> data.Dataset:
+    """One image whose pixel (row, col) holds 15 x col in every channel (a horizontal ramp)."""
+    value = (15 * torch.arange(stored)[None, :]).expand(stored, stored)
+    images = value.to(torch.uint8).expand(1, 3, stored, stored).contiguous()
+    split = data.Split(images, torch.zeros(1, dtype=torch.long))
+    return data.Dataset("ramp", split, split, split, 2, (0.0,) * 3, (1 / 255,) * 3, stored, resolution)
+
+
+def test_the_whole_image_at_scale_one_and_the_centre_crop_in_evaluation():
+    ds = _ramp_dataset(16, 14)
+    whole = data.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0, crop="random_resized",
+                         crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), memory_format=torch.contiguous_format)
+    x = whole._random_resized(ds.train.images, torch.Generator().manual_seed(0))
+    assert x.shape[-2:] == (14, 14)
+    # the whole 16 px ramp squeezed into 14 columns: rising, from within its first to within its last step
+    row = x[0, 0, 7].long()
+    assert (row.diff() > 0).all() and row[0] < 15 and row[-1] > 15 * 14
+    centre, _ = next(whole.evaluate(ds.test, 8))
+    expected = (15 * torch.arange(1, 15)[None, :]).expand(14, 14)
+    assert torch.equal(centre[0, 0].round().long(), expected)  # std 1/255, mean 0: the raw values
+
+
+def test_random_resized_crops_are_deterministic_and_stored_larger_for_the_centre_crop():
+    cfg = DataConfig(name="synthetic", synthetic_images=200, resolution=14, crop="random_resized", eval_crop=0.875)
+    ds = data.prepare(cfg)
+    assert ds.stored_resolution == 16 and ds.resolution == 14
+    b = data.Batcher(ds, device=torch.device("cpu"), augment="flip_crop", crop_padding=0.125, crop="random_resized")
+    first = [x for x, _ in b.train(ds.train, 32, torch.Generator().manual_seed(3))]
+    again = [x for x, _ in b.train(ds.train, 32, torch.Generator().manual_seed(3))]
+    assert all(torch.equal(a, c) for a, c in zip(first, again)) and first[0].shape[-2:] == (14, 14)

@@ -164,13 +164,13 @@ LADDER_SMOKE = ["--multirun", "--config-dir", "sweeps", "--config-name", "recipe
 def test_recipe_ablation_ladder_runs_end_to_end_at_smoke_scale(tmp_path):
     result = run_cli(*LADDER_SMOKE, home=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "11 points: 11 finished, 0 skipped, 0 failed" in result.stdout
-    assert "[11/11] w=0.25 d=14 r=12 e=2 ladder=10_resnet_d  top1=" in result.stdout
+    assert "12 points: 12 finished, 0 skipped, 0 failed" in result.stdout
+    assert "[12/12] w=0.25 d=14 r=12 e=2 ladder=11_random_resized_crop  top1=" in result.stdout
     client = _client(tmp_path)
     exp = client.get_experiment_by_name("recipe_ablation")
     runs = {r.data.tags["mlflow.runName"].split("ladder=")[1]: r
             for r in client.search_runs([exp.experiment_id]) if "ladder=" in r.data.tags.get("mlflow.runName", "")}
-    assert len(runs) == 11 and len({r.data.params["point_key"] for r in runs.values()}) == 11
+    assert len(runs) == 12 and len({r.data.params["point_key"] for r in runs.values()}) == 12
     p = {rung: r.data.params for rung, r in runs.items()}
     assert p["00_baseline"]["recipe.schedule"] == "step" and p["01_cosine"]["recipe.schedule"] == "cosine"
     assert (p["01_cosine"]["recipe.epochs"], p["02_longer"]["recipe.epochs"]) == ("1", "2")
@@ -180,6 +180,8 @@ def test_recipe_ablation_ladder_runs_end_to_end_at_smoke_scale(tmp_path):
     assert (p["08_weight_decay"]["recipe.weight_decay"], p["07_dropout"]["recipe.weight_decay"]) == ("4e-05", "0.0001")
     assert (p["09_se"]["model.se"], p["09_se"]["model.resnet_d"], p["10_resnet_d"]["model.resnet_d"]) == \
         ("True", "False", "True")
+    assert (p["10_resnet_d"]["data.crop"], p["11_random_resized_crop"]["data.crop"]) == ("pad", "random_resized")
+    assert p["11_random_resized_crop"]["data.eval_crop"] == "0.875"
 
 
 @pytest.mark.slow
