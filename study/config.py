@@ -21,6 +21,7 @@ from study.regularization import register_resolvers
 DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
 AUGMENTS = ("flip_crop", "crop", "none")
 CROPS = ("pad", "random_resized")
+PADDING_MODES = ("zero", "reflect")
 EVAL_CROP_RANDOM_RESIZED = 0.875  # the ImageNet convention: 224 px centre crop of a 256 px image
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "step")
@@ -53,6 +54,9 @@ class DataConfig:
     max_train_images: Optional[int] = None  # use a subset of the training split, >= 1
     augment: str = "crop"           # one of AUGMENTS: random crop (+ horizontal flip), or none
     crop_padding: float = 0.125     # random-crop padding, fraction of the resolution, [0, 0.5]
+    crop_padding_mode: str = "zero"  # one of PADDING_MODES: what the pad crop fills the border with:
+                                    # black (zero) or the image mirrored at its edge (reflect; natural
+                                    # images: CIFAR-10 and image folders)
     crop: Optional[str] = None      # one of CROPS: `pad`, a random crop of the zero-padded image
                                     # (crop_padding); `random_resized`, Inception-style scale augmentation
                                     # (a random area and aspect ratio, resized to the resolution);
@@ -84,6 +88,8 @@ class RecipeConfig:
     momentum: float = 0.9           # Nesterov momentum, [0, 1)
     nesterov: bool = True
     weight_decay: float = 4e-5      # L2 on conv/linear weights, not on BN or biases (paper)
+    decay_norm_and_bias: bool = False  # also decay batch-norm parameters and biases (what a plain
+                                    # torch.optim.SGD(model.parameters(), weight_decay=...) loop does)
     label_smoothing: float = 0.1    # [0, 1)
     dropout: float = 0.0            # dropout before the classifier, [0, 1)
     random_resized_from: Optional[int] = None  # with data.crop null: random-resized crops from this
@@ -287,6 +293,8 @@ def _checks(s: StudyConfig, space: bool = True):
          "must be >= 1 or null"),
         ("data.augment", d.augment, d.augment in AUGMENTS, f"must be one of {', '.join(AUGMENTS)}"),
         ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= 0.5, "must be in [0, 0.5]"),
+        ("data.crop_padding_mode", d.crop_padding_mode, d.crop_padding_mode in PADDING_MODES,
+         f"must be one of {', '.join(PADDING_MODES)}"),
         ("data.crop", d.crop, d.crop in CROPS, f"must be one of {', '.join(CROPS)} (or null: by the recipe)"),
         ("data.crop_scale", d.crop_scale, len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
          "must be [low, high] with 0 < low <= high <= 1"),

@@ -201,6 +201,12 @@ def _decode_folder(folder: Path, classes: list[str], size: int | None = None) ->
     return Split(torch.stack(images), torch.tensor([lab for _, lab in files], dtype=torch.long))
 
 
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices past an edge mirrored back inside it, as F.pad(mode='reflect') does (-1 -> 1)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
 def random_resized_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
                          generator: torch.Generator, tries: int = 10) -> torch.Tensor:
     """n crop boxes (x0, y0, x1, y1 in pixels) as torchvision's RandomResizedCrop draws them: an
@@ -245,10 +251,12 @@ class Batcher:
     def __init__(self, ds: Dataset, *, device: torch.device, augment: str, crop_padding: float,
                  memory_format: torch.memory_format = torch.channels_last,
                  randaugment: tuple[int, float] = (0, 0.0), crop: str = "pad",
-                 crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+                 crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 padding_mode: str = "zero"):
         self.device, self.augment, self.memory_format = device, augment, memory_format
         self.randaugment, self.crop, self.resolution = randaugment, crop, ds.resolution
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
+        self.padding_mode = padding_mode
         self.pad = round(crop_padding * ds.resolution) if augment != "none" else 0
         mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
@@ -324,8 +332,11 @@ class Batcher:
             flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
             ramp = torch.where(flip[:, None], ramp.flip(0), ramp)
         cols = off[1, :, None] + ramp
-        padded = F.pad(x, (p, p, p, p)) if p else x
         batch = torch.arange(b, device=x.device)[:, None, None]
+        if self.padding_mode == "reflect":  # index the mirrored border instead of padding
+            rows, cols = _reflect(rows - p, h), _reflect(cols - p, w)
+            return x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        padded = F.pad(x, (p, p, p, p)) if p else x
         return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:

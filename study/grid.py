@@ -76,6 +76,9 @@ ADDED: dict[str, Any] = {
     "data.eval_crop": 1.0,
     "data.crop_scale": lambda s: s["data.crop"] == "pad",
     "data.crop_ratio": lambda s: s["data.crop"] == "pad",
+    "data.crop_padding_mode": lambda s: s["data.crop_padding_mode"] == "zero" or s["data.crop"] != "pad"
+    or s["data.crop_padding"] == 0 or s["data.augment"] == "none",
+    "recipe.decay_norm_and_bias": lambda s: not s["recipe.decay_norm_and_bias"] or s["recipe.weight_decay"] == 0,
     # Only picks data.crop (made concrete by config.validate), which is keyed itself.
     "recipe.random_resized_from": lambda s: True,
 }

@@ -258,6 +258,7 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
     r = study.recipe
     d = study.data
     batcher = data.Batcher(ds, device=device, augment=d.augment, crop_padding=d.crop_padding, crop=d.crop,
+                           padding_mode=d.crop_padding_mode,
                            crop_scale=d.crop_scale, crop_ratio=d.crop_ratio, memory_format=memory_format,
                            randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,

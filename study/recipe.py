@@ -41,14 +41,16 @@ def peak_lr(recipe: RecipeConfig) -> float:
     return recipe.lr_per_256 * recipe.batch_size / 256  # linear scaling rule
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, everything: bool = False) -> list[dict]:
     """Decay only tensors of rank > 1 (conv and linear weights): timm's rule (biases and
-    batch-norm parameters in a group without decay)."""
+    batch-norm parameters in a group without decay); with `everything`, every parameter."""
+    if everything:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     return param_groups_weight_decay(model, weight_decay)
 
 
 def make_optimizer(model: nn.Module, recipe: RecipeConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(param_groups(model, recipe.weight_decay), lr=peak_lr(recipe),
+    return torch.optim.SGD(param_groups(model, recipe.weight_decay, recipe.decay_norm_and_bias), lr=peak_lr(recipe),
                            momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0)
 
 

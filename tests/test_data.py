@@ -150,3 +150,19 @@ def test_random_resized_crops_are_deterministic_and_stored_larger_for_the_centre
     first = [x for x, _ in b.train(ds.train, 32, torch.Generator().manual_seed(3))]
     again = [x for x, _ in b.train(ds.train, 32, torch.Generator().manual_seed(3))]
     assert all(torch.equal(a, c) for a, c in zip(first, again)) and first[0].shape[-2:] == (14, 14)
+
+
+def test_reflect_padding_mirrors_the_border_as_torch_pads():
+    import torch.nn.functional as F
+
+    n, p = 7, 3
+    expected = F.pad(torch.arange(n).float()[None, None, :], (p, p), mode="reflect")[0, 0].long()
+    assert torch.equal(data._reflect(torch.arange(-p, n + p), n), expected)
+    ds = _ramp_dataset(8, 8)
+    ds = data.Dataset("bright", *(data.Split(s.images + 10, s.labels) for s in (ds.train, ds.minival, ds.test)),
+                      2, (0.0,) * 3, (1 / 255,) * 3, 8, 8)
+    crops = {mode: data.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0.25,
+                                padding_mode=mode)._crop_flip(ds.train.images.expand(64, -1, -1, -1),
+                                                              torch.Generator().manual_seed(0))
+             for mode in ("zero", "reflect")}
+    assert (crops["zero"] == 0).any() and not (crops["reflect"] == 0).any()  # no black border

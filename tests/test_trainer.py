@@ -32,6 +32,8 @@ def test_weight_decay_skips_batch_norm_and_biases():
     bn_ids = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
     assert bn_ids and bn_ids <= {id(p) for p in no_decay["params"]}
     assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 4e-5
+    everything = recipe.param_groups(model, 4e-5, everything=True)  # recipe.decay_norm_and_bias
+    assert len(everything) == 1 and bn_ids <= {id(p) for p in everything[0]["params"]}
     opt = recipe.make_optimizer(model, RecipeConfig())
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
 
