@@ -43,7 +43,8 @@ def trainer_img_per_s(ds, args, precision: str, channels_last: bool, compile_: b
     device = torch.device("cuda")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = models.build_model(args.depth, args.width, num_classes=ds.num_classes).to(device, memory_format=fmt)
-    batcher = data.Batcher(ds, device=device, augment="flip_crop", crop_padding=0.125, memory_format=fmt)
+    batcher = data.Batcher(ds, device=device, augment="flip_crop", crop_padding=0.125, memory_format=fmt,
+                           crop=args.crop)
     fitted = trainer.fit(trainer.compiled(model, compile_), ds, batcher,
                          RecipeConfig(epochs=args.epochs, batch_size=args.batch, warmup_epochs=0.2),
                          TrainerConfig(progress=False, precision=precision, eval_batch_size=1024), seed=0,
@@ -82,12 +83,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=12000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--crop", choices=["pad", "random_resized"], default="pad")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks.gpu needs a CUDA device")
+    eval_crop = 0.875 if args.crop == "random_resized" else 1.0
     ds = data.prepare(DataConfig(name="synthetic", synthetic_images=args.images, synthetic_size=args.resolution,
-                                 resolution=args.resolution, minival_fraction=0.02, test_fraction=0.05))
+                                 resolution=args.resolution, minival_fraction=0.02, test_fraction=0.05,
+                                 crop=args.crop, eval_crop=eval_crop))
     flops = measure.complexity(models.build_model(args.depth, args.width, num_classes=10), args.resolution, 3)["flops"]
     steps = len(ds.train) // args.batch
     variants = {"fp32 NCHW": ("fp32", False, False), "bf16 channels_last": ("bf16", True, False),
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     best = {k: max(v) for k, v in samples.items()}
     peak = max(peaks)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "case": f"w={args.width} d={args.depth} r={args.resolution} b={args.batch}",
+              "case": f"w={args.width} d={args.depth} r={args.resolution} b={args.batch} crop={args.crop}",
               "gflops_per_image": flops / 1e9, "bf16_matmul_peak_tflops": peak,
               "img_per_s": best, "spread": {k: (min(v), max(v)) for k, v in samples.items()},
               "ratios": {
