@@ -60,7 +60,8 @@ def summary(decisions: dict) -> list[str]:
         a = d["a_resolution"]
         verdict = {"slower": "slower than EfficientNet's 0.214", "not_slower": "not slower than EfficientNet's 0.214",
                    "undecided": "undecided against EfficientNet's 0.214"}[d["slower_than_efficientnet"]]
-        if d["slower_than_efficientnet"] == "undecided" and d.get("resolution_edge"):
+        if d["slower_than_efficientnet"] == "undecided" and d.get("resolution_edge") \
+                and a["estimate"] < rules.EFFICIENTNET_RESOLUTION_EXPONENT:
             verdict += f" ({d['resolution_edge']}: resolution could not grow further, so a small exponent may only show that edge)"
         lines.append(f"{_epochs(e)}: on the minival frontier resolution grows as C^{a['estimate']:.3f} (90% interval "
                      f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]): {verdict} "

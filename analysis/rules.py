@@ -6,9 +6,11 @@ analysis/depth_width.py; every selection (the Pareto frontier) reads minival, ne
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import ConstantInputWarning, spearmanr
 
 from analysis import caveats as warn
 from analysis.fit import fit_best, fit_form, training_compute
@@ -152,7 +154,9 @@ PREDICTORS = ("flops", "params", "activations", "latency_ms")
 def rank_correlations(part: pd.DataFrame) -> dict[str, float]:
     if len(part) < 3:
         raise ValueError("fewer than 3 configurations")
-    return {p: float(spearmanr(part[p], part["error"]).statistic) for p in PREDICTORS}
+    with warnings.catch_warnings():  # a constant column (one latency for all) has no rank correlation: NaN
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return {p: float(spearmanr(part[p], part["error"]).statistic) for p in PREDICTORS}
 
 
 def flops_vs_latency(configs: pd.DataFrame, n_boot: int, seed: int = 0, noise_sd: float = 0.01) -> dict:
