@@ -39,7 +39,7 @@ def _paper_study(seed: int = 0) -> pd.DataFrame:
 
 
 def test_the_papers_three_regime_findings_are_reproduced():
-    decisions = rules.decide(_paper_study(), 1000, 0)
+    decisions = rules.decide(_paper_study(), 300, 0)
     dvw = decisions["depth_vs_width"]["by_regime"]
     assert dvw[10]["winner"] == "width"
     assert dvw[100]["winner"] == "depends_on_resolution"
@@ -57,7 +57,7 @@ def test_the_papers_three_regime_findings_are_reproduced():
 def test_a_tie_is_reported_undecided_with_what_would_decide_it():
     rng = np.random.default_rng(3)
     configs = simulate.configurations(simulate.runs(simulate.TRUTHS["tie"], 10, rng, noise=0.08, seeds=1))
-    decisions = rules.decide(configs, 1000, 0)
+    decisions = rules.decide(configs, 300, 0)
     d = decisions["depth_vs_width"]["by_regime"][10]
     assert d["winner"] == "undecided" and "would_decide" in d
     line = summary(decisions)[0]
