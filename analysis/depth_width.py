@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.fit import aicc as fit_aicc
 from analysis.uncertainty import LEVEL
 
 MIN_RESIDUAL_DOF = 3
@@ -110,23 +111,18 @@ class Surface:
         return np.exp(betas @ on_depth.T) - np.exp(betas @ on_width.T)
 
 
-def interaction_test(regime: pd.DataFrame) -> dict:
-    """Does the surface need the interaction terms? F test of the full surface against the
-    additive one, and their small-sample AIC (AICc)."""
+def interaction_test(regime: pd.DataFrame, full: Surface) -> dict:
+    """Does the surface need the interaction terms? F test of the full surface (fitted to
+    `regime`) against the additive one, and their small-sample AIC (AICc)."""
     try:
-        full, additive = Surface(regime, True), Surface(regime, False)
+        additive = Surface(regime, False)
     except ValueError:
         return {"needed": None, "p_value": None}
     extra = full.p - additive.p
     f = ((additive.rss - full.rss) / extra) / (full.rss / full.dof) if full.rss > 0 else np.inf
     p = float(stats.f.sf(f, extra, full.dof))
-    aicc = {name: _aicc(s) for name, s in (("additive", additive), ("interactions", full))}
+    aicc = {name: fit_aicc(s.rss, s.n, s.p) for name, s in (("additive", additive), ("interactions", full))}
     return {"needed": p < 1 - LEVEL, "p_value": p, "aicc": aicc}
-
-
-def _aicc(s: Surface) -> float:
-    k = s.p + 1  # coefficients and the variance
-    return float(s.n * np.log(max(s.rss, 1e-300) / s.n) + 2 * k + 2 * k * (k + 1) / max(s.n - k - 1, 1))
 
 
 def decide_gap(samples: np.ndarray, estimate: float, level: float = LEVEL) -> dict:
@@ -160,8 +156,8 @@ def regime_decision(regime: pd.DataFrame, draws: int, seed: int, seeds_per_confi
     decided = {d["winner"] for d in per_res.values()} - {"undecided"}
     if len(decided) > 1:
         overall["winner"] = "depends_on_resolution"
-    overall |= {"by_resolution": per_res, "interactions": interaction_test(regime),
-                "log10_crossover_compute": _crossover(est_mean, draws_mean, t, regime, s),
+    overall |= {"by_resolution": per_res, "interactions": interaction_test(regime, s),
+                "log10_crossover_compute": _crossover(est_mean, draws_mean, t, regime),
                 "residual_sd_log_error": float(np.sqrt(s.sigma2)), "draws": int(draws),
                 "configurations": int(s.n)}
     if overall["winner"] == "undecided":
@@ -169,13 +165,13 @@ def regime_decision(regime: pd.DataFrame, draws: int, seed: int, seeds_per_confi
     return overall
 
 
-def _crossover(est, draws, t, regime, s: Surface) -> dict:
+def _crossover(est, draws, t, regime) -> dict:
     """Where the averaged gap changes sign on the compared stretch (log10 training compute)."""
     base = regime[(regime["depth"] == regime["depth"].min()) & (regime["width"] == regime["width"].min())]
     c_base = float(np.log(base["compute"]).mean())
     change = np.flatnonzero(np.diff(np.sign(est[1:])) != 0) + 1
     estimate = float((c_base + t[change[0]]) / np.log(10)) if len(change) else None
-    in_range = np.mean([np.any(np.diff(np.sign(row[1:])) != 0) for row in draws])
+    in_range = np.mean(np.any(np.diff(np.sign(draws[:, 1:]), axis=1) != 0, axis=1))
     return {"estimate": estimate, "p_crossover_in_range": float(in_range)}
 
 
@@ -196,7 +192,7 @@ def depth_vs_width(configs: pd.DataFrame, draws: int = 1000, seed: int = 0) -> d
     """Every regime's decision and the flip between regimes (rules.json's `depth_vs_width`)."""
     from analysis import caveats as warn
 
-    by_regime, warnings, samples = {}, [], {}
+    by_regime, warnings = {}, []
     for i, (epochs, regime) in enumerate(sorted(configs.groupby("epochs"), key=lambda g: g[0])):
         try:
             d = regime_decision(regime, draws, seed + i, float(regime["n_seeds"].mean()))
@@ -204,7 +200,6 @@ def depth_vs_width(configs: pd.DataFrame, draws: int = 1000, seed: int = 0) -> d
             warnings.append(warn.too_few(f"depth vs width at {epochs} epochs", str(e)))
             continue
         by_regime[int(epochs)] = d
-        samples[int(epochs)] = d["p_depth_better"]
         warnings += warn.unstable(f"depth vs width at {epochs} epochs", d["p_depth_better"])
     return {"by_regime": by_regime, "flip": flip(by_regime), "warnings": warnings}
 

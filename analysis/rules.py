@@ -29,20 +29,6 @@ def tidy(configs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-# --- depth vs width: analysis/depth_width.py --------------------------------------------
-
-def _per_regime(configs: pd.DataFrame, statistic, context: str, n_boot: int, seed: int, warnings: list):
-    """(epochs, regime, estimate, bootstrap replicates) of every regime where `statistic` can
-    be computed; a too_few warning for the others."""
-    for epochs, regime in configs.groupby("epochs"):
-        try:
-            est = statistic(regime)
-        except ValueError as e:
-            warnings.append(warn.too_few(f"{context} at {epochs} epochs", str(e)))
-            continue
-        yield int(epochs), regime, est, bootstrap(regime, statistic, n_boot, seed, strata=None)
-
-
 # --- slow resolution scaling -------------------------------------------------------------
 
 def selection_error(regime: pd.DataFrame) -> pd.Series:

@@ -194,8 +194,7 @@ def _record(record: dict, study: StudyConfig, files: PointFiles, tracker: Tracke
         return {"status": "UNRECORDED", "run_id": record["run_id"], "reason": _brief(e)}
     _clean_up(study, files)
     say(f"top1={record['metrics']['top1']:.3f}")
-    return {"status": "FINISHED", "run_id": record["run_id"],
-            **{k: record["metrics"][k] for k in OUTCOME_METRICS}}
+    return _finished(record)
 
 
 def _record_kept(study: StudyConfig, files: PointFiles, tracker: Tracker, say) -> dict | None:
@@ -217,8 +216,11 @@ def _record_kept(study: StudyConfig, files: PointFiles, tracker: Tracker, say) -
     _clean_up(study, files)
     say(f"recorded the training kept from an earlier run in run {record['run_id'][:8]}: "
         f"top1={record['metrics']['top1']:.3f}")
-    return {"status": "FINISHED", "run_id": record["run_id"],
-            **{k: record["metrics"][k] for k in OUTCOME_METRICS}}
+    return _finished(record)
+
+
+def _finished(record: dict) -> dict:
+    return {"status": "FINISHED", "run_id": record["run_id"], **{k: record["metrics"][k] for k in OUTCOME_METRICS}}
 
 
 def _clean_up(study: StudyConfig, files: PointFiles) -> None:

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) holding study/
-PACKAGES = ("torch", "torchvision", "timm", "mlflow", "optuna", "hydra-core")
+PACKAGES = ("torchvision", "timm", "mlflow", "optuna", "hydra-core")  # and torch, with its build
 
 
 def _git(*args: str) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -40,10 +41,9 @@ def main(cfg: DictConfig) -> list[dict]:
     t = study.tracking
     tracker = mlflow_tracker(t.uri, study.sweep, t.artifact_root, t.retry_s)
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
-    resolved = redact(OmegaConf.to_yaml(cfg, resolve=True))
-    outcomes = [run_point(dataclasses.replace(study, seed=seed), tracker=tracker, device=device,  # seeds=N: N runs
-                          position=_position(), choices=choices, parallel_jobs=_parallel_jobs(),
-                          resolved_config=resolved)
+    point = partial(run_point, tracker=tracker, device=device, position=_position(), choices=choices,
+                    parallel_jobs=_parallel_jobs(), resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)))
+    outcomes = [point(dataclasses.replace(study, seed=seed))  # seeds=N: N runs sharing one point key
                 for seed in range(study.seed, study.seed + study.seeds)]
     handoff.write_outcomes(Path(hc.runtime.output_dir), outcomes)
     return outcomes

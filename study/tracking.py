@@ -27,8 +27,6 @@ RETRY_FOR_S = 120.0
 EPOCH_RETRY_S = 5.0  # an epoch's metrics wait at most this long before the point buffers them
 
 
-
-
 class Tracker(Protocol):
     def finished_run(self, run_key: str) -> str | None: ...
     def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
