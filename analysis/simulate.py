@@ -53,23 +53,29 @@ def true_error(truth: Truth, d, w, r, e0: float = 0.3, rho: float = 0.3) -> floa
     return truth.floor + e0 * (d / DEPTHS[0]) ** -a_d * (w / WIDTHS[0]) ** -a_w * (r / RESOLUTIONS[0]) ** -rho
 
 
+def run_row(truth: Truth, d, w, r, epochs: int, seed: int, rng: np.random.Generator, noise: float,
+            native: int) -> dict:
+    """One run of configuration (d, w, r) under `truth`, with the run record's columns."""
+    flops = 1e4 * d * w ** 2 * r ** 2
+    err = true_error(truth, d, w, r)
+    e = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
+    m = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
+    return {"model.depth": d, "model.width": w, "data.resolution": r, "recipe.epochs": epochs,
+            "seed": seed, "error": e, "top1": 1 - e, "minival/top1": 1 - m, "flops": flops,
+            "params": d * w ** 2 * 1e4, "activations": flops / 10,
+            "latency_ms": flops / 1e6 * (1 + 0.3 * np.log(d)), "data.train_images": TRAIN_IMAGES,
+            "data.native_resolution": native}
+
+
+TRAIN_IMAGES = 1000
+
+
 def runs(truth: Truth, epochs: int, rng: np.random.Generator, noise: float = 0.08, seeds: int = 1,
          depths=DEPTHS, widths=WIDTHS, resolutions=RESOLUTIONS) -> pd.DataFrame:
     """One row per run of a grid under `truth`, with the run record's columns. noise=0 gives
     the true errors."""
-    rows = []
-    for d, w, r in itertools.product(depths, widths, resolutions):
-        flops = 1e4 * d * w ** 2 * r ** 2
-        err = true_error(truth, d, w, r)
-        for s in range(seeds):
-            e = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
-            m = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
-            rows.append({"model.depth": d, "model.width": w, "data.resolution": r, "recipe.epochs": epochs,
-                         "seed": s, "error": e, "top1": 1 - e, "minival/top1": 1 - m, "flops": flops,
-                         "params": d * w ** 2 * 1e4, "activations": flops / 10,
-                         "latency_ms": flops / 1e6 * (1 + 0.3 * np.log(d)), "data.train_images": 1000,
-                         "data.native_resolution": max(resolutions)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([run_row(truth, d, w, r, epochs, s, rng, noise, max(resolutions))
+                         for d, w, r in itertools.product(depths, widths, resolutions) for s in range(seeds)])
 
 
 def configurations(table: pd.DataFrame) -> pd.DataFrame:
@@ -145,3 +151,103 @@ def record(table: pd.DataFrame, tracking_uri: str, sweep: str, artifact_root: st
                          tags=[RunTag("simulated", "true")])
         client.set_terminated(run, "FINISHED")
     client.set_terminated(parent, "FINISHED")
+
+
+# --- adaptive studies (analysis/adaptive.py) against the full grid ------------------------
+
+SHORT, LONG = 10, 40  # the two regimes of a simulated study: epochs
+
+
+def declared_grid(epochs=(SHORT, LONG), depths=DEPTHS, widths=WIDTHS, resolutions=RESOLUTIONS) -> pd.DataFrame:
+    """The declared configurations of a simulated sweep with their training compute."""
+    from analysis.fit import training_compute
+
+    rows = [{"epochs": e, "depth": d, "width": w, "resolution": r, "compute": float(
+        training_compute(1e4 * d * w ** 2 * r ** 2, TRAIN_IMAGES, e))}
+        for e in epochs for d, w, r in itertools.product(depths, widths, resolutions)]
+    return pd.DataFrame(rows)
+
+
+def adaptive_study(truths: dict[int, Truth], rng: np.random.Generator, noise: float, settings,
+                   budget: float = 1.0, max_rounds: int = 50) -> dict:
+    """One adaptive study in which training a configuration draws its error from the planted
+    law with its noise and costs its compute; `budget` in full grids."""
+    from analysis import adaptive
+
+    grid = declared_grid(tuple(truths))
+    grid_compute = float(grid["compute"].sum())
+    table, rounds = pd.DataFrame(), []
+    for _ in range(max_rounds):
+        cands = adaptive.candidates(grid, table)
+        spent = adaptive.spent_compute(table)
+        proposal = adaptive.propose(table, cands, grid_compute, budget * grid_compute - spent, settings)
+        rounds.append({"spent": spent / grid_compute, "trained": len(proposal.batch)})
+        if proposal.stop:
+            break
+        new = [run_row(truths[int(c["epochs"])], c["depth"], c["width"], c["resolution"], int(c["epochs"]),
+                       int(c["seed"]), rng, noise, max(RESOLUTIONS)) for _, c in proposal.batch.iterrows()]
+        table = pd.concat([table, pd.DataFrame(new)], ignore_index=True)
+    return {"decisions": proposal.decisions, "compute": spent / grid_compute, "rounds": len(rounds),
+            "stop": proposal.stop}
+
+
+def resolution_winner(truth: Truth, r: float) -> str:
+    """The right answer at one resolution: per unit of log compute depth buys a_d, width a_w / 2."""
+    a_d, a_w = truth.elasticities(r)
+    return "undecided" if abs(a_d - a_w / 2) < 1e-9 else "depth" if a_d > a_w / 2 else "width"
+
+
+def expected_flip(short: Truth, long: Truth):
+    if short.expected in ("depth", "width") and long.expected in ("depth", "width"):
+        return short.expected != long.expected
+    return None
+
+
+def adaptive_vs_grid(studies_per_family: int = 100, draws: int = 400, seed: int = 0, settings=None,
+                     families=None) -> dict:
+    """Per truth family (planted in the long regime; the short regime gets another family's,
+    so a prior that leaked into the answer would show): how often the adaptive study and the
+    full grid (one seed per point) name the right winner, name one on a tie, get the flip
+    right, and the adaptive study's compute over the full grid's. Same noise, same truths."""
+    from analysis.adaptive import Settings
+
+    settings = settings or Settings(draws=draws)
+    names = list(families or TRUTHS)
+    out, details = {}, []
+    for f in names:
+        acc = {f"{who}_{k}": [] for who in ("grid", "adaptive") for k in ("right", "res_right", "false", "flip")}
+        acc |= {"compute": [], "rounds": []}
+        for i in range(studies_per_family):
+            long = TRUTHS[f]
+            short = TRUTHS[names[(names.index(f) + 1 + i % (len(names) - 1)) % len(names)]]
+            # each study its own streams, the same for every setting compared
+            rng = [np.random.default_rng([seed, names.index(f), i, k]) for k in range(3)]
+            noise = float(rng[0].choice([0.05, 0.1, 0.15]))
+            truths = {SHORT: short, LONG: long}
+            grid = depth_vs_width_of(study(truths, rng[1], noise, 1), draws, i)
+            adaptive = adaptive_study(truths, rng[2], noise, settings)
+            details.append({"family": f, "study": i, "noise": noise, "short": short.name,
+                            "grid": grid["by_regime"].get(LONG, {}).get("winner"),
+                            "adaptive": adaptive["decisions"]["by_regime"].get(LONG, {}).get("winner"),
+                            "compute": adaptive["compute"], "stop": adaptive["stop"]})
+            flip = expected_flip(short, long)
+            for name, d in (("grid", grid), ("adaptive", adaptive["decisions"])):
+                got = d["by_regime"].get(LONG, {})
+                acc[f"{name}_right"].append(got.get("winner", "undecided") == long.expected)
+                acc[f"{name}_flip"].append(d["flip"].get("flips") == flip)
+                per_res = [(got.get("by_resolution", {}).get(r, {}).get("winner", "undecided"), resolution_winner(long, r))
+                           for r in RESOLUTIONS]
+                acc[f"{name}_res_right"].append(np.mean([w == want for w, want in per_res]))
+                named = [(got.get("winner"), long.expected)] + per_res
+                acc[f"{name}_false"].append(np.mean([w in ("depth", "width") and w != want for w, want in named]))
+            acc["compute"].append(adaptive["compute"])
+            acc["rounds"].append(adaptive["rounds"])
+        out[f] = {k: float(np.mean(v)) for k, v in acc.items()} | {"compute_max": float(np.max(acc["compute"])),
+                                                                 "studies": studies_per_family}
+    return out | {"_details": details}
+
+
+def depth_vs_width_of(table: pd.DataFrame, draws: int, seed: int) -> dict:
+    from analysis.depth_width import depth_vs_width
+
+    return depth_vs_width(configurations(table), draws, seed)

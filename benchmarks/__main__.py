@@ -14,6 +14,8 @@ this one run, on this machine, so it is comparable across machines.
    achieved model FLOP/s over the measured matmul peak.
 6. analysis, calibration (benchmarks/analysis_bench.py): every rule on 1,000 runs with 1,000
    replicates against 60 s; the decisions' calibration over simulated studies.
+7. adaptive (benchmarks/analysis_bench.py): make decide's proposals against the full grid on
+   the same simulated studies (100 per truth family): right and wrong decisions, compute.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from study import config, data, models, recipe as recipes, trainer
 from study.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
 from study.point import run_point
 from study.tracking import MlflowTracker
-from benchmarks.analysis_bench import bench_analysis, bench_calibration
+from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_calibration
 from benchmarks.speed import bench_speed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +157,9 @@ def main(argv=None) -> None:
     p.add_argument("--resolution", type=int, default=28)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration"],
+    p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
+    p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
+                                     "adaptive"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -163,7 +167,7 @@ def main(argv=None) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
                "skip": bench_skip, "speed": bench_speed, "analysis": bench_analysis,
-               "calibration": bench_calibration}
+               "calibration": bench_calibration, "adaptive": bench_adaptive}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, channels_last, MNIST sample")
     print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
     for name in args.only or benches:

@@ -39,3 +39,32 @@ def bench_calibration(args) -> list[tuple]:
             ("clear case, right winner", case, c["clear_right_winner"], 0.9, None, ">= 0.90"),
             ("resolution-dependent truth found", case, c["resolution_dependent_found"], None, None, ""),
             ("  calibration run, s", case, time.perf_counter() - t0, None, None, "")]
+
+
+def bench_adaptive(args) -> list[tuple]:
+    """The adaptive study (analysis/adaptive.py) against the full grid, side by side on the same
+    simulated studies (100 per truth family, its defaults): rate of right winners in the long
+    regime and per resolution, rate of named-but-wrong winners (on ties: any winner), and the
+    adaptive study's training compute over the full grid's (target <= 0.40)."""
+    t0 = time.perf_counter()
+    n = getattr(args, "studies", 100)
+    result = simulate.adaptive_vs_grid(n, draws=400, seed=0)
+    result.pop("_details")
+    rows = []
+    for family, r in result.items():
+        case = f"{family}, {r['studies']} studies"
+        rows += [(f"right winner: adaptive / grid", case, r["adaptive_right"], r["grid_right"],
+                  _ratio(r["adaptive_right"], r["grid_right"]), ">= 1"),
+                 (f"right per resolution", case, r["adaptive_res_right"], r["grid_res_right"],
+                  _ratio(r["adaptive_res_right"], r["grid_res_right"]), ">= 1"),
+                 (f"wrong winner named", case, r["adaptive_false"], r["grid_false"], None, "adaptive <= grid"),
+                 (f"flip right", case, r["adaptive_flip"], r["grid_flip"], _ratio(r["adaptive_flip"], r["grid_flip"]),
+                  ">= 1"),
+                 (f"compute / full grid's (max {r['compute_max']:.2f})", case, r["compute"], 1.0, r["compute"],
+                  "<= 0.40")]
+    rows.append(("  adaptive benchmark run, s", f"{6 * n} studies x 2", time.perf_counter() - t0, None, None, ""))
+    return rows
+
+
+def _ratio(a: float, b: float):
+    return a / b if b else None

@@ -1,0 +1,458 @@
+"""Where an adaptive study trains next: a pure function of the runs recorded so far and the
+candidate set (`propose`). The study side (study/decide.py) trains what it proposes; nothing
+here imports the training package, and nothing here changes the analysis it reads.
+
+Rules. A study asks about `regime` (depth vs width in each epoch regime), `resolution` (the
+same at each resolution of a regime) and `flip` (does the winner change between regimes; it
+rests on the regime rules). A rule is *settled* when the analysis (analysis.depth_width)
+decides it and its draws put it beyond `settle_level` (0.98; per resolution with the
+analysis's Bonferroni share). That is stricter than the report's 0.90 on purpose: an adaptive
+study looks at its data after every round, and stopping at the first look that decides would
+name winners on ties more often than the report's level allows. The study's final statement
+is always the report's.
+
+Initial design. A regime that cannot be fitted yet gets the depth path and the width path
+from its smallest model (what the statistic reads) at its two smallest resolutions, then the
+cheapest other points until its surface fits with spare degrees of freedom (which brings in
+every other resolution). Rounds then buy what the larger resolutions' rules need.
+
+Value of a candidate. A fitted regime plans on its own surface: each open rule's gap g (at
+the coefficient estimate), its gradient J in the coefficients and its standard error
+s = sqrt(sigma2 J (X'X)^-1 J'). A new configuration x adds x x' to X'X and a residual degree
+of freedom; one more seed of a configuration lowers the residual variance by that seed's
+share of the seed noise. With the estimate's move from the new data taken as normal with
+variance v = s^2 - s'^2, the chance the rule is settled afterwards is
+Phi((g - q s') / sqrt(v)) + Phi((-g - q s') / sqrt(v)), q the t quantile at the settle level.
+A candidate's value is the expected number of rules it settles, per share of the full grid's
+training compute it costs; it is worth training when that exceeds `worth`. A round's batch is
+picked greedily on marginal values, up to `growth` x the compute spent so far (at least
+`jobs` candidates, so parallel jobs stay busy) and within the budget left.
+
+Order. With `order=cost` regimes go cheapest first: a regime starts when every cheaper one is
+settled or has nothing worth its cost. Its first batch adds to its initial design what the
+cheaper regime's surface rates most valuable: a prior on where to look, never on the answer,
+which only the regime's own runs give.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.depth_width import MIN_RESIDUAL_DOF, STEPS, Surface, depth_vs_width, design
+from analysis.fit import training_compute
+from analysis.load import by_configuration
+from analysis.rules import tidy
+from analysis.uncertainty import LEVEL
+
+RULES = ("regime", "resolution", "flip")
+ORDERS = ("cost", "together")
+SPARE_DOF = 2          # the initial design leaves MIN_RESIDUAL_DOF + this
+PATH_RESOLUTIONS = 2   # the initial design's paths run at this many of the smallest resolutions
+AXES = ["depth", "width", "resolution"]
+CANDIDATE_COLUMNS = ["epochs", "depth", "width", "resolution", "seed", "compute", "new"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    rules: tuple[str, ...] = RULES
+    order: str = "cost"
+    settle_level: float = 0.95
+    worth: float = 4.5      # expected rules settled per full grid's compute a candidate must beat
+    growth: float = 0.3     # a round spends up to this share of the compute spent so far
+    jobs: int = 1
+    draws: int = 1000       # the analysis's draws (the report's --replicates)
+    seed: int = 0           # the analysis's seed
+
+    def check(self) -> None:
+        if not self.rules or set(self.rules) - set(RULES):
+            raise ValueError(f"rules={list(self.rules)}: allowed are one or more of {list(RULES)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order={self.order!r}: allowed are {list(ORDERS)}")
+        if not LEVEL <= self.settle_level < 1:
+            raise ValueError(f"settle_level={self.settle_level}: allowed is {LEVEL} <= level < 1")
+        if self.worth < 0 or self.growth <= 0 or self.jobs < 1:
+            raise ValueError("worth must be >= 0, growth > 0 and jobs >= 1")
+
+
+@dataclass
+class Rule:
+    name: str
+    epochs: int
+    resolution: int | None          # None: the regime's rule
+    winner: str | None              # the analysis's decision (None: regime not fitted yet)
+    p_depth_better: float | None
+    settled: bool
+
+
+@dataclass
+class Proposal:
+    decisions: dict                 # analysis.depth_width.depth_vs_width of the runs so far
+    rules: list[Rule]               # every rule asked about, with its state
+    batch: pd.DataFrame             # candidates to train next (CANDIDATE_COLUMNS + value, why)
+    stop: str | None                # why the study ends, or None
+    spent: float                    # training compute recorded so far
+
+
+# --- rules and their state ---------------------------------------------------------------
+
+def rule_name(epochs: int, resolution: int | None = None) -> str:
+    e = f"{epochs} epoch" + ("" if epochs == 1 else "s")
+    return f"depth vs width at {e}" + (f", {resolution} px" if resolution is not None else "")
+
+
+def _beyond(p: float | None, level: float) -> bool:
+    return p is not None and min(p, 1 - p) <= (1 - level) / 2
+
+
+def rule_states(decisions: dict, regimes: list[int], resolutions: dict[int, list[int]],
+                settings: Settings) -> list[Rule]:
+    """Every rule asked about, with the analysis's decision and whether it is settled."""
+    by_regime, out = decisions["by_regime"], []
+    for e in regimes:
+        d = by_regime.get(e)
+        if "regime" in settings.rules or "flip" in settings.rules:
+            out.append(_regime_rule(e, d, settings.settle_level))
+        if "resolution" in settings.rules:
+            level = 1 - (1 - settings.settle_level) / len(resolutions[e])
+            for r in resolutions[e]:
+                x = (d or {}).get("by_resolution", {}).get(r)
+                out.append(Rule(rule_name(e, r), e, r, x and x["winner"], x and x["p_depth_better"],
+                                bool(x) and x["winner"] != "undecided" and _beyond(x["p_depth_better"], level)))
+    if "flip" in settings.rules and len(regimes) > 1:
+        flip = decisions["flip"]
+        regime_settled = {r.epochs: r.settled for r in out if r.resolution is None}
+        rests_on = regimes if flip.get("flips") is False else [e for e, _ in (flip.get("from"), flip.get("to"))] \
+            if flip.get("flips") else []
+        settled = flip.get("flips") is not None and all(regime_settled[e] for e in rests_on)
+        winner = None if flip.get("flips") is None else ("flips" if flip["flips"] else "does not flip")
+        out.append(Rule("flip", 0, None, winner, flip.get("p_flip"), settled))
+    return out
+
+
+def _regime_rule(e: int, d: dict | None, level: float) -> Rule:
+    if d is None:
+        return Rule(rule_name(e), e, None, None, None, False)
+    if d["winner"] == "depends_on_resolution":  # settled when two resolutions settle on different winners
+        res_level = 1 - (1 - level) / len(d["by_resolution"])
+        firm = {x["winner"] for x in d["by_resolution"].values()
+                if x["winner"] != "undecided" and _beyond(x["p_depth_better"], res_level)}
+        settled = len(firm) > 1
+    else:
+        settled = d["winner"] != "undecided" and _beyond(d["p_depth_better"], level)
+    return Rule(rule_name(e), e, None, d["winner"], d["p_depth_better"], settled)
+
+
+# --- initial design ----------------------------------------------------------------------
+
+def _rank(frame: pd.DataFrame, n_res: int) -> tuple[int, int]:
+    """(rank, columns) of the surface's design for these configurations (centred like Surface)."""
+    logs = {a: np.log(frame[a].to_numpy(float)) for a in AXES}
+    ld, lw, lr = (logs[a] - logs[a].mean() for a in AXES)
+    G = np.column_stack([np.ones_like(ld), ld, lw, lr])
+    gamma = np.linalg.lstsq(G, np.log(frame["compute"].to_numpy(float)), rcond=None)[0]
+    X = design(ld, lw, lr, n_res, True, (gamma[1], gamma[2]))
+    return int(np.linalg.matrix_rank(X)), X.shape[1]
+
+
+def _fits(frame: pd.DataFrame, n_res: int) -> bool:
+    if min(frame["depth"].nunique(), frame["width"].nunique()) < 3 or frame["resolution"].nunique() < n_res:
+        return False
+    rank, p = _rank(frame, n_res)
+    return rank == p and len(frame) - p >= MIN_RESIDUAL_DOF + SPARE_DOF
+
+
+def initial_design(configs: pd.DataFrame) -> pd.DataFrame:
+    """The configurations of one regime to train first (a subset of `configs`, the regime's
+    declared configurations with `compute` and `trained`): the depth and width paths from the
+    smallest model at every resolution, then the cheapest others until the surface fits."""
+    n_res = configs["resolution"].nunique()
+    if not _fits(configs, n_res):
+        raise ValueError(f"{len(configs)} configurations (depths {sorted(configs['depth'].unique())}, widths "
+                         f"{sorted(configs['width'].unique())}, resolutions {sorted(configs['resolution'].unique())}) "
+                         "cannot fit the depth-vs-width surface: it needs 3 or more depths and widths and "
+                         f"{MIN_RESIDUAL_DOF + SPARE_DOF} configurations more than its terms")
+    on_path = (configs["width"] == configs["width"].min()) | (configs["depth"] == configs["depth"].min())
+    low = configs["resolution"].isin(sorted(configs["resolution"].unique())[:PATH_RESOLUTIONS])
+    chosen = configs[(on_path & low) | configs["trained"]]
+    rest = configs.drop(chosen.index).sort_values("compute")
+    while not _fits(chosen, n_res):
+        rank = _rank(chosen, n_res)[0] if len(chosen) > 3 else 0
+        raising = [i for i in rest.index if _rank(pd.concat([chosen, rest.loc[[i]]]), n_res)[0] > rank]
+        pick = raising[0] if raising and rank < _rank(configs, n_res)[1] else rest.index[0]
+        chosen, rest = pd.concat([chosen, rest.loc[[pick]]]), rest.drop(pick)
+    return chosen[~chosen["trained"]]
+
+
+# --- planning on a surface ---------------------------------------------------------------
+
+class Plan:
+    """One regime's surface, the open rules it can move, and the state of a batch being picked:
+    X'X inverse, residual degrees of freedom and variance, each rule's variance of movement."""
+
+    def __init__(self, surface: Surface, X: np.ndarray, rules: list[Rule], settle_level: float,
+                 seed_var: float, n_seeds: np.ndarray, keys: list[tuple]):
+        self.s, self.level = surface, settle_level
+        self.Ainv = np.linalg.pinv(X.T @ X)
+        self.dof = len(X) - surface.p
+        self.sigma2 = surface.sigma2
+        self.seed_var, self.X, self.n_seeds, self.keys = seed_var, X, n_seeds.astype(float), keys
+        t_mid = np.array([np.linspace(0, surface.reach, STEPS)[STEPS // 2]])
+        self.rules, self.g, self.J, self.levels = [], [], [], []
+        res_level = 1 - (1 - settle_level) / len(surface.resolutions)
+        for rule in rules:
+            at = surface.resolutions if rule.resolution is None else [rule.resolution]
+            if rule.resolution is not None and rule.resolution not in surface.resolutions:
+                continue
+            g, J = 0.0, np.zeros(surface.p)
+            for r in at:
+                on_d, on_w = surface.path_features(r, t_mid)
+                e_d, e_w = np.exp(on_d[0] @ surface.beta), np.exp(on_w[0] @ surface.beta)
+                g += (e_d - e_w) / len(at)
+                J += (e_d * on_d[0] - e_w * on_w[0]) / len(at)
+            self.rules.append(rule)
+            self.g.append(g)
+            self.J.append(J)
+            self.levels.append(settle_level if rule.resolution is None else res_level)
+        self.g, self.J = np.array(self.g), np.array(self.J).reshape(len(self.g), surface.p)
+        self.move = np.zeros(len(self.g))
+        self.s0 = self._se(self.Ainv, self.sigma2)
+
+    def _se(self, Ainv, sigma2) -> np.ndarray:
+        return np.sqrt(np.maximum(sigma2 * np.einsum("kp,pq,kq->k", self.J, Ainv, self.J), 0))
+
+    def p_settled(self, Ainv=None, dof=None, sigma2=None, move=None) -> np.ndarray:
+        Ainv = self.Ainv if Ainv is None else Ainv
+        dof = self.dof if dof is None else dof
+        sigma2 = self.sigma2 if sigma2 is None else sigma2
+        move = self.move if move is None else move
+        se = self._se(Ainv, sigma2)
+        q = stats.t.ppf(1 - (1 - np.array(self.levels)) / 2, max(dof, 1))
+        v = np.maximum(self.s0 ** 2 - se ** 2, 0) + move
+        sd = np.sqrt(np.maximum(v, 1e-300))
+        moving = stats.norm.cdf((self.g - q * se) / sd) + stats.norm.cdf((-self.g - q * se) / sd)
+        return np.where(v > 1e-12 * np.maximum(self.s0 ** 2, 1e-300), moving, (np.abs(self.g) >= q * se) * 1.0)
+
+    def after(self, cand: pd.Series) -> dict:
+        """The batch state after adding this candidate (a new configuration, or a seed of a
+        configuration of the surface)."""
+        if cand["new"]:
+            x = self.s.features(pd.DataFrame([cand]))[0]
+            Ax = self.Ainv @ x
+            return {"Ainv": self.Ainv - np.outer(Ax, Ax) / (1 + x @ Ax), "dof": self.dof + 1,
+                    "sigma2": self.sigma2, "move": self.move}
+        i = self.keys.index(tuple(cand[a] for a in AXES))
+        x, n = self.X[i], self.n_seeds[i]
+        Ax = self.Ainv @ x
+        lever = float(x @ Ax)
+        shrink = self.seed_var * (1 / n - 1 / (n + 1)) * max(1 - lever, 0) / max(self.dof, 1)
+        move = self.move + (self.J @ Ax) ** 2 * self.seed_var / (n * (n + 1))
+        return {"Ainv": self.Ainv, "dof": self.dof, "sigma2": max(self.sigma2 - shrink, 1e-12), "move": move}
+
+    def take(self, cand: pd.Series, state: dict) -> None:
+        self.Ainv, self.dof, self.sigma2, self.move = state["Ainv"], state["dof"], state["sigma2"], state["move"]
+        if not cand["new"]:
+            self.n_seeds[self.keys.index(tuple(cand[a] for a in AXES))] += 1
+        else:
+            self.X = np.vstack([self.X, self.s.features(pd.DataFrame([cand]))])
+            self.n_seeds = np.append(self.n_seeds, 1.0)
+            self.keys.append(tuple(cand[a] for a in AXES))
+
+
+def _seed_var(regime: pd.DataFrame, surface: Surface) -> float:
+    """Seed noise of one run's log error: pooled over repeated seeds, else all of the residual
+    variance (then a seed's value is an upper bound)."""
+    pooled = regime["pooled_var"].iloc[0] if "pooled_var" in regime else np.nan
+    if np.isfinite(pooled) and pooled > 0:
+        return float(pooled / regime["error"].mean() ** 2)
+    return float(surface.sigma2 * regime["n_seeds"].mean())
+
+
+def own_plan(regime: pd.DataFrame, rules: list[Rule], settings: Settings) -> Plan:
+    s = Surface(regime)
+    return Plan(s, s.features(regime), rules, settings.settle_level, _seed_var(regime, s),
+                regime["n_seeds"].to_numpy(), [tuple(r) for r in regime[AXES].to_numpy()])
+
+
+def prior_plan(cheaper: pd.DataFrame, design_rows: pd.DataFrame, rules: list[Rule], settings: Settings) -> Plan:
+    """A regime not fitted yet, planned on a cheaper regime's surface as if its initial design
+    (and what it already has) were trained: where the cheaper regime says information is."""
+    s = Surface(cheaper)
+    return Plan(s, s.features(design_rows), rules, settings.settle_level, _seed_var(cheaper, s),
+                np.ones(len(design_rows)), [tuple(r) for r in design_rows[AXES].to_numpy()])
+
+
+# --- the proposal ------------------------------------------------------------------------
+
+def configurations(runs: pd.DataFrame) -> pd.DataFrame:
+    """The analysis's configuration table of a runs table (empty stays empty)."""
+    return tidy(by_configuration(runs)) if len(runs) else pd.DataFrame(columns=["epochs", *AXES, "compute"])
+
+
+def spent_compute(runs: pd.DataFrame) -> float:
+    if runs.empty:
+        return 0.0
+    return float(training_compute(runs["flops"], runs["data.train_images"], runs["recipe.epochs"]).sum())
+
+
+def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_compute: float, budget_left: float,
+            settings: Settings = Settings()) -> Proposal:
+    """What to train next. `runs`: one row per recorded run (analysis.load's table).
+    `candidates`: CANDIDATE_COLUMNS, one row per declared configuration not trained yet
+    (new=True, with the seed to train) and per one more seed of a trained one (new=False);
+    `compute` is its training FLOPs. `grid_compute`: the full declared grid's, the unit of cost.
+    `budget_left`: training compute the study may still spend (inf: no FLOP budget)."""
+    settings.check()
+    configs = configurations(runs)
+    decisions = depth_vs_width(configs, settings.draws, settings.seed) if len(configs) else \
+        {"by_regime": {}, "flip": {"flips": None, "reason": "nothing recorded"}, "warnings": []}
+    regimes = sorted({int(e) for e in candidates["epochs"]} | {int(e) for e in configs["epochs"]})
+    declared = pd.concat([candidates[candidates["new"]][["epochs", *AXES, "compute"]],
+                          configs[["epochs", *AXES, "compute"]]]).drop_duplicates(["epochs", *AXES])
+    resolutions = {e: sorted(int(r) for r in declared[declared["epochs"] == e]["resolution"].unique()) for e in regimes}
+    rules = rule_states(decisions, regimes, resolutions, settings)
+    spent = spent_compute(runs)
+    if all(r.settled for r in rules):
+        return Proposal(decisions, rules, _empty(), "every rule asked about is decided", spent)
+
+    picked, round_share = [], settings.growth * spent / grid_compute
+    for e in regimes:
+        open_rules = [r for r in rules if r.epochs == e and not r.settled]
+        if not open_rules:
+            continue
+        regime = configs[configs["epochs"] == e].reset_index(drop=True)
+        first = _empty()
+        if e in decisions["by_regime"]:
+            plan = own_plan(regime, open_rules, settings)
+        else:
+            first, plan = _first_batch(e, regime, declared, candidates, configs, decisions, open_rules, settings)
+        left = budget_left - float(first["compute"].sum())
+        if left < 0:
+            return Proposal(decisions, rules, _empty(), f"the budget is spent: it cannot pay for the initial design "
+                            f"of {rule_name(e)}", spent)
+        more = _empty()
+        if plan is not None:
+            pool = candidates[(candidates["epochs"] == e) & ~_in(candidates, first)]
+            seq = _sequence(plan, pool, grid_compute, left)
+            share = max(round_share, float(first["compute"].sum()) / grid_compute * settings.growth)
+            more = _round(seq, plan, share, settings.jobs - len(first), settings.worth, grid_compute)
+        if len(first) or len(more):
+            picked += [b for b in (first, more) if len(b)]
+            if settings.order == "cost":
+                break
+    batch = pd.concat(picked, ignore_index=True) if picked else _empty()
+    if len(batch):
+        return Proposal(decisions, rules, batch, None, spent)
+    affordable = candidates[candidates["compute"] <= budget_left]
+    open_names = ", ".join(r.name for r in rules if not r.settled)
+    if affordable.empty:
+        return Proposal(decisions, rules, batch, f"the budget is spent ({open_names} still open)", spent)
+    return Proposal(decisions, rules, batch, f"no candidate is worth its cost ({open_names} still open)", spent)
+
+
+def _in(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
+    keys = {tuple(r) for r in rows[["epochs", *AXES, "seed"]].to_numpy()} if len(rows) else set()
+    return pd.Series([tuple(r) in keys for r in frame[["epochs", *AXES, "seed"]].to_numpy()], index=frame.index)
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=[*CANDIDATE_COLUMNS, "value", "why"])
+
+
+def _first_batch(e, regime, declared, candidates, configs, decisions, open_rules,
+                 settings) -> tuple[pd.DataFrame, Plan | None]:
+    """A regime's initial design, and the plan of its first round: on the nearest cheaper
+    fitted regime's surface, or None when there is none."""
+    mine = declared[declared["epochs"] == e].reset_index(drop=True)
+    trained = {tuple(r) for r in regime[AXES].to_numpy()}
+    mine["trained"] = [tuple(r) in trained for r in mine[AXES].to_numpy()]
+    chosen = initial_design(mine)
+    new = candidates[candidates["new"] & (candidates["epochs"] == e)]
+    rows = new.merge(chosen[AXES], on=AXES).assign(
+        value=np.nan, why="initial design: the depth and width paths at the smallest resolutions, and what the "
+                          "surface needs to fit")
+    for c in sorted((c for c in decisions["by_regime"] if c < e), reverse=True):
+        design_rows = pd.concat([regime[AXES], rows[AXES]], ignore_index=True)
+        try:
+            return rows, prior_plan(configs[configs["epochs"] == c].reset_index(drop=True), design_rows,
+                                    open_rules, settings)
+        except ValueError:
+            continue
+    return rows, None
+
+
+def _sequence(plan: Plan, pool: pd.DataFrame, grid_compute: float, budget_left: float) -> list[dict]:
+    """The regime's candidates in the order a greedy design takes them: each step the one that
+    most reduces the open rules' variances (relative, summed) per unit of compute, the plan
+    updated as if it were trained; with the expected rules settled after each prefix."""
+    base = plan.p_settled()
+    out, pool, spent = [], [c for _, c in pool.iterrows()], 0.0
+    while pool:
+        se = plan._se(plan.Ainv, plan.sigma2)
+        best = None
+        for j, c in enumerate(pool):
+            if spent + c["compute"] > budget_left:
+                continue
+            state = plan.after(c)
+            reduction = float(np.sum(1 - (plan._se(state["Ainv"], state["sigma2"]) / np.maximum(se, 1e-300)) ** 2))
+            score = reduction / c["compute"]
+            if best is None or score > best[0]:
+                best = (score, j, state)
+        if best is None:
+            break
+        _, j, state = best
+        c = pool.pop(j)
+        before = se
+        plan.take(c, state)
+        spent += c["compute"]
+        p = plan.p_settled()
+        k = int(np.argmax(1 - plan._se(plan.Ainv, plan.sigma2) / np.maximum(before, 1e-300)))
+        out.append({"candidate": c, "cost": spent / grid_compute, "gain": float((p - base).sum()),
+                    "helps": plan.rules[k].name, "p": p})
+    return out
+
+
+def _round(seq: list[dict], plan: Plan, round_share: float, jobs: int, worth: float, grid_compute: float) -> pd.DataFrame:
+    """The prefix of a greedy sequence a round trains, or nothing when no prefix settles
+    `worth` rules per full grid's compute: up to `round_share` of the grid's compute (at
+    least `jobs` candidates)."""
+    ratios = [s["gain"] / s["cost"] for s in seq]
+    if not ratios or max(ratios) < worth:
+        return _empty()
+    target = int(np.argmax(ratios))
+    take = [s for i, s in enumerate(seq) if s["cost"] <= round_share or i < max(jobs, 1)]
+    take = take[:max(len(take), 1)]
+    rows = []
+    for s in take:
+        c = s["candidate"]
+        why = (f"{'new configuration' if c['new'] else 'one more seed'}; helps {s['helps']} most; "
+               f"this round's batch: {_p_text(plan, take[-1]['p'])}; best value "
+               f"{ratios[target] * 0.01:.3f} rules per 1% of the grid's compute")
+        rows.append(c.to_dict() | {"value": s["gain"], "why": why})
+    return pd.DataFrame(rows, columns=[*CANDIDATE_COLUMNS, "value", "why"])
+
+
+def _p_text(plan: Plan, p: np.ndarray) -> str:
+    now = plan.rules
+    k = int(np.argmax(p))
+    return f"P(settling {now[k].name}) {p[k]:.2f}"
+
+
+def candidates(declared: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The candidate set: every declared configuration (columns epochs, depth, width,
+    resolution, compute) not trained yet, at `seed`, and one more seed of every trained one."""
+    out = declared[["epochs", *AXES, "compute"]].copy()
+    out["seed"], out["new"] = seed, True
+    if len(runs):
+        cols = {"recipe.epochs": "epochs", "model.depth": "depth", "model.width": "width",
+                "data.resolution": "resolution"}
+        last = runs.rename(columns=cols).groupby(["epochs", *AXES])["seed"].max().rename("last").reset_index()
+        out = out.merge(last, on=["epochs", *AXES], how="left")
+        trained = out["last"].notna()
+        out.loc[trained, "seed"] = out.loc[trained, "last"] + 1
+        out.loc[trained, "new"] = False
+        out = out.drop(columns="last")
+    out["seed"] = out["seed"].astype(int)
+    return out[CANDIDATE_COLUMNS]

@@ -1,0 +1,339 @@
+"""An adaptive study: train only the grid points that settle the open scaling questions.
+
+    make decide SWEEP=default BUDGET=1x            # or BUDGET=3e13 (training FLOPs), BUDGET=20m (wall)
+    python -m study.decide --sweep default --budget 1x --jobs 4 [hydra overrides ...]
+
+Rounds: load what the sweep has recorded, ask analysis.adaptive.propose what to train next
+(the analysis proposes, this module trains: the arrow goes one way), train that batch as a
+Hydra multirun of the sweep itself (same trainer, run record, parent run, skip/resume,
+launchers), and repeat until every rule asked about is decided, the budget is spent, or no
+candidate is worth its cost. Then the same report as `make analyze`, with the trace of rounds
+(reports/<sweep>/decide/: trace.csv, trace.png) logged on the sweep's parent run.
+
+A batch is trained by `python -m study.run --multirun` on the sweep file with its declared
+grid cleared (`hydra.sweeper.params=null`) and one option of the config group `decide_point`
+per proposed point; the options are written to outputs/decide/<sweep>/decide_point/ and
+added to Hydra's search path. Killed mid-round, a rerun proposes from what was recorded:
+finished points are skipped, an interrupted one resumes from its checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import adaptive
+from analysis.fit import training_compute
+from analysis.load import load_runs
+from study import config, grid
+from study.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+AXES = {"recipe.epochs": "epochs", "model.depth": "depth", "model.width": "width", "data.resolution": "resolution"}
+GROUP = "decide_point"
+
+
+# --- the declared grid -------------------------------------------------------------------
+
+def compose_sweep(sweep_file: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    config.register()
+    with initialize_config_dir(config_dir=str(ROOT / "sweeps"), version_base="1.3"):
+        return compose(config_name=sweep_file, overrides=[f"hydra.searchpath=[file://{ROOT}/conf]", *overrides],
+                       return_hydra_config=True)
+
+
+def declared_grid(cfg) -> pd.DataFrame:
+    """The sweep's declared configurations (epochs, depth, width, resolution): its grid must
+    sweep exactly the four axes."""
+    params = dict(cfg.hydra.sweeper.params or {})
+    if set(params) != set(AXES):
+        raise ConfigError(f"hydra.sweeper.params of sweep {cfg.sweep!r} sweeps {sorted(params)}: make decide needs "
+                          f"a grid over exactly {sorted(AXES)} (one value each is allowed)")
+    rows = []
+    for job in grid.expand(params, []):
+        values = dict(o.split("=", 1) for o in job)
+        rows.append({AXES[k]: float(v) if k == "model.width" else int(v) for k, v in values.items()})
+    return pd.DataFrame(rows).drop_duplicates().reset_index(drop=True)
+
+
+def validate_points(cfg, declared: pd.DataFrame) -> config.StudyConfig:
+    """Every declared point's settings, checked before anything trains; the first one's."""
+    from omegaconf import OmegaConf, open_dict
+
+    base = cfg.copy()
+    with open_dict(base):
+        del base["hydra"]
+    studies = []
+    for _, row in declared.iterrows():
+        point = base.copy()
+        for key, col in AXES.items():
+            OmegaConf.update(point, key, row[col].item(), merge=True)
+        studies.append(config.validate(point))
+    return studies[0]
+
+
+def flops_of(declared: pd.DataFrame, study: config.StudyConfig, num_classes: int, in_chans: int) -> pd.Series:
+    """Forward FLOPs of one image of every configuration, counted on the meta device (no
+    weights, no compute): what each point will record as `flops`."""
+    import torch
+
+    from study import measure, models
+
+    out = {}
+    for d, w, r in declared[["depth", "width", "resolution"]].drop_duplicates().itertuples(index=False):
+        with torch.device("meta"):
+            model = models.build_model(int(d), float(w), num_classes=num_classes, in_chans=in_chans,
+                                       se=study.model.se, se_ratio=study.model.se_ratio,
+                                       resnet_d=study.model.resnet_d)
+        out[(d, w, r)] = measure.complexity(model, int(r), in_chans)["flops"]
+    return pd.Series([out[k] for k in declared[["depth", "width", "resolution"]].itertuples(index=False)],
+                     index=declared.index, dtype=float)
+
+
+def data_shape(study: config.StudyConfig) -> tuple[int, int, int]:
+    """(training images, classes, channels) of the sweep's data."""
+    from study import data
+
+    ds = data.prepare(study.data)
+    return len(ds.train), ds.num_classes, ds.in_chans
+
+
+# --- budgets -----------------------------------------------------------------------------
+
+def parse_budget(text: str, grid_compute: float) -> tuple[str, float]:
+    """('flops', training FLOPs) or ('seconds', wall time) from '1x' (full grids), '3e13'
+    (FLOPs), '90s', '20m' or '2h'."""
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*(x|s|m|h)?\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"BUDGET={text!r}: allowed are a multiple of the full grid's training compute (1x, "
+                          "0.5x), training FLOPs (3e13) or wall time (90s, 20m, 2h), greater than 0")
+    value, unit = float(m.group(1)), m.group(2)
+    if unit == "x":
+        return "flops", value * grid_compute
+    if unit in ("s", "m", "h"):
+        return "seconds", value * {"s": 1, "m": 60, "h": 3600}[unit]
+    return "flops", value
+
+
+# --- training a batch through the sweep machinery -----------------------------------------
+
+def _option_name(row) -> str:
+    text = f"w{row['width']:g}_d{int(row['depth'])}_r{int(row['resolution'])}_e{int(row['epochs'])}_s{int(row['seed'])}"
+    return text.replace(".", "p")
+
+
+def write_points(batch: pd.DataFrame, folder: Path) -> list[str]:
+    """One option of the config group decide_point per proposed point (settings at the
+    global package, after the sweep file's own)."""
+    from omegaconf import OmegaConf
+
+    group = folder / GROUP
+    group.mkdir(parents=True, exist_ok=True)
+    names = []
+    for _, row in batch.iterrows():
+        name = _option_name(row)
+        settings: dict = {"seed": int(row["seed"]), "seeds": 1}
+        for key, col in AXES.items():
+            section, leaf = key.split(".")
+            settings.setdefault(section, {})[leaf] = float(row[col]) if col == "width" else int(row[col])
+        text = f"# @package _global_\n# written by make decide: {row['why']}\n{OmegaConf.to_yaml(settings)}"
+        (group / f"{name}.yaml").write_text(text)
+        names.append(name)
+    return names
+
+
+def train_command(sweep_file: str, names: list[str], folder: Path, jobs: int, overrides: list[str]) -> list[str]:
+    launch = [] if jobs == 1 or any(o.startswith("hydra/launcher=") for o in overrides) else \
+        ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    return [sys.executable, "-m", "study.run", "--multirun", "--config-dir", str(ROOT / "sweeps"),
+            "--config-name", sweep_file, "hydra.sweeper.params=null", f"hydra.searchpath=[file://{folder}]",
+            f"+{GROUP}={','.join(names)}", *launch, *overrides]
+
+
+# --- the trace of rounds -----------------------------------------------------------------
+
+class Trace:
+    """Rounds so far, kept in reports/<sweep>/decide/trace.json so a rerun continues it."""
+
+    def __init__(self, folder: Path, experiment_id: str):
+        self.path = folder / "trace.json"
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.rounds = saved.get("rounds", []) if saved.get("experiment_id") == experiment_id else []
+        self.experiment_id = experiment_id
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(r["seconds"] for r in self.rounds))
+
+    def add(self, entry: dict) -> None:
+        self.rounds.append(entry)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"experiment_id": self.experiment_id, "rounds": self.rounds}, indent=1))
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for r in self.rounds:
+            row = {k: r[k] for k in ("round", "spent_share", "trained", "seconds", "stop")}
+            row |= {f"P(depth better) {name}": p for name, p in r["p_depth_better"].items()}
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def figure(self, out: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t = self.table()
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        for col in [c for c in t.columns if c.startswith("P(")]:
+            a.plot(t["round"], t[col], marker="o", label=col.removeprefix("P(depth better) "))
+        a.axhline(0.5, color="grey", lw=0.5)
+        a.set(xlabel="round", ylabel="P(depth better)", ylim=(-0.02, 1.02), title="the decisions, round by round")
+        a.legend(fontsize=6)
+        b.plot(t["round"], t["spent_share"], marker="o")
+        b.set(xlabel="round", ylabel="training compute / full grid's", title="compute used")
+        fig.tight_layout()
+        path = out / "trace.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+def round_lines(n: int, proposal: adaptive.Proposal, spent_share: float, budget_text: str) -> list[str]:
+    lines = [f"round {n}: {spent_share:.1%} of the full grid's training compute used (budget {budget_text})"]
+    for r in proposal.rules:
+        p = "-" if r.p_depth_better is None else f"{r.p_depth_better:.2f}"
+        state = "settled" if r.settled else "open"
+        label = "P(flip)" if r.name == "flip" else "P(depth better)"
+        lines.append(f"  {r.name:<40} {r.winner or 'not fitted yet':<22} {label} {p:>5}  {state}")
+    if proposal.stop:
+        lines.append(f"  stop: {proposal.stop}")
+    else:
+        lines.append(f"  next: {len(proposal.batch)} runs, {proposal.batch['compute'].sum() / max(proposal.spent, 1):.0%} "
+                     "of the compute spent so far")
+        for _, c in proposal.batch.iterrows():
+            lines.append(f"    w={c['width']:g} d={int(c['depth'])} r={int(c['resolution'])} e={int(c['epochs'])} "
+                         f"s={int(c['seed'])}: {c['why']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.decide", description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", default="default", help="the sweep file in sweeps/ (without .yaml)")
+    p.add_argument("--budget", default="1x", help="1x (full grids), 3e13 (training FLOPs), 20m (wall time)")
+    p.add_argument("--jobs", type=int, default=1, help="points trained in parallel (joblib launcher)")
+    p.add_argument("--rules", default=",".join(adaptive.RULES), help=f"which of {','.join(adaptive.RULES)} to settle")
+    p.add_argument("--order", default="cost", choices=adaptive.ORDERS)
+    p.add_argument("--max-rounds", type=int, default=100)
+    a, overrides = p.parse_known_args(argv)
+    try:
+        cfg = compose_sweep(a.sweep, overrides)
+        declared = declared_grid(cfg)
+        first = validate_points(cfg, declared)
+        settings = adaptive.Settings(rules=tuple(x.strip() for x in a.rules.split(",") if x.strip()),
+                                     order=a.order, jobs=a.jobs)
+        try:
+            settings.check()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        from study.tracking import check_reachable
+
+        check_reachable(first.tracking.uri)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    images, classes, chans = data_shape(first)
+    declared["compute"] = training_compute(flops_of(declared, first, classes, chans), images, declared["epochs"])
+    grid_compute = float(declared["compute"].sum())
+    try:
+        kind, budget = parse_budget(a.budget, grid_compute)
+        for e, regime in declared.groupby("epochs"):
+            adaptive.initial_design(regime.assign(trained=False))
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, overrides)
+
+
+def run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, overrides) -> int:
+    from analysis import report
+    from study.tracking import mlflow_tracker
+
+    uri = first.tracking.uri
+    tracker = mlflow_tracker(uri, first.sweep, first.tracking.artifact_root, first.tracking.retry_s)
+    home = Path(config.project_root())
+    out = home / "reports" / first.sweep
+    trace = Trace(out / "decide", tracker.experiment_id)
+    folder = home / "outputs" / "decide" / first.sweep
+    budget_text = f"{budget / grid_compute:.2f}x the grid" if kind == "flops" else f"{budget:.0f} s"
+    print(f"make decide: sweep '{first.sweep}', {len(declared)} declared points, full grid "
+          f"{grid_compute:.3g} training FLOPs; budget {budget_text}", flush=True)
+    failures = 0
+    for _ in range(a.max_rounds):
+        t0 = time.time()
+        runs = _runs_in_grid(load_runs(first.sweep, uri).table, declared)
+        spent = adaptive.spent_compute(runs)
+        left = budget - spent if kind == "flops" else float("inf")
+        cands = adaptive.candidates(declared, runs, seed=first.seed)
+        proposal = adaptive.propose(runs, cands, grid_compute, left, settings)
+        if not proposal.stop and kind == "seconds" and trace.seconds >= budget:
+            proposal.stop = f"the budget is spent ({trace.seconds:.0f} s of wall time)"
+        n = len(trace.rounds) + 1
+        print("\n".join(round_lines(n, proposal, spent / grid_compute, budget_text)), flush=True)
+        rc = 0
+        if not proposal.stop:
+            names = write_points(proposal.batch, folder)
+            rc = subprocess.run(train_command(a.sweep, names, folder, settings.jobs, overrides), cwd=ROOT).returncode
+            failures = failures + 1 if rc else 0
+        trace.add({"round": n, "spent_share": spent / grid_compute, "trained": int(len(proposal.batch)),
+                   "seconds": time.time() - t0, "stop": proposal.stop or "",
+                   "p_depth_better": {r.name: r.p_depth_better for r in proposal.rules},
+                   "winners": {r.name: r.winner for r in proposal.rules}})
+        if proposal.stop:
+            break
+        if rc and failures >= 2:
+            print(f"error: the round's sweep failed twice in a row (exit {rc}); fix the failing points "
+                  "(see the table above) and run make decide again", file=sys.stderr)
+            return 1
+    decisions = report.build(first.sweep, uri, out, 1000, 0, True)
+    _log_trace(trace, out / "decide", tracker)
+    print("\n".join(report.summary(decisions)))
+    print(f"{len(report.all_warnings(decisions))} warnings; report in {out}/report.html; "
+          f"rounds in {out}/decide/trace.csv")
+    print(f"make decide stopped: {proposal.stop}")
+    return 0
+
+
+def _runs_in_grid(table: pd.DataFrame, declared: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's runs at the declared configurations (a point trained by hand elsewhere in
+    the same sweep is not the study's)."""
+    if table.empty:
+        return table
+    keys = {tuple(r) for r in declared[list(AXES.values())].itertuples(index=False)}
+    cols = list(AXES)
+    inside = [tuple(r) in keys for r in table[cols].rename(columns=AXES).itertuples(index=False)]
+    return table[inside].reset_index(drop=True)
+
+
+def _log_trace(trace: Trace, folder: Path, tracker) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    trace.table().to_csv(folder / "trace.csv", index=False)
+    trace.figure(folder)
+    tracker.client.log_artifacts(tracker.parent_id, str(folder), artifact_path="decide")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
