@@ -9,11 +9,12 @@ ARGS ?=
 PORT ?= 5000
 TRIALS ?= 20
 JOBS ?= 1
+BUDGET ?= 1x
 LAUNCH := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep point tune ui server analyze recommend test test-quick bench clean
+.PHONY: help setup sweep decide point tune ui server analyze recommend test test-quick bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +29,9 @@ $(VENV)/.installed: pyproject.toml
 
 sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default, JOBS=4 in parallel); finished points are skipped; ARGS="..." adds overrides
 	$(PY) -m study.run --multirun --config-dir sweeps --config-name $(SWEEP) $(LAUNCH) $(ARGS)
+
+decide: setup ## adaptive study of SWEEP: train only the points that settle depth vs width (BUDGET=1x grid, 3e13 FLOPs or 20m; JOBS=4)
+	$(PY) -m study.decide --sweep $(SWEEP) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
 
 point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=26 data.resolution=20 recipe.epochs=8"
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true $(POINT)

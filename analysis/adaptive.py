@@ -297,14 +297,18 @@ def spent_compute(runs: pd.DataFrame) -> float:
     return float(training_compute(runs["flops"], runs["data.train_images"], runs["recipe.epochs"]).sum())
 
 
-def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_compute: float, budget_left: float,
+def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budget_left: float,
             settings: Settings = Settings()) -> Proposal:
     """What to train next. `runs`: one row per recorded run (analysis.load's table).
     `candidates`: CANDIDATE_COLUMNS, one row per declared configuration not trained yet
     (new=True, with the seed to train) and per one more seed of a trained one (new=False);
-    `compute` is its training FLOPs. `grid_compute`: the full declared grid's, the unit of cost.
-    `budget_left`: training compute the study may still spend (inf: no FLOP budget)."""
+    `compute` is its training FLOPs; an optional `cost` is what value is weighed against
+    (default: `compute`; the study side adds each run's fixed overhead). `grid_cost`: the full
+    declared grid's cost, the unit of cost. `budget_left`: training compute the study may still
+    spend (inf: no FLOP budget)."""
     settings.check()
+    if "cost" not in candidates:
+        candidates = candidates.assign(cost=candidates["compute"])
     configs = configurations(runs)
     decisions = depth_vs_width(configs, settings.draws, settings.seed) if len(configs) else \
         {"by_regime": {}, "flip": {"flips": None, "reason": "nothing recorded"}, "warnings": []}
@@ -317,7 +321,7 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_compute: float, b
     if all(r.settled for r in rules):
         return Proposal(decisions, rules, _empty(), "every rule asked about is decided", spent)
 
-    picked, round_share = [], settings.growth * spent / grid_compute
+    picked = []
     for e in regimes:
         open_rules = [r for r in rules if r.epochs == e and not r.settled]
         if not open_rules:
@@ -335,9 +339,9 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_compute: float, b
         more = _empty()
         if plan is not None:
             pool = candidates[(candidates["epochs"] == e) & ~_in(candidates, first)]
-            seq = _sequence(plan, pool, grid_compute, left)
-            share = max(round_share, float(first["compute"].sum()) / grid_compute * settings.growth)
-            more = _round(seq, plan, share, settings.jobs - len(first), settings.worth, grid_compute)
+            seq = _sequence(plan, pool, grid_cost, left)
+            round_compute = settings.growth * max(spent, float(first["compute"].sum()))
+            more = _round(seq, plan, round_compute, settings.jobs - len(first), settings.worth)
         if len(first) or len(more):
             picked += [b for b in (first, more) if len(b)]
             if settings.order == "cost":
@@ -383,12 +387,12 @@ def _first_batch(e, regime, declared, candidates, configs, decisions, open_rules
     return rows, None
 
 
-def _sequence(plan: Plan, pool: pd.DataFrame, grid_compute: float, budget_left: float) -> list[dict]:
+def _sequence(plan: Plan, pool: pd.DataFrame, grid_cost: float, budget_left: float) -> list[dict]:
     """The regime's candidates in the order a greedy design takes them: each step the one that
-    most reduces the open rules' variances (relative, summed) per unit of compute, the plan
+    most reduces the open rules' variances (relative, summed) per unit of cost, the plan
     updated as if it were trained; with the expected rules settled after each prefix."""
     base = plan.p_settled()
-    out, pool, spent = [], [c for _, c in pool.iterrows()], 0.0
+    out, pool, spent, cost = [], [c for _, c in pool.iterrows()], 0.0, 0.0
     while pool:
         se = plan._se(plan.Ainv, plan.sigma2)
         best = None
@@ -397,7 +401,7 @@ def _sequence(plan: Plan, pool: pd.DataFrame, grid_compute: float, budget_left: 
                 continue
             state = plan.after(c)
             reduction = float(np.sum(1 - (plan._se(state["Ainv"], state["sigma2"]) / np.maximum(se, 1e-300)) ** 2))
-            score = reduction / c["compute"]
+            score = reduction / c["cost"]
             if best is None or score > best[0]:
                 best = (score, j, state)
         if best is None:
@@ -409,27 +413,27 @@ def _sequence(plan: Plan, pool: pd.DataFrame, grid_compute: float, budget_left: 
         spent += c["compute"]
         p = plan.p_settled()
         k = int(np.argmax(1 - plan._se(plan.Ainv, plan.sigma2) / np.maximum(before, 1e-300)))
-        out.append({"candidate": c, "cost": spent / grid_compute, "gain": float((p - base).sum()),
+        cost += c["cost"]
+        out.append({"candidate": c, "compute": spent, "cost": cost / grid_cost, "gain": float((p - base).sum()),
                     "helps": plan.rules[k].name, "p": p})
     return out
 
 
-def _round(seq: list[dict], plan: Plan, round_share: float, jobs: int, worth: float, grid_compute: float) -> pd.DataFrame:
+def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int, worth: float) -> pd.DataFrame:
     """The prefix of a greedy sequence a round trains, or nothing when no prefix settles
-    `worth` rules per full grid's compute: up to `round_share` of the grid's compute (at
-    least `jobs` candidates)."""
+    `worth` rules per full grid's cost: up to `round_compute` training FLOPs (at least `jobs`
+    candidates)."""
     ratios = [s["gain"] / s["cost"] for s in seq]
     if not ratios or max(ratios) < worth:
         return _empty()
     target = int(np.argmax(ratios))
-    take = [s for i, s in enumerate(seq) if s["cost"] <= round_share or i < max(jobs, 1)]
-    take = take[:max(len(take), 1)]
+    take = [s for i, s in enumerate(seq) if s["compute"] <= round_compute or i < max(jobs, 1)]
     rows = []
     for s in take:
         c = s["candidate"]
         why = (f"{'new configuration' if c['new'] else 'one more seed'}; helps {s['helps']} most; "
                f"this round's batch: {_p_text(plan, take[-1]['p'])}; best value "
-               f"{ratios[target] * 0.01:.3f} rules per 1% of the grid's compute")
+               f"{ratios[target] * 0.01:.3f} rules per 1% of the grid's cost")
         rows.append(c.to_dict() | {"value": s["gain"], "why": why})
     return pd.DataFrame(rows, columns=[*CANDIDATE_COLUMNS, "value", "why"])
 

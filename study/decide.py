@@ -77,7 +77,7 @@ def validate_points(cfg, declared: pd.DataFrame) -> config.StudyConfig:
     for _, row in declared.iterrows():
         point = base.copy()
         for key, col in AXES.items():
-            OmegaConf.update(point, key, row[col].item(), merge=True)
+            OmegaConf.update(point, key, float(row[col]) if col == "width" else int(row[col]), merge=True)
         studies.append(config.validate(point))
     return studies[0]
 
@@ -218,7 +218,8 @@ def round_lines(n: int, proposal: adaptive.Proposal, spent_share: float, budget_
         p = "-" if r.p_depth_better is None else f"{r.p_depth_better:.2f}"
         state = "settled" if r.settled else "open"
         label = "P(flip)" if r.name == "flip" else "P(depth better)"
-        lines.append(f"  {r.name:<40} {r.winner or 'not fitted yet':<22} {label} {p:>5}  {state}")
+        winner = r.winner or ("undecided" if r.name == "flip" and r.p_depth_better is not None else "not fitted yet")
+        lines.append(f"  {r.name:<40} {winner:<22} {label:<15} {p:>5}  {state}")
     if proposal.stop:
         lines.append(f"  stop: {proposal.stop}")
     else:
@@ -287,8 +288,10 @@ def run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, ove
         runs = _runs_in_grid(load_runs(first.sweep, uri).table, declared)
         spent = adaptive.spent_compute(runs)
         left = budget - spent if kind == "flops" else float("inf")
+        fixed = overhead_flops(tracker, runs)
         cands = adaptive.candidates(declared, runs, seed=first.seed)
-        proposal = adaptive.propose(runs, cands, grid_compute, left, settings)
+        cands["cost"] = cands["compute"] + fixed  # value is weighed against wall time, not FLOPs alone
+        proposal = adaptive.propose(runs, cands, grid_compute + fixed * len(declared), left, settings)
         if not proposal.stop and kind == "seconds" and trace.seconds >= budget:
             proposal.stop = f"the budget is spent ({trace.seconds:.0f} s of wall time)"
         n = len(trace.rounds) + 1
@@ -313,8 +316,22 @@ def run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, ove
     print("\n".join(report.summary(decisions)))
     print(f"{len(report.all_warnings(decisions))} warnings; report in {out}/report.html; "
           f"rounds in {out}/decide/trace.csv")
-    print(f"make decide stopped: {proposal.stop}")
+    print(f"make decide stopped: {proposal.stop or f'after --max-rounds {a.max_rounds} rounds'}")
     return 0
+
+
+def overhead_flops(tracker, runs: pd.DataFrame) -> float:
+    """A run's fixed cost (data, model build, evaluation, measurement, record), in training
+    FLOPs at this machine's training speed, from the recorded runs: the median of (wall time -
+    training time) times the median training FLOPs per training second; 0 before any run."""
+    if runs.empty or "train_time_s" not in runs:
+        return 0.0
+    found = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'FINISHED'", max_results=50000)
+    wall = {r.info.run_id: (r.info.end_time - r.info.start_time) / 1000 for r in found if r.info.end_time}
+    seconds = runs["run_id"].map(wall)
+    fixed = (seconds - runs["train_time_s"]).dropna()
+    rate = adaptive.spent_compute(runs) / max(float(runs["train_time_s"].sum()), 1e-9)
+    return float(max(fixed.median(), 0.0) * rate) if len(fixed) else 0.0
 
 
 def _runs_in_grid(table: pd.DataFrame, declared: pd.DataFrame) -> pd.DataFrame:

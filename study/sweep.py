@@ -56,10 +56,12 @@ def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.S
     with open_dict(base):
         del base["hydra"]
     name = sweep_cfg.hydra.job.config_name
+    # Config groups found through an added search path (make decide's points) compose with it.
+    searchpath = [f"hydra.searchpath=[{','.join(sweep_cfg.hydra.searchpath)}]"] if sweep_cfg.hydra.searchpath else []
     studies, problems, composed = [], [], {}
     for overrides in jobs:
         try:
-            studies.append(config.validate(point_config(base, name, overrides, composed)))
+            studies.append(config.validate(point_config(base, name, [*overrides, *searchpath], composed)))
         except ConfigError as e:
             problems.append(f"point {' '.join(overrides)}: {e}")
     if problems:

@@ -1,0 +1,145 @@
+"""make decide (study/decide.py): the adaptive study trains its proposals through the sweep
+machinery, checks its input before training, and survives a kill mid-round."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from study import config, decide, grid
+from study.config import ConfigError
+from tests.conftest import CONF, ROOT, SWEEPS
+
+SWEEP = "decide_smoke"
+
+
+def _decide(home: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.decide", "--sweep", SWEEP, *args], cwd=ROOT,
+                          env=dict(os.environ, STUDY_HOME=str(home)), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _finished(home: Path, sweep: str = SWEEP) -> pd.DataFrame:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home}/mlflow.db")
+    exp = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([exp.experiment_id], "tags.run_key != ''", max_results=1000) if exp else []
+    return pd.DataFrame([{"run_id": r.info.run_id, "run_key": r.data.tags["run_key"], "status": r.info.status}
+                         for r in runs], columns=["run_id", "run_key", "status"])
+
+
+@pytest.mark.parametrize("text, kind, value", [("1x", "flops", 5.0), ("0.5x", "flops", 2.5), ("3e13", "flops", 3e13),
+                                               ("90s", "seconds", 90), ("20m", "seconds", 1200),
+                                               ("2h", "seconds", 7200)])
+def test_budgets_in_grids_flops_or_wall_time(text, kind, value):
+    assert decide.parse_budget(text, 5.0) == (kind, value)
+
+
+@pytest.mark.parametrize("text", ["0", "-1x", "ten", "5 days"])
+def test_a_bad_budget_names_the_setting_and_what_is_allowed(text):
+    with pytest.raises(ConfigError, match="BUDGET=.*allowed"):
+        decide.parse_budget(text, 5.0)
+
+
+def test_a_proposed_point_has_the_same_identity_as_the_sweeps_own(tmp_path):
+    """The point file make decide writes composes to the run key `make sweep` gives the same
+    point, so the two skip each other's finished points."""
+    row = pd.Series({"epochs": 1, "depth": 26, "width": 0.25, "resolution": 12, "seed": 1, "why": "a test"})
+    name = decide.write_points(pd.DataFrame([row]), tmp_path)[0]
+    config.register()
+    keys = []
+    for overrides in ([f"hydra.searchpath=[file://{CONF},file://{tmp_path}]", f"+{decide.GROUP}={name}"],
+                      [f"hydra.searchpath=[file://{CONF}]", "model.depth=26", "model.width=0.25",
+                       "data.resolution=12", "recipe.epochs=1", "seed=1"]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
+            keys.append(grid.run_key(config.validate(compose(SWEEP, overrides=overrides))))
+    assert keys[0] == keys[1]
+
+
+def test_declared_grid_is_the_sweep_files_axes():
+    GlobalHydra.instance().clear()
+    declared = decide.declared_grid(decide.compose_sweep(SWEEP, []))
+    assert len(declared) == 18 and set(declared["resolution"]) == {8, 12} and set(declared["epochs"]) == {1}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep", "smoke"], "cannot fit the depth-vs-width surface"),             # 2 depths, 2 widths
+    (["--sweep", "recipe_ablation"], "needs a grid over exactly"),               # sweeps the ladder
+    (["--budget", "0x"], "BUDGET="),
+    (["--rules", "regime,speed"], "rules="),
+    (["model.se_ratio=5"], "model.se_ratio"),
+])
+def test_bad_input_stops_before_any_training(tmp_path, args, message):
+    done = _decide(tmp_path, *args, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() or _finished(tmp_path).empty
+
+
+@pytest.mark.slow
+def test_decide_trains_proposals_in_parallel_and_ends_with_the_reports_statement(tmp_path):
+    done = _decide(tmp_path, "--budget", "1x", "--jobs", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "round 1:" in out and "initial design" in out
+    stop = out.split("make decide stopped: ")[-1]
+    assert stop.startswith(("every rule asked about is decided", "the budget is spent", "no candidate is worth"))
+    runs = _finished(tmp_path)
+    finished = runs[runs["status"] == "FINISHED"]
+    assert len(finished) == finished["run_key"].nunique() >= 15  # each run key trained once
+    # the final statement is the report's: make analyze on the same sweep says the same
+    analyze = subprocess.run([sys.executable, "-m", "analysis", "--sweep", SWEEP, "--no-log"], cwd=ROOT,
+                             env=dict(os.environ, STUDY_HOME=str(tmp_path)), capture_output=True, text=True)
+    statement = [line for line in analyze.stdout.splitlines() if "epoch" in line]
+    assert statement and all(line in out for line in statement)
+    trace = pd.read_csv(tmp_path / "reports" / SWEEP / "decide" / "trace.csv")
+    assert list(trace["round"]) == list(range(1, len(trace) + 1)) and trace["stop"].fillna("").iloc[-1]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(SWEEP)
+    parent = client.search_runs([exp.experiment_id], "tags.role = 'parent'")[0].info.run_id
+    logged = {f.path for f in client.list_artifacts(parent, "decide")}
+    assert {"decide/trace.csv", "decide/trace.png"} <= logged
+    assert any(f.path == "report/report.html" for f in client.list_artifacts(parent, "report"))
+
+
+@pytest.mark.slow
+def test_killed_mid_round_a_rerun_continues_without_retraining_finished_points(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "study.decide", "--sweep", SWEEP], cwd=ROOT,
+                            env=dict(os.environ, STUDY_HOME=str(tmp_path)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = ""
+    deadline = time.time() + 300
+    while "[4/" not in seen and time.time() < deadline:  # the first round's fourth point has finished
+        seen += proc.stdout.readline()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _finished(tmp_path)
+    done_before = before[before["status"] == "FINISHED"]
+    assert len(done_before) >= 4
+    again = _decide(tmp_path, "--max-rounds", "1")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    after = _finished(tmp_path)
+    finished = after[after["status"] == "FINISHED"]
+    assert len(finished) == finished["run_key"].nunique()  # nothing trained twice
+    assert set(done_before["run_id"]) <= set(finished["run_id"])  # finished runs kept, not redone
+    assert "round 1:" in again.stdout and "skipped" in again.stdout
+
+
+@pytest.mark.slow
+def test_decide_composes_with_the_submitit_launcher(tmp_path):
+    done = _decide(tmp_path, "--max-rounds", "1", "hydra/launcher=submitit_local", timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = _finished(tmp_path)
+    assert (runs["status"] == "FINISHED").sum() >= 15
