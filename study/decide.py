@@ -231,6 +231,16 @@ def round_lines(n: int, proposal: adaptive.Proposal, spent_share: float, budget_
     return lines
 
 
+def trace_text(trace: Trace) -> str:
+    """The rounds as a table: compute used, runs trained, P(depth better) of each regime."""
+    t = trace.table()
+    regimes = [c for c in t.columns if c.startswith("P(") and "px" not in c and "flip" not in c]
+    shown = t[["round", "spent_share", "trained", *regimes]].rename(
+        columns={"spent_share": "compute used", **{c: c.replace("P(depth better) depth vs width at ", "P(depth) ")
+                                                   for c in regimes}})
+    return "rounds:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.decide", description=__doc__.splitlines()[0])
     p.add_argument("--sweep", default="default", help="the sweep file in sweeps/ (without .yaml)")
@@ -313,6 +323,7 @@ def run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, ove
             return 1
     decisions = report.build(first.sweep, uri, out, 1000, 0, True)
     _log_trace(trace, out / "decide", tracker)
+    print(trace_text(trace))
     print("\n".join(report.summary(decisions)))
     print(f"{len(report.all_warnings(decisions))} warnings; report in {out}/report.html; "
           f"rounds in {out}/decide/trace.csv")
