@@ -197,9 +197,12 @@ class Trace:
         t = self.table()
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
         for col in [c for c in t.columns if c.startswith("P(")]:
-            a.plot(t["round"], t[col], marker="o", label=col.removeprefix("P(depth better) "))
+            rule = col.removeprefix("P(depth better) ")
+            a.plot(t["round"], t[col], marker="o", ls="--" if rule == "flip" else "-",
+                   label="P(flip)" if rule == "flip" else rule)
         a.axhline(0.5, color="grey", lw=0.5)
-        a.set(xlabel="round", ylabel="P(depth better)", ylim=(-0.02, 1.02), title="the decisions, round by round")
+        a.set(xlabel="round", ylabel="P(depth better); dashed: P(flip)", ylim=(-0.02, 1.02),
+              title="the decisions, round by round")
         a.legend(fontsize=6)
         b.plot(t["round"], t["spent_share"], marker="o")
         b.set(xlabel="round", ylabel="training compute / full grid's", title="compute used")
