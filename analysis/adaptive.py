@@ -44,7 +44,7 @@ from scipy import stats
 from analysis.depth_width import MIN_RESIDUAL_DOF, STEPS, Surface, depth_vs_width, design
 from analysis.fit import training_compute
 from analysis.load import by_configuration
-from analysis.rules import tidy
+from analysis.rules import COLUMNS, tidy
 from analysis.uncertainty import LEVEL
 
 RULES = ("regime", "resolution", "flip")
@@ -53,6 +53,7 @@ SPARE_DOF = 2          # the initial design leaves MIN_RESIDUAL_DOF + this
 PATH_RESOLUTIONS = 2   # the initial design's paths run at this many of the smallest resolutions
 AXES = ["depth", "width", "resolution"]
 CANDIDATE_COLUMNS = ["epochs", "depth", "width", "resolution", "seed", "compute", "new"]
+BATCH_COLUMNS = [*CANDIDATE_COLUMNS, "cost", "value", "why"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Rule:
 class Proposal:
     decisions: dict                 # analysis.depth_width.depth_vs_width of the runs so far
     rules: list[Rule]               # every rule asked about, with its state
-    batch: pd.DataFrame             # candidates to train next (CANDIDATE_COLUMNS + value, why)
+    batch: pd.DataFrame             # candidates to train next (BATCH_COLUMNS)
     stop: str | None                # why the study ends, or None
     spent: float                    # training compute recorded so far
 
@@ -218,9 +219,9 @@ class Plan:
             self.levels.append(settle_level if rule.resolution is None else res_level)
         self.g, self.J = np.array(self.g), np.array(self.J).reshape(len(self.g), surface.p)
         self.move = np.zeros(len(self.g))
-        self.s0 = self._se(self.Ainv, self.sigma2)
+        self.s0 = self.se(self.Ainv, self.sigma2)
 
-    def _se(self, Ainv, sigma2) -> np.ndarray:
+    def se(self, Ainv, sigma2) -> np.ndarray:
         return np.sqrt(np.maximum(sigma2 * np.einsum("kp,pq,kq->k", self.J, Ainv, self.J), 0))
 
     def p_settled(self, Ainv=None, dof=None, sigma2=None, move=None) -> np.ndarray:
@@ -228,7 +229,7 @@ class Plan:
         dof = self.dof if dof is None else dof
         sigma2 = self.sigma2 if sigma2 is None else sigma2
         move = self.move if move is None else move
-        se = self._se(Ainv, sigma2)
+        se = self.se(Ainv, sigma2)
         q = stats.t.ppf(1 - (1 - np.array(self.levels)) / 2, max(dof, 1))
         v = np.maximum(self.s0 ** 2 - se ** 2, 0) + move
         sd = np.sqrt(np.maximum(v, 1e-300))
@@ -304,8 +305,8 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
     (new=True, with the seed to train) and per one more seed of a trained one (new=False);
     `compute` is its training FLOPs; an optional `cost` is what value is weighed against
     (default: `compute`; the study side adds each run's fixed overhead). `grid_cost`: the full
-    declared grid's cost, the unit of cost. `budget_left`: training compute the study may still
-    spend (inf: no FLOP budget)."""
+    declared grid's cost, the unit of cost. `budget_left`: the cost the study may still spend
+    (inf: none)."""
     settings.check()
     if "cost" not in candidates:
         candidates = candidates.assign(cost=candidates["compute"])
@@ -332,7 +333,7 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
             plan = own_plan(regime, open_rules, settings)
         else:
             first, plan = _first_batch(e, regime, declared, candidates, configs, decisions, open_rules, settings)
-        left = budget_left - float(first["compute"].sum())
+        left = budget_left - float(first["cost"].sum())
         if left < 0:
             return Proposal(decisions, rules, _empty(), f"the budget is spent: it cannot pay for the initial design "
                             f"of {rule_name(e)}", spent)
@@ -349,7 +350,7 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
     batch = pd.concat(picked, ignore_index=True) if picked else _empty()
     if len(batch):
         return Proposal(decisions, rules, batch, None, spent)
-    affordable = candidates[candidates["compute"] <= budget_left]
+    affordable = candidates[candidates["cost"] <= budget_left]
     open_names = ", ".join(r.name for r in rules if not r.settled)
     if affordable.empty:
         return Proposal(decisions, rules, batch, f"the budget is spent ({open_names} still open)", spent)
@@ -362,7 +363,7 @@ def _in(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
 
 
 def _empty() -> pd.DataFrame:
-    return pd.DataFrame(columns=[*CANDIDATE_COLUMNS, "value", "why"])
+    return pd.DataFrame(columns=BATCH_COLUMNS)
 
 
 def _first_batch(e, regime, declared, candidates, configs, decisions, open_rules,
@@ -394,13 +395,13 @@ def _sequence(plan: Plan, pool: pd.DataFrame, grid_cost: float, budget_left: flo
     base = plan.p_settled()
     out, pool, spent, cost = [], [c for _, c in pool.iterrows()], 0.0, 0.0
     while pool:
-        se = plan._se(plan.Ainv, plan.sigma2)
+        se = plan.se(plan.Ainv, plan.sigma2)
         best = None
         for j, c in enumerate(pool):
-            if spent + c["compute"] > budget_left:
+            if cost + c["cost"] > budget_left:
                 continue
             state = plan.after(c)
-            reduction = float(np.sum(1 - (plan._se(state["Ainv"], state["sigma2"]) / np.maximum(se, 1e-300)) ** 2))
+            reduction = float(np.sum(1 - (plan.se(state["Ainv"], state["sigma2"]) / np.maximum(se, 1e-300)) ** 2))
             score = reduction / c["cost"]
             if best is None or score > best[0]:
                 best = (score, j, state)
@@ -412,9 +413,8 @@ def _sequence(plan: Plan, pool: pd.DataFrame, grid_cost: float, budget_left: flo
         plan.take(c, state)
         spent += c["compute"]
         p = plan.p_settled()
-        k = int(np.argmax(1 - plan._se(plan.Ainv, plan.sigma2) / np.maximum(before, 1e-300)))
-        cost += c["cost"]
-        out.append({"candidate": c, "compute": spent, "cost": cost / grid_cost, "gain": float((p - base).sum()),
+        k = int(np.argmax(1 - plan.se(plan.Ainv, plan.sigma2) / np.maximum(before, 1e-300)))
+        out.append({"candidate": c, "compute": spent, "cost": (cost := cost + c["cost"]) / grid_cost, "gain": float((p - base).sum()),
                     "helps": plan.rules[k].name, "p": p})
     return out
 
@@ -431,17 +431,12 @@ def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int, worth: 
     rows = []
     for s in take:
         c = s["candidate"]
-        why = (f"{'new configuration' if c['new'] else 'one more seed'}; helps {s['helps']} most; "
-               f"this round's batch: {_p_text(plan, take[-1]['p'])}; best value "
-               f"{ratios[target] * 0.01:.3f} rules per 1% of the grid's cost")
+        p, k = take[-1]["p"], int(np.argmax(take[-1]["p"]))
+        why = (f"{'new configuration' if c['new'] else 'one more seed'}; helps {s['helps']} most; after this "
+               f"round P(settling {plan.rules[k].name}) {p[k]:.2f}; worth {ratios[target] * 0.01:.3f} rules "
+               "per 1% of the grid's cost")
         rows.append(c.to_dict() | {"value": s["gain"], "why": why})
-    return pd.DataFrame(rows, columns=[*CANDIDATE_COLUMNS, "value", "why"])
-
-
-def _p_text(plan: Plan, p: np.ndarray) -> str:
-    now = plan.rules
-    k = int(np.argmax(p))
-    return f"P(settling {now[k].name}) {p[k]:.2f}"
+    return pd.DataFrame(rows, columns=BATCH_COLUMNS)
 
 
 def candidates(declared: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -450,9 +445,7 @@ def candidates(declared: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> pd.
     out = declared[["epochs", *AXES, "compute"]].copy()
     out["seed"], out["new"] = seed, True
     if len(runs):
-        cols = {"recipe.epochs": "epochs", "model.depth": "depth", "model.width": "width",
-                "data.resolution": "resolution"}
-        last = runs.rename(columns=cols).groupby(["epochs", *AXES])["seed"].max().rename("last").reset_index()
+        last = runs.rename(columns=COLUMNS).groupby(["epochs", *AXES])["seed"].max().rename("last").reset_index()
         out = out.merge(last, on=["epochs", *AXES], how="left")
         trained = out["last"].notna()
         out.loc[trained, "seed"] = out.loc[trained, "last"] + 1

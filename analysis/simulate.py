@@ -204,47 +204,59 @@ def expected_flip(short: Truth, long: Truth):
 
 
 def adaptive_vs_grid(studies_per_family: int = 100, draws: int = 400, seed: int = 0, settings=None,
-                     families=None) -> dict:
+                     families=None, processes: int = 1) -> dict:
     """Per truth family (planted in the long regime; the short regime gets another family's,
     so a prior that leaked into the answer would show): how often the adaptive study and the
-    full grid (one seed per point) name the right winner, name one on a tie, get the flip
-    right, and the adaptive study's compute over the full grid's. Same noise, same truths."""
+    full grid (one seed per point) name the right winner (regime, per resolution), name a
+    wrong one (on ties: any), get the flip right, and the adaptive study's compute over the
+    full grid's. Both see the same truths and noise level; every study has its own random
+    streams, so results do not depend on `processes` or on the other studies."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from analysis.adaptive import Settings
 
     settings = settings or Settings(draws=draws)
     names = list(families or TRUTHS)
-    out, details = {}, []
+    jobs = [(f, i, names, seed, draws, settings) for f in names for i in range(studies_per_family)]
+    if processes > 1:
+        with ProcessPoolExecutor(processes) as pool:
+            studies = list(pool.map(_compare, *zip(*jobs), chunksize=4))
+    else:
+        studies = [_compare(*job) for job in jobs]
+    out = {}
     for f in names:
-        acc = {f"{who}_{k}": [] for who in ("grid", "adaptive") for k in ("right", "res_right", "false", "flip")}
-        acc |= {"compute": [], "rounds": []}
-        for i in range(studies_per_family):
-            long = TRUTHS[f]
-            short = TRUTHS[names[(names.index(f) + 1 + i % (len(names) - 1)) % len(names)]]
-            # each study its own streams, the same for every setting compared
-            rng = [np.random.default_rng([seed, names.index(f), i, k]) for k in range(3)]
-            noise = float(rng[0].choice([0.05, 0.1, 0.15]))
-            truths = {SHORT: short, LONG: long}
-            grid = depth_vs_width_of(study(truths, rng[1], noise, 1), draws, i)
-            adaptive = adaptive_study(truths, rng[2], noise, settings)
-            details.append({"family": f, "study": i, "noise": noise, "short": short.name,
-                            "grid": grid["by_regime"].get(LONG, {}).get("winner"),
-                            "adaptive": adaptive["decisions"]["by_regime"].get(LONG, {}).get("winner"),
-                            "compute": adaptive["compute"], "stop": adaptive["stop"]})
-            flip = expected_flip(short, long)
-            for name, d in (("grid", grid), ("adaptive", adaptive["decisions"])):
-                got = d["by_regime"].get(LONG, {})
-                acc[f"{name}_right"].append(got.get("winner", "undecided") == long.expected)
-                acc[f"{name}_flip"].append(d["flip"].get("flips") == flip)
-                per_res = [(got.get("by_resolution", {}).get(r, {}).get("winner", "undecided"), resolution_winner(long, r))
-                           for r in RESOLUTIONS]
-                acc[f"{name}_res_right"].append(np.mean([w == want for w, want in per_res]))
-                named = [(got.get("winner"), long.expected)] + per_res
-                acc[f"{name}_false"].append(np.mean([w in ("depth", "width") and w != want for w, want in named]))
-            acc["compute"].append(adaptive["compute"])
-            acc["rounds"].append(adaptive["rounds"])
-        out[f] = {k: float(np.mean(v)) for k, v in acc.items()} | {"compute_max": float(np.max(acc["compute"])),
-                                                                 "studies": studies_per_family}
-    return out | {"_details": details}
+        mine = pd.DataFrame([x for x in studies if x["family"] == f])
+        metrics = [c for c in mine.columns if c.startswith(("grid_", "adaptive_")) or c in ("compute", "rounds")]
+        out[f] = {k: float(mine[k].mean()) for k in metrics} | {
+            "compute_max": float(mine["compute"].max()), "compute_p90": float(mine["compute"].quantile(0.9)),
+            "studies": studies_per_family}
+    return out | {"_details": studies}
+
+
+def _compare(f: str, i: int, names: list[str], seed: int, draws: int, settings) -> dict:
+    """One simulated study of family `f`, analysed as a full grid and run as an adaptive study."""
+    long = TRUTHS[f]
+    short = TRUTHS[names[(names.index(f) + 1 + i % (len(names) - 1)) % len(names)]] if len(names) > 1 else long
+    rng = [np.random.default_rng([seed, names.index(f), i, k]) for k in range(3)]
+    noise = float(rng[0].choice([0.05, 0.1, 0.15]))
+    truths = {SHORT: short, LONG: long}
+    grid = depth_vs_width_of(study(truths, rng[1], noise, 1), draws, i)
+    adaptive = adaptive_study(truths, rng[2], noise, settings)
+    out = {"family": f, "study": i, "noise": noise, "short": short.name,
+           "grid": grid["by_regime"].get(LONG, {}).get("winner"),
+           "adaptive": adaptive["decisions"]["by_regime"].get(LONG, {}).get("winner"),
+           "compute": adaptive["compute"], "rounds": adaptive["rounds"], "stop": adaptive["stop"]}
+    flip = expected_flip(short, long)
+    for name, d in (("grid", grid), ("adaptive", adaptive["decisions"])):
+        got = d["by_regime"].get(LONG, {})
+        per_res = [(got.get("by_resolution", {}).get(r, {}).get("winner", "undecided"), resolution_winner(long, r))
+                   for r in RESOLUTIONS]
+        named = [(got.get("winner"), long.expected)] + per_res
+        out |= {f"{name}_right": float(got.get("winner", "undecided") == long.expected),
+                f"{name}_flip": float(d["flip"].get("flips") == flip),
+                f"{name}_res_right": float(np.mean([w == want for w, want in per_res])),
+                f"{name}_false": float(np.mean([w in ("depth", "width") and w != want for w, want in named]))}
+    return out
 
 
 def depth_vs_width_of(table: pd.DataFrame, draws: int, seed: int) -> dict:

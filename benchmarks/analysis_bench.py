@@ -48,7 +48,9 @@ def bench_adaptive(args) -> list[tuple]:
     adaptive study's training compute over the full grid's (target <= 0.40)."""
     t0 = time.perf_counter()
     n = getattr(args, "studies", 100)
-    result = simulate.adaptive_vs_grid(n, draws=400, seed=0)
+    import os
+
+    result = simulate.adaptive_vs_grid(n, draws=400, seed=0, processes=os.cpu_count() or 1)
     result.pop("_details")
     rows = []
     for family, r in result.items():
@@ -60,7 +62,7 @@ def bench_adaptive(args) -> list[tuple]:
                  (f"wrong winner named", case, r["adaptive_false"], r["grid_false"], None, "adaptive <= grid"),
                  (f"flip right", case, r["adaptive_flip"], r["grid_flip"], _ratio(r["adaptive_flip"], r["grid_flip"]),
                   ">= 1"),
-                 (f"compute / full grid's (max {r['compute_max']:.2f})", case, r["compute"], 1.0, r["compute"],
+                 (f"compute / full grid's (p90 {r['compute_p90']:.2f})", case, r["compute"], 1.0, r["compute"],
                   "<= 0.40")]
     rows.append(("  adaptive benchmark run, s", f"{6 * n} studies x 2", time.perf_counter() - t0, None, None, ""))
     return rows

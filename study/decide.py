@@ -10,10 +10,10 @@ launchers), and repeat until every rule asked about is decided, the budget is sp
 candidate is worth its cost. Then the same report as `make analyze`, with the trace of rounds
 (reports/<sweep>/decide/: trace.csv, trace.png) logged on the sweep's parent run.
 
-A batch is trained by `python -m study.run --multirun` on the sweep file with its declared
-grid cleared (`hydra.sweeper.params=null`) and one option of the config group `decide_point`
-per proposed point; the options are written to outputs/decide/<sweep>/decide_point/ and
-added to Hydra's search path. Killed mid-round, a rerun proposes from what was recorded:
+A batch is trained by `python -m study.run --multirun` (run in this process) on the sweep
+file with its declared grid cleared (`hydra.sweeper.params=null`) and one option of the config
+group `decide_point` per proposed point; the options are written to
+outputs/decide/<sweep>/decide_point/ and added to Hydra's search path. Killed mid-round, a rerun proposes from what was recorded:
 finished points are skipped, an interrupted one resumes from its checkpoint.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,11 +32,12 @@ import pandas as pd
 from analysis import adaptive
 from analysis.fit import training_compute
 from analysis.load import load_runs
+from analysis.rules import COLUMNS
 from study import config, grid
 from study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-AXES = {"recipe.epochs": "epochs", "model.depth": "depth", "model.width": "width", "data.resolution": "resolution"}
+AXES = {k: COLUMNS[k] for k in ("recipe.epochs", "model.depth", "model.width", "data.resolution")}  # -> analysis names
 GROUP = "decide_point"
 
 
@@ -110,16 +110,16 @@ def data_shape(study: config.StudyConfig) -> tuple[int, int, int]:
 
 # --- budgets -----------------------------------------------------------------------------
 
-def parse_budget(text: str, grid_compute: float) -> tuple[str, float]:
-    """('flops', training FLOPs) or ('seconds', wall time) from '1x' (full grids), '3e13'
-    (FLOPs), '90s', '20m' or '2h'."""
+def parse_budget(text: str) -> tuple[str, float]:
+    """('grids', multiple of the full grid's cost), ('flops', training FLOPs) or ('seconds',
+    wall time) from '1x', '3e13', '90s', '20m' or '2h'."""
     m = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*(x|s|m|h)?\s*", text.lower())
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"BUDGET={text!r}: allowed are a multiple of the full grid's training compute (1x, "
                           "0.5x), training FLOPs (3e13) or wall time (90s, 20m, 2h), greater than 0")
     value, unit = float(m.group(1)), m.group(2)
     if unit == "x":
-        return "flops", value * grid_compute
+        return "grids", value
     if unit in ("s", "m", "h"):
         return "seconds", value * {"s": 1, "m": 60, "h": 3600}[unit]
     return "flops", value
@@ -152,12 +152,33 @@ def write_points(batch: pd.DataFrame, folder: Path) -> list[str]:
     return names
 
 
-def train_command(sweep_file: str, names: list[str], folder: Path, jobs: int, overrides: list[str]) -> list[str]:
+def round_args(sweep_file: str, names: list[str], folder: Path, jobs: int, overrides: list[str]) -> list[str]:
+    """The arguments of `python -m study.run` that train a round: the sweep file with its
+    declared grid cleared and the proposed points as options of decide_point."""
     launch = [] if jobs == 1 or any(o.startswith("hydra/launcher=") for o in overrides) else \
         ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
-    return [sys.executable, "-m", "study.run", "--multirun", "--config-dir", str(ROOT / "sweeps"),
-            "--config-name", sweep_file, "hydra.sweeper.params=null", f"hydra.searchpath=[file://{folder}]",
-            f"+{GROUP}={','.join(names)}", *launch, *overrides]
+    return ["--multirun", "--config-dir", str(ROOT / "sweeps"), "--config-name", sweep_file,
+            "hydra.sweeper.params=null", f"hydra.searchpath=[file://{folder}]", f"+{GROUP}={','.join(names)}",
+            *launch, *overrides]
+
+
+def train_round(args: list[str]) -> int:
+    """`python -m study.run ARGS` in this process (the same Hydra multirun, its launcher and
+    callback, without a new interpreter and its imports every round); its exit status."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from study import run as entry
+
+    saved = sys.argv
+    sys.argv = ["study.run", *args]
+    try:
+        entry.main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = saved
+        GlobalHydra.instance().clear()
 
 
 # --- the trace of rounds -----------------------------------------------------------------
@@ -205,7 +226,7 @@ class Trace:
               title="the decisions, round by round")
         a.legend(fontsize=6)
         b.plot(t["round"], t["spent_share"], marker="o")
-        b.set(xlabel="round", ylabel="training compute / full grid's", title="compute used")
+        b.set(xlabel="round", ylabel="cost used / full grid's", title="compute used (training FLOPs + each run's overhead)")
         fig.tight_layout()
         path = out / "trace.png"
         fig.savefig(path, dpi=110)
@@ -216,7 +237,7 @@ class Trace:
 # --- the loop ----------------------------------------------------------------------------
 
 def round_lines(n: int, proposal: adaptive.Proposal, spent_share: float, budget_text: str) -> list[str]:
-    lines = [f"round {n}: {spent_share:.1%} of the full grid's training compute used (budget {budget_text})"]
+    lines = [f"round {n}: {spent_share:.1%} of the full grid's cost used (budget {budget_text})"]
     for r in proposal.rules:
         p = "-" if r.p_depth_better is None else f"{r.p_depth_better:.2f}"
         state = "settled" if r.settled else "open"
@@ -227,7 +248,7 @@ def round_lines(n: int, proposal: adaptive.Proposal, spent_share: float, budget_
         lines.append(f"  stop: {proposal.stop}")
     else:
         lines.append(f"  next: {len(proposal.batch)} runs, {proposal.batch['compute'].sum() / max(proposal.spent, 1):.0%} "
-                     "of the compute spent so far")
+                     "of the training compute spent so far")
         for _, c in proposal.batch.iterrows():
             lines.append(f"    w={c['width']:g} d={int(c['depth'])} r={int(c['resolution'])} e={int(c['epochs'])} "
                          f"s={int(c['seed'])}: {c['why']}")
@@ -235,11 +256,11 @@ def round_lines(n: int, proposal: adaptive.Proposal, spent_share: float, budget_
 
 
 def trace_text(trace: Trace) -> str:
-    """The rounds as a table: compute used, runs trained, P(depth better) of each regime."""
+    """The rounds as a table: cost used, runs trained, P(depth better) of each regime."""
     t = trace.table()
     regimes = [c for c in t.columns if c.startswith("P(") and "px" not in c and "flip" not in c]
     shown = t[["round", "spent_share", "trained", *regimes]].rename(
-        columns={"spent_share": "compute used", **{c: c.replace("P(depth better) depth vs width at ", "P(depth) ")
+        columns={"spent_share": "cost used", **{c: c.replace("P(depth better) depth vs width at ", "P(depth) ")
                                                    for c in regimes}})
     return "rounds:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-")
 
@@ -273,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     declared["compute"] = training_compute(flops_of(declared, first, classes, chans), images, declared["epochs"])
     grid_compute = float(declared["compute"].sum())
     try:
-        kind, budget = parse_budget(a.budget, grid_compute)
+        kind, budget = parse_budget(a.budget)
         for e, regime in declared.groupby("epochs"):
             adaptive.initial_design(regime.assign(trained=False))
     except (ConfigError, ValueError) as e:
@@ -292,29 +313,33 @@ def run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, ove
     out = home / "reports" / first.sweep
     trace = Trace(out / "decide", tracker.experiment_id)
     folder = home / "outputs" / "decide" / first.sweep
-    budget_text = f"{budget / grid_compute:.2f}x the grid" if kind == "flops" else f"{budget:.0f} s"
+    budget_text = {"grids": f"{budget:g}x the full grid's cost", "flops": f"{budget:.3g} FLOPs",
+                   "seconds": f"{budget:.0f} s of wall time"}[kind]
     print(f"make decide: sweep '{first.sweep}', {len(declared)} declared points, full grid "
           f"{grid_compute:.3g} training FLOPs; budget {budget_text}", flush=True)
     failures = 0
     for _ in range(a.max_rounds):
         t0 = time.time()
         runs = _runs_in_grid(load_runs(first.sweep, uri).table, declared)
-        spent = adaptive.spent_compute(runs)
-        left = budget - spent if kind == "flops" else float("inf")
+        # A run costs its training FLOPs plus its fixed overhead (data, build, evaluation,
+        # measurement, record) in FLOPs at this machine's training speed: what its wall time buys.
         fixed = overhead_flops(tracker, runs)
+        spent = adaptive.spent_compute(runs) + fixed * len(runs)
+        grid_cost = grid_compute + fixed * len(declared)
+        left = {"grids": budget * grid_cost - spent, "flops": budget - spent, "seconds": float("inf")}[kind]
         cands = adaptive.candidates(declared, runs, seed=first.seed)
-        cands["cost"] = cands["compute"] + fixed  # value is weighed against wall time, not FLOPs alone
-        proposal = adaptive.propose(runs, cands, grid_compute + fixed * len(declared), left, settings)
+        cands["cost"] = cands["compute"] + fixed
+        proposal = adaptive.propose(runs, cands, grid_cost, left, settings)
         if not proposal.stop and kind == "seconds" and trace.seconds >= budget:
             proposal.stop = f"the budget is spent ({trace.seconds:.0f} s of wall time)"
         n = len(trace.rounds) + 1
-        print("\n".join(round_lines(n, proposal, spent / grid_compute, budget_text)), flush=True)
+        print("\n".join(round_lines(n, proposal, spent / grid_cost, budget_text)), flush=True)
         rc = 0
         if not proposal.stop:
             names = write_points(proposal.batch, folder)
-            rc = subprocess.run(train_command(a.sweep, names, folder, settings.jobs, overrides), cwd=ROOT).returncode
+            rc = train_round(round_args(a.sweep, names, folder, settings.jobs, overrides))
             failures = failures + 1 if rc else 0
-        trace.add({"round": n, "spent_share": spent / grid_compute, "trained": int(len(proposal.batch)),
+        trace.add({"round": n, "spent_share": spent / grid_cost, "trained": int(len(proposal.batch)),
                    "seconds": time.time() - t0, "stop": proposal.stop or "",
                    "p_depth_better": {r.name: r.p_depth_better for r in proposal.rules},
                    "winners": {r.name: r.winner for r in proposal.rules}})

@@ -37,17 +37,17 @@ def _finished(home: Path, sweep: str = SWEEP) -> pd.DataFrame:
                          for r in runs], columns=["run_id", "run_key", "status"])
 
 
-@pytest.mark.parametrize("text, kind, value", [("1x", "flops", 5.0), ("0.5x", "flops", 2.5), ("3e13", "flops", 3e13),
+@pytest.mark.parametrize("text, kind, value", [("1x", "grids", 1.0), ("0.5x", "grids", 0.5), ("3e13", "flops", 3e13),
                                                ("90s", "seconds", 90), ("20m", "seconds", 1200),
                                                ("2h", "seconds", 7200)])
 def test_budgets_in_grids_flops_or_wall_time(text, kind, value):
-    assert decide.parse_budget(text, 5.0) == (kind, value)
+    assert decide.parse_budget(text) == (kind, value)
 
 
 @pytest.mark.parametrize("text", ["0", "-1x", "ten", "5 days"])
 def test_a_bad_budget_names_the_setting_and_what_is_allowed(text):
     with pytest.raises(ConfigError, match="BUDGET=.*allowed"):
-        decide.parse_budget(text, 5.0)
+        decide.parse_budget(text)
 
 
 def test_a_proposed_point_has_the_same_identity_as_the_sweeps_own(tmp_path):
