@@ -139,7 +139,17 @@ def test_killed_mid_round_a_rerun_continues_without_retraining_finished_points(t
 
 @pytest.mark.slow
 def test_decide_composes_with_the_submitit_launcher(tmp_path):
-    done = _decide(tmp_path, "--max-rounds", "1", "hydra/launcher=submitit_local", timeout=900)
+    """The sweep's narrower widths first (make sweep), then make decide trains the rest of its
+    initial design through submitit_local and skips what the sweep trained."""
+    env = dict(os.environ, STUDY_HOME=str(tmp_path))
+    swept = subprocess.run([sys.executable, "-m", "study.run", "--multirun", "--config-dir", str(SWEEPS),
+                            "--config-name", SWEEP, "model.width=0.125,0.25"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    before = _finished(tmp_path)
+    done = _decide(tmp_path, "--max-rounds", "1", "hydra/launcher=submitit_local")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = _finished(tmp_path)
-    assert (runs["status"] == "FINISHED").sum() >= 15
+    finished = runs[runs["status"] == "FINISHED"]
+    assert len(finished) > len(before) and len(finished) == finished["run_key"].nunique()
+    assert set(before["run_id"]) <= set(finished["run_id"])  # the sweep's points were not trained again
