@@ -226,7 +226,7 @@ class Trace:
               title="the decisions, round by round")
         a.legend(fontsize=6)
         b.plot(t["round"], t["spent_share"], marker="o")
-        b.set(xlabel="round", ylabel="cost used / full grid's", title="compute used (training FLOPs + each run's overhead)")
+        b.set(xlabel="round", ylabel="cost used / full grid's", title="spent: training FLOPs + each run's overhead")
         fig.tight_layout()
         path = out / "trace.png"
         fig.savefig(path, dpi=110)

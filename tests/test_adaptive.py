@@ -150,3 +150,14 @@ def test_adaptive_studies_on_ties_name_no_more_winners_than_the_grid_at_a_fracti
     assert r["tie"]["adaptive_false"] <= r["tie"]["grid_false"] + 0.05
     assert r["width"]["adaptive_right"] >= r["width"]["grid_right"] - 0.1
     assert r["tie"]["compute"] < 0.5 and r["width"]["compute"] < 0.5
+
+
+def test_the_analysis_side_never_imports_the_training_package():
+    """The arrow goes one way: study.decide imports analysis.adaptive, never the reverse."""
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis.adaptive, analysis.simulate, analysis.report; "
+            "print(sorted(m for m in sys.modules if m == 'study' or m.startswith('study.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
