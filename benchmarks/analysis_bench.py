@@ -64,9 +64,27 @@ def bench_adaptive(args) -> list[tuple]:
                   ">= 1"),
                  (f"compute / full grid's (p90 {r['compute_p90']:.2f})", case, r["compute"], 1.0, r["compute"],
                   "<= 0.40")]
+    rows += _overall(result, n)
     rows.append(("  adaptive benchmark run, s", f"{6 * n} studies x 2", time.perf_counter() - t0, None, None, ""))
     return rows
 
 
 def _ratio(a: float, b: float):
     return a / b if b else None
+
+
+def _overall(result: dict, n: int) -> list[tuple]:
+    """Every family together: the share of right decisions (regime, per resolution, flip), the
+    share of winners named on ties (both tie families), the mean compute."""
+    fams = list(result)
+    right = {who: float(np.mean([(r[f"{who}_right"] + 3 * r[f"{who}_res_right"] + r[f"{who}_flip"]) / 5
+                                 for r in result.values()])) for who in ("adaptive", "grid")}
+    ties = [f for f in fams if f.startswith("tie")]
+    false = {who: float(np.mean([result[f][f"{who}_false"] for f in ties])) for who in ("adaptive", "grid")}
+    compute = float(np.mean([r["compute"] for r in result.values()]))
+    case = f"all {len(fams)} families, {n} each"
+    return [("right decisions (all kinds)", case, right["adaptive"], right["grid"], right["adaptive"] / right["grid"],
+             ">= 1"),
+            ("winner named on ties", f"{', '.join(ties)}, {n} each", false["adaptive"], false["grid"], None,
+             "adaptive <= grid"),
+            ("compute / full grid's", case, compute, 1.0, compute, "<= 0.40")]
