@@ -295,15 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     grid_compute = float(declared["compute"].sum())
     try:
         kind, budget = parse_budget(a.budget)
-        for e, regime in declared.groupby("epochs"):
+        for _, regime in declared.groupby("epochs"):  # can each regime ever be decided?
             adaptive.initial_design(regime.assign(trained=False))
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, overrides)
+    return run_study(a, first, declared, grid_compute, kind, budget, settings, overrides)
 
 
-def run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, overrides) -> int:
+def run_study(a, first, declared, grid_compute, kind, budget, settings, overrides) -> int:
+    """The rounds, then the report and the trace; exit status 0, or 1 when rounds keep failing."""
     from analysis import report
     from study.tracking import mlflow_tracker
 
@@ -362,7 +363,7 @@ def run_study(a, cfg, first, declared, grid_compute, kind, budget, settings, ove
 def overhead_flops(tracker, runs: pd.DataFrame) -> float:
     """A run's fixed cost (data, model build, evaluation, measurement, record), in training
     FLOPs at this machine's training speed, from the recorded runs: the median of (wall time -
-    training time) times the median training FLOPs per training second; 0 before any run."""
+    training time) times the training FLOPs per second of training over all runs; 0 before any."""
     if runs.empty or "train_time_s" not in runs:
         return 0.0
     found = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'FINISHED'", max_results=50000)
