@@ -5,7 +5,7 @@ here imports the training package, and nothing here changes the analysis it read
 Rules. A study asks about `regime` (depth vs width in each epoch regime), `resolution` (the
 same at each resolution of a regime) and `flip` (does the winner change between regimes; it
 rests on the regime rules). A rule is *settled* when the analysis (analysis.depth_width)
-decides it and its draws put it beyond `settle_level` (0.98; per resolution with the
+decides it and its draws put it beyond `settle_level` (0.95; per resolution with the
 analysis's Bonferroni share). That is stricter than the report's 0.90 on purpose: an adaptive
 study looks at its data after every round, and stopping at the first look that decides would
 name winners on ties more often than the report's level allows. The study's final statement
@@ -23,10 +23,15 @@ of freedom; one more seed of a configuration lowers the residual variance by tha
 share of the seed noise. With the estimate's move from the new data taken as normal with
 variance v = s^2 - s'^2, the chance the rule is settled afterwards is
 Phi((g - q s') / sqrt(v)) + Phi((-g - q s') / sqrt(v)), q the t quantile at the settle level.
-A candidate's value is the expected number of rules it settles, per share of the full grid's
-training compute it costs; it is worth training when that exceeds `worth`. A round's batch is
-picked greedily on marginal values, up to `growth` x the compute spent so far (at least
-`jobs` candidates, so parallel jobs stay busy) and within the budget left.
+Settling one rule often takes several points at once, so candidates are valued in sequence:
+a greedy design orders them by how much they shrink the open rules' variances per unit of
+cost (training FLOPs, or what the study side adds to them), and the value of each prefix is
+the expected number of rules it settles per share of the full grid's cost. A regime is worth
+a round when some prefix beats `worth` (default 4.5 rules per grid); the round trains the
+prefix up to `growth` x the compute spent so far (at least `jobs` candidates, so parallel
+jobs stay busy), within the budget left. The defaults were set on simulated studies
+(analysis/simulate.py, `make bench ARGS="--only adaptive"`) on other random streams than
+the benchmark's.
 
 Order. With `order=cost` regimes go cheapest first: a regime starts when every cheaper one is
 settled or has nothing worth its cost. Its first batch adds to its initial design what the
