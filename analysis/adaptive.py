@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.depth_width import MIN_RESIDUAL_DOF, STEPS, Surface, depth_vs_width, design
+from analysis.depth_width import MIN_RESIDUAL_DOF, STEPS, Surface, centred_design, depth_vs_width
 from analysis.fit import training_compute
 from analysis.load import by_configuration
 from analysis.rules import COLUMNS, tidy
@@ -154,12 +154,8 @@ def _regime_rule(e: int, d: dict | None, level: float) -> Rule:
 # --- initial design ----------------------------------------------------------------------
 
 def _rank(frame: pd.DataFrame, n_res: int) -> tuple[int, int]:
-    """(rank, columns) of the surface's design for these configurations (centred like Surface)."""
-    logs = {a: np.log(frame[a].to_numpy(float)) for a in AXES}
-    ld, lw, lr = (logs[a] - logs[a].mean() for a in AXES)
-    G = np.column_stack([np.ones_like(ld), ld, lw, lr])
-    gamma = np.linalg.lstsq(G, np.log(frame["compute"].to_numpy(float)), rcond=None)[0]
-    X = design(ld, lw, lr, n_res, True, (gamma[1], gamma[2]))
+    """(rank, columns) of the surface's design for these configurations."""
+    X = centred_design(frame, n_res)[0]
     return int(np.linalg.matrix_rank(X)), X.shape[1]
 
 

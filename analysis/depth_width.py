@@ -54,19 +54,26 @@ def design(ld, lw, lr, n_res: int, interactions: bool = True, compute=(1.0, 2.0)
     return np.column_stack(cols)
 
 
+def centred_design(frame: pd.DataFrame, n_res: int | None = None, interactions: bool = True):
+    """The surface's design matrix of these configurations, their logs centred on their means
+    and the compute law fitted on them: (X, centre, gamma)."""
+    centre = {a: float(np.log(frame[a].to_numpy(float)).mean()) for a in ("depth", "width", "resolution")}
+    ld, lw, lr = (np.log(frame[a].to_numpy(float)) - centre[a] for a in ("depth", "width", "resolution"))
+    G = np.column_stack([np.ones_like(ld), ld, lw, lr])
+    gamma = np.linalg.lstsq(G, np.log(frame["compute"].to_numpy(float)), rcond=None)[0]
+    n_res = frame["resolution"].nunique() if n_res is None else n_res
+    return design(ld, lw, lr, n_res, interactions, (gamma[1], gamma[2])), centre, gamma
+
+
 class Surface:
     """The fitted log-error surface and compute law of one regime (centred logs)."""
 
     def __init__(self, regime: pd.DataFrame, interactions: bool = True):
-        self.centre = {a: float(np.log(regime[a]).mean()) for a in ("depth", "width", "resolution")}
         self.resolutions = sorted(regime["resolution"].unique())
         self.n_res, self.interactions = len(self.resolutions), interactions
-        ld, lw, lr = (self._log(regime[a], a) for a in ("depth", "width", "resolution"))
-        if min(len(set(ld)), len(set(lw))) < 3:
+        if min(regime["depth"].nunique(), regime["width"].nunique()) < 3:
             raise ValueError("depth and width need 3 distinct values each")
-        G = np.column_stack([np.ones_like(ld), ld, lw, lr])
-        self.gamma = np.linalg.lstsq(G, np.log(regime["compute"].to_numpy(float)), rcond=None)[0]
-        X = self._design(ld, lw, lr)
+        X, self.centre, self.gamma = centred_design(regime, self.n_res, interactions)
         self.n, self.p = X.shape
         if self.n - self.p < MIN_RESIDUAL_DOF or np.linalg.matrix_rank(X) < self.p:
             raise ValueError(f"{self.n} configurations cannot fit a surface of {self.p} terms "
