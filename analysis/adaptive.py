@@ -16,13 +16,8 @@ from its smallest model (what the statistic reads) at its two smallest resolutio
 cheapest other points until its surface fits with spare degrees of freedom (which brings in
 every other resolution). Rounds then buy what the larger resolutions' rules need.
 
-Value of a candidate. A fitted regime plans on its own surface: each open rule's gap g (at
-the coefficient estimate), its gradient J in the coefficients and its standard error
-s = sqrt(sigma2 J (X'X)^-1 J'). A new configuration x adds x x' to X'X and a residual degree
-of freedom; one more seed of a configuration lowers the residual variance by that seed's
-share of the seed noise. With the estimate's move from the new data taken as normal with
-variance v = s^2 - s'^2, the chance the rule is settled afterwards is
-Phi((g - q s') / sqrt(v)) + Phi((-g - q s') / sqrt(v)), q the t quantile at the settle level.
+Value of a candidate. A fitted regime plans on its own surface (analysis/value.py): the
+chance each open rule is settled once the candidate is trained.
 Settling one rule often takes several points at once, so candidates are valued in sequence:
 a greedy design orders them by how much they shrink the open rules' variances per unit of
 cost (training FLOPs, or what the study side adds to them), and the value of each prefix is
@@ -44,13 +39,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from analysis.depth_width import MIN_RESIDUAL_DOF, STEPS, Surface, centred_design, depth_vs_width
+from analysis.depth_width import MIN_RESIDUAL_DOF, centred_design, depth_vs_width
 from analysis.fit import training_compute
 from analysis.load import by_configuration
 from analysis.rules import COLUMNS, tidy
 from analysis.uncertainty import LEVEL
+from analysis.value import Plan, own_plan, prior_plan, sequence
 
 RULES = ("regime", "resolution", "flip")
 ORDERS = ("cost", "together")
@@ -188,104 +183,6 @@ def initial_design(configs: pd.DataFrame) -> pd.DataFrame:
     return chosen[~chosen["trained"]]
 
 
-# --- planning on a surface ---------------------------------------------------------------
-
-class Plan:
-    """One regime's surface, the open rules it can move, and the state of a batch being picked:
-    X'X inverse, residual degrees of freedom and variance, each rule's variance of movement."""
-
-    def __init__(self, surface: Surface, X: np.ndarray, rules: list[Rule], settle_level: float,
-                 seed_var: float, n_seeds: np.ndarray, keys: list[tuple]):
-        self.s, self.level = surface, settle_level
-        self.Ainv = np.linalg.pinv(X.T @ X)
-        self.dof = len(X) - surface.p
-        self.sigma2 = surface.sigma2
-        self.seed_var, self.X, self.n_seeds, self.keys = seed_var, X, n_seeds.astype(float), keys
-        t_mid = np.array([np.linspace(0, surface.reach, STEPS)[STEPS // 2]])
-        self.rules, self.g, self.J, self.levels = [], [], [], []
-        res_level = 1 - (1 - settle_level) / len(surface.resolutions)
-        for rule in rules:
-            at = surface.resolutions if rule.resolution is None else [rule.resolution]
-            if rule.resolution is not None and rule.resolution not in surface.resolutions:
-                continue
-            g, J = 0.0, np.zeros(surface.p)
-            for r in at:
-                on_d, on_w = surface.path_features(r, t_mid)
-                e_d, e_w = np.exp(on_d[0] @ surface.beta), np.exp(on_w[0] @ surface.beta)
-                g += (e_d - e_w) / len(at)
-                J += (e_d * on_d[0] - e_w * on_w[0]) / len(at)
-            self.rules.append(rule)
-            self.g.append(g)
-            self.J.append(J)
-            self.levels.append(settle_level if rule.resolution is None else res_level)
-        self.g, self.J = np.array(self.g), np.array(self.J).reshape(len(self.g), surface.p)
-        self.move = np.zeros(len(self.g))
-        self.s0 = self.se(self.Ainv, self.sigma2)
-
-    def se(self, Ainv, sigma2) -> np.ndarray:
-        return np.sqrt(np.maximum(sigma2 * np.einsum("kp,pq,kq->k", self.J, Ainv, self.J), 0))
-
-    def p_settled(self, Ainv=None, dof=None, sigma2=None, move=None) -> np.ndarray:
-        Ainv = self.Ainv if Ainv is None else Ainv
-        dof = self.dof if dof is None else dof
-        sigma2 = self.sigma2 if sigma2 is None else sigma2
-        move = self.move if move is None else move
-        se = self.se(Ainv, sigma2)
-        q = stats.t.ppf(1 - (1 - np.array(self.levels)) / 2, max(dof, 1))
-        v = np.maximum(self.s0 ** 2 - se ** 2, 0) + move
-        sd = np.sqrt(np.maximum(v, 1e-300))
-        moving = stats.norm.cdf((self.g - q * se) / sd) + stats.norm.cdf((-self.g - q * se) / sd)
-        return np.where(v > 1e-12 * np.maximum(self.s0 ** 2, 1e-300), moving, (np.abs(self.g) >= q * se) * 1.0)
-
-    def after(self, cand: pd.Series) -> dict:
-        """The batch state after adding this candidate (a new configuration, or a seed of a
-        configuration of the surface)."""
-        if cand["new"]:
-            x = self.s.features(pd.DataFrame([cand]))[0]
-            Ax = self.Ainv @ x
-            return {"Ainv": self.Ainv - np.outer(Ax, Ax) / (1 + x @ Ax), "dof": self.dof + 1,
-                    "sigma2": self.sigma2, "move": self.move}
-        i = self.keys.index(tuple(cand[a] for a in AXES))
-        x, n = self.X[i], self.n_seeds[i]
-        Ax = self.Ainv @ x
-        lever = float(x @ Ax)
-        shrink = self.seed_var * (1 / n - 1 / (n + 1)) * max(1 - lever, 0) / max(self.dof, 1)
-        move = self.move + (self.J @ Ax) ** 2 * self.seed_var / (n * (n + 1))
-        return {"Ainv": self.Ainv, "dof": self.dof, "sigma2": max(self.sigma2 - shrink, 1e-12), "move": move}
-
-    def take(self, cand: pd.Series, state: dict) -> None:
-        self.Ainv, self.dof, self.sigma2, self.move = state["Ainv"], state["dof"], state["sigma2"], state["move"]
-        if not cand["new"]:
-            self.n_seeds[self.keys.index(tuple(cand[a] for a in AXES))] += 1
-        else:
-            self.X = np.vstack([self.X, self.s.features(pd.DataFrame([cand]))])
-            self.n_seeds = np.append(self.n_seeds, 1.0)
-            self.keys.append(tuple(cand[a] for a in AXES))
-
-
-def _seed_var(regime: pd.DataFrame, surface: Surface) -> float:
-    """Seed noise of one run's log error: pooled over repeated seeds, else all of the residual
-    variance (then a seed's value is an upper bound)."""
-    pooled = regime["pooled_var"].iloc[0] if "pooled_var" in regime else np.nan
-    if np.isfinite(pooled) and pooled > 0:
-        return float(pooled / regime["error"].mean() ** 2)
-    return float(surface.sigma2 * regime["n_seeds"].mean())
-
-
-def own_plan(regime: pd.DataFrame, rules: list[Rule], settings: Settings) -> Plan:
-    s = Surface(regime)
-    return Plan(s, s.features(regime), rules, settings.settle_level, _seed_var(regime, s),
-                regime["n_seeds"].to_numpy(), [tuple(r) for r in regime[AXES].to_numpy()])
-
-
-def prior_plan(cheaper: pd.DataFrame, design_rows: pd.DataFrame, rules: list[Rule], settings: Settings) -> Plan:
-    """A regime not fitted yet, planned on a cheaper regime's surface as if its initial design
-    (and what it already has) were trained: where the cheaper regime says information is."""
-    s = Surface(cheaper)
-    return Plan(s, s.features(design_rows), rules, settings.settle_level, _seed_var(cheaper, s),
-                np.ones(len(design_rows)), [tuple(r) for r in design_rows[AXES].to_numpy()])
-
-
 # --- the proposal ------------------------------------------------------------------------
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:
@@ -331,7 +228,7 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
         regime = configs[configs["epochs"] == e].reset_index(drop=True)
         first = _empty()
         if e in decisions["by_regime"]:
-            plan = own_plan(regime, open_rules, settings)
+            plan = own_plan(regime, open_rules, settings.settle_level)
         else:
             first, plan = _first_batch(e, regime, declared, candidates, configs, decisions, open_rules, settings)
         left = budget_left - float(first["cost"].sum())
@@ -341,7 +238,7 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
         more = _empty()
         if plan is not None:
             pool = candidates[(candidates["epochs"] == e) & ~_in(candidates, first)]
-            seq = _sequence(plan, pool, grid_cost, left)
+            seq = sequence(plan, pool, grid_cost, left)
             round_compute = settings.growth * max(spent, float(first["compute"].sum()))
             more = _round(seq, plan, round_compute, settings.jobs - len(first), settings.worth)
         if len(first) or len(more):
@@ -383,41 +280,10 @@ def _first_batch(e, regime, declared, candidates, configs, decisions, open_rules
         design_rows = pd.concat([regime[AXES], rows[AXES]], ignore_index=True)
         try:
             return rows, prior_plan(configs[configs["epochs"] == c].reset_index(drop=True), design_rows,
-                                    open_rules, settings)
+                                    open_rules, settings.settle_level)
         except ValueError:
             continue
     return rows, None
-
-
-def _sequence(plan: Plan, pool: pd.DataFrame, grid_cost: float, budget_left: float) -> list[dict]:
-    """The regime's candidates in the order a greedy design takes them: each step the one that
-    most reduces the open rules' variances (relative, summed) per unit of cost, the plan
-    updated as if it were trained; with the expected rules settled after each prefix."""
-    base = plan.p_settled()
-    out, pool, spent, cost = [], [c for _, c in pool.iterrows()], 0.0, 0.0
-    while pool:
-        se = plan.se(plan.Ainv, plan.sigma2)
-        best = None
-        for j, c in enumerate(pool):
-            if cost + c["cost"] > budget_left:
-                continue
-            state = plan.after(c)
-            reduction = float(np.sum(1 - (plan.se(state["Ainv"], state["sigma2"]) / np.maximum(se, 1e-300)) ** 2))
-            score = reduction / c["cost"]
-            if best is None or score > best[0]:
-                best = (score, j, state)
-        if best is None:
-            break
-        _, j, state = best
-        c = pool.pop(j)
-        before = se
-        plan.take(c, state)
-        spent += c["compute"]
-        p = plan.p_settled()
-        k = int(np.argmax(1 - plan.se(plan.Ainv, plan.sigma2) / np.maximum(before, 1e-300)))
-        out.append({"candidate": c, "compute": spent, "cost": (cost := cost + c["cost"]) / grid_cost, "gain": float((p - base).sum()),
-                    "helps": plan.rules[k].name, "p": p})
-    return out
 
 
 def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int, worth: float) -> pd.DataFrame:
