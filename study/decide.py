@@ -35,6 +35,7 @@ from analysis.load import load_runs
 from analysis.rules import COLUMNS
 from study import config, grid
 from study.config import ConfigError
+from study.sweep import validate_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 AXES = {k: COLUMNS[k] for k in ("recipe.epochs", "model.depth", "model.width", "data.resolution")}  # -> analysis names
@@ -64,22 +65,6 @@ def declared_grid(cfg) -> pd.DataFrame:
         values = dict(o.split("=", 1) for o in job)
         rows.append({AXES[k]: float(v) if k == "model.width" else int(v) for k, v in values.items()})
     return pd.DataFrame(rows).drop_duplicates().reset_index(drop=True)
-
-
-def validate_points(cfg, declared: pd.DataFrame) -> config.StudyConfig:
-    """Every declared point's settings, checked before anything trains; the first one's."""
-    from omegaconf import OmegaConf, open_dict
-
-    base = cfg.copy()
-    with open_dict(base):
-        del base["hydra"]
-    studies = []
-    for _, row in declared.iterrows():
-        point = base.copy()
-        for key, col in AXES.items():
-            OmegaConf.update(point, key, float(row[col]) if col == "width" else int(row[col]), merge=True)
-        studies.append(config.validate(point))
-    return studies[0]
 
 
 def flops_of(declared: pd.DataFrame, study: config.StudyConfig, num_classes: int, in_chans: int) -> pd.Series:
@@ -277,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose_sweep(a.sweep, overrides)
         declared = declared_grid(cfg)
-        first = validate_points(cfg, declared)
+        # every declared point checked as the sweep callback checks a sweep's (exits 2 naming them)
+        first = validate_grid(cfg, grid.expand(dict(cfg.hydra.sweeper.params), []))[0]
         settings = adaptive.Settings(rules=tuple(x.strip() for x in a.rules.split(",") if x.strip()),
                                      order=a.order, jobs=a.jobs)
         try:

@@ -61,7 +61,7 @@ def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.S
     studies, problems, composed = [], [], {}
     for overrides in jobs:
         try:
-            studies.append(config.validate(point_config(base, name, [*overrides, *searchpath], composed)))
+            studies.append(config.validate(point_config(base, name, overrides, composed, searchpath)))
         except ConfigError as e:
             problems.append(f"point {' '.join(overrides)}: {e}")
     if problems:
@@ -75,11 +75,12 @@ def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.S
 
 
 def point_config(base: DictConfig, config_name: str, overrides: list[str],
-                 composed: dict | None = None) -> DictConfig:
+                 composed: dict | None = None, hydra_overrides: list[str] = ()) -> DictConfig:
     """The composed config of one point. Group choices (`data=cifar10`, `+regime=x`) and added
-    or deleted keys need Hydra's full composition (a tenth of a second or more); it runs once
-    per distinct set of them when `composed` (a cache) is given. Overrides of plain settings
-    are then applied to a copy (milliseconds), as Hydra applies them after composition."""
+    or deleted keys need Hydra's full composition (a tenth of a second or more, with
+    `hydra_overrides` such as the search path); it runs once per distinct set of them when
+    `composed` (a cache) is given. Overrides of plain settings are then applied to a copy
+    (milliseconds), as Hydra applies them after composition."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     plain = [o for o in parsed if o.package is None and _is_leaf(base, o.key_or_group) and not o.is_delete()
              and not o.is_add() and not o.is_force_add()]
@@ -88,7 +89,7 @@ def point_config(base: DictConfig, config_name: str, overrides: list[str],
     if structural:
         cache = composed if composed is not None else {}
         if structural not in cache:
-            cache[structural] = compose(config_name, overrides=list(structural))
+            cache[structural] = compose(config_name, overrides=[*structural, *hydra_overrides])
         cfg = cache[structural]
     cfg = copy.deepcopy(cfg)
     for o in plain:
