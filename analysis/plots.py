@@ -138,3 +138,24 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def decide_trace(trace: pd.DataFrame, out: Path) -> Path:
+    """make decide's rounds (study/decide.py's trace table): P(depth better) of every rule
+    (dashed: P(flip)) and the share of the full grid's cost used, round by round."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for col in [c for c in trace.columns if c.startswith("P(")]:
+        rule = col.removeprefix("P(depth better) ")
+        a.plot(trace["round"], trace[col], marker="o", ls="--" if rule == "flip" else "-",
+               label="P(flip)" if rule == "flip" else rule)
+    a.axhline(0.5, color="grey", lw=0.5)
+    a.set(xlabel="round", ylabel="P(depth better); dashed: P(flip)", ylim=(-0.02, 1.02),
+          title="the decisions, round by round")
+    a.legend(fontsize=6)
+    b.plot(trace["round"], trace["spent_share"], marker="o")
+    b.set(xlabel="round", ylabel="cost used / full grid's", title="spent: training FLOPs + each run's overhead")
+    fig.tight_layout()
+    path = out / "trace.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

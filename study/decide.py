@@ -194,30 +194,6 @@ class Trace:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def figure(self, out: Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        t = self.table()
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-        for col in [c for c in t.columns if c.startswith("P(")]:
-            rule = col.removeprefix("P(depth better) ")
-            a.plot(t["round"], t[col], marker="o", ls="--" if rule == "flip" else "-",
-                   label="P(flip)" if rule == "flip" else rule)
-        a.axhline(0.5, color="grey", lw=0.5)
-        a.set(xlabel="round", ylabel="P(depth better); dashed: P(flip)", ylim=(-0.02, 1.02),
-              title="the decisions, round by round")
-        a.legend(fontsize=6)
-        b.plot(t["round"], t["spent_share"], marker="o")
-        b.set(xlabel="round", ylabel="cost used / full grid's", title="spent: training FLOPs + each run's overhead")
-        fig.tight_layout()
-        path = out / "trace.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
-
 
 # --- the loop ----------------------------------------------------------------------------
 
@@ -372,9 +348,11 @@ def _runs_in_grid(table: pd.DataFrame, declared: pd.DataFrame) -> pd.DataFrame:
 
 
 def _log_trace(trace: Trace, folder: Path, tracker) -> None:
+    from analysis import plots
+
     folder.mkdir(parents=True, exist_ok=True)
     trace.table().to_csv(folder / "trace.csv", index=False)
-    trace.figure(folder)
+    plots.decide_trace(trace.table(), folder)
     tracker.client.log_artifacts(tracker.parent_id, str(folder), artifact_path="decide")
 
 
