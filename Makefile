@@ -39,8 +39,8 @@ point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0
 tune: setup ## tune one point on its minival split (Optuna, TRIALS=20), then train it with the best settings
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true tune.trials=$(TRIALS) $(POINT)
 
-ui: setup ## browse results: MLflow UI on http://127.0.0.1:5000 (PORT=...) over the default store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+ui: setup ## browse results: MLflow UI on http://127.0.0.1:5000 (PORT=...) over the default store; prints each sweep's link
+	$(PY) -m study.ui --store sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 server: setup ## shared tracking server: MLflow on 127.0.0.1:5001 over PostgreSQL (127.0.0.1:5433); sweeps use tracking=server
 	$(PY) -m study.server --home $(STORE_DIR)

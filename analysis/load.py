@@ -22,6 +22,13 @@ class Runs:
                                   # KILLED), or `rerun` (an older FINISHED run of a run key rerun later)
 
 
+def find_experiment(client, sweep: str):
+    """The sweep's experiment: the one tagged `sweep=<name>`; a store no version since has
+    opened keeps it under the bare sweep name. None when there is none."""
+    tagged = client.search_experiments(filter_string=f"tags.sweep = '{sweep}'", max_results=1)
+    return tagged[0] if tagged else client.get_experiment_by_name(sweep)
+
+
 def load_runs(sweep: str, tracking_uri: str) -> Runs:
     """The latest FINISHED child run of every run key of `sweep`. A forced rerun (make point,
     force=true) repeats a seed, it is not another one: only the latest counts, and the older
@@ -30,7 +37,7 @@ def load_runs(sweep: str, tracking_uri: str) -> Runs:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(sweep)
+    experiment = find_experiment(client, sweep)
     if experiment is None:
         raise LookupError(f"no sweep named {sweep!r} in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], "tags.point_key != ''", max_results=50000)

@@ -11,14 +11,31 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots, rules
-from analysis.load import by_configuration, load_runs
+from analysis.load import by_configuration, find_experiment, load_runs
+
+# One line under each figure: what to look for in it.
+CAPTIONS = {
+    "error_vs_flops_latency": "Test error against FLOPs (top) and latency (bottom), one panel per epoch budget: "
+                              "points on the red Pareto front are the best models for their cost.",
+    "depth_vs_width": "Error along depth scaling (blue) and width scaling (orange) from the smallest model: the "
+                      "lower line wins at that compute; bands are the surface's 90% range.",
+    "resolution": "Top: error as resolution grows. Bottom: the frontier's resolution against FLOPs; a fitted line "
+                  "flatter than EfficientNet's dashed C^0.214 is the paper's 'slow' resolution scaling.",
+    "latency": "Latency against FLOPs and activations: where colours (depth) spread at equal FLOPs, FLOPs do not "
+               "predict latency.",
+    "error_edf": "Share of configurations below each error, per epoch budget: a curve to the left is a regime "
+                 "that trains better models.",
+    "extrapolation_parity": "Error of the largest models predicted by a law fitted on the smaller ones against "
+                            "their actual error: points off the dashed diagonal extrapolate badly.",
+}
 
 CONFIG_COLUMNS = ["epochs", "width", "depth", "resolution", "n_seeds", "error", "top1", "minival/top1", "flops",
                   "params", "activations", "latency_ms", "compute"]
 
 
-def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int = 0, log: bool = True) -> dict:
-    runs = load_runs(sweep, tracking_uri)
+def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int = 0, log: bool = True,
+          runs=None) -> dict:
+    runs = runs or load_runs(sweep, tracking_uri)
     if runs.table.empty:
         raise LookupError(f"sweep {sweep!r} has no FINISHED point runs in {tracking_uri}")
     configs = rules.tidy(by_configuration(runs.table))
@@ -38,6 +55,60 @@ def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int =
     if log:
         _log_to_parent(sweep, tracking_uri, out)
     return decisions
+
+
+def after_sweep(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int = 0) -> list[str]:
+    """The report a sweep makes by itself when it ends (analysis.auto): its console lines, the
+    report's path first; one line, and no report, when the sweep is too small to decide anything."""
+    runs = load_runs(sweep, tracking_uri)
+    if runs.table.empty:
+        return [f"report: not made: sweep {sweep!r} has no finished points yet"]
+    if reason := too_small(rules.tidy(by_configuration(runs.table))):
+        return [f"report: not made: the sweep is too small to decide depth vs width ({reason}); "
+                f"make analyze SWEEP={sweep} writes the figures anyway"]
+    decisions = build(sweep, tracking_uri, out, replicates, seed, True, runs)
+    return [f"report: {out / 'report.html'} (also on the sweep's parent run, under report/)", *summary(decisions)]
+
+
+def too_small(configs: pd.DataFrame) -> str | None:
+    """Why no epoch regime can fit the depth-vs-width surface every decision stands on; None
+    when one can."""
+    from analysis.depth_width import Surface
+
+    reasons = []
+    for epochs, regime in sorted(configs.groupby("epochs"), key=lambda g: g[0]):
+        try:
+            Surface(regime)
+            return None
+        except (ValueError, np.linalg.LinAlgError) as e:
+            reasons.append(f"{_epochs(epochs)}: {e}")
+    return "; ".join(reasons) or "no configurations"
+
+
+def decision_rows(decisions: dict) -> list[dict]:
+    """The report's opening table: each question, its answer, decided or not, and the
+    probability it stands on."""
+    rows = []
+    dvw = decisions["depth_vs_width"]
+    for e, d in dvw["by_regime"].items():
+        rows.append(_row(f"Depth or width scaling, {_epochs(e)}", d["winner"], "P(depth better)",
+                         d["p_depth_better"]))
+        for r, x in d["by_resolution"].items():
+            rows.append(_row(f"  at {r} px", x["winner"], "P(depth better)", x["p_depth_better"]))
+    flip = dvw["flip"]
+    if "winners" in flip:
+        answer = {True: "flips", False: "does not flip", None: "undecided"}[flip["flips"]]
+        rows.append(_row("Does the winner flip between epoch budgets?", answer, "P(flip)", flip["p_flip"]))
+    for e, d in decisions["resolution_scaling"]["by_regime"].items():
+        answer = d["slower_than_efficientnet"].replace("_", " ")
+        rows.append(_row(f"Resolution scaling slower than EfficientNet's C^0.214, {_epochs(e)}", answer,
+                         "P(slower)", d["p_slower_than_efficientnet"]))
+    return rows
+
+
+def _row(question: str, answer: str, p_name: str, p: float) -> dict:
+    return {"question": question, "answer": answer.replace("_", " "),
+            "status": "undecided" if answer == "undecided" else "decided", "probability": f"{p_name} = {p:.2f}"}
 
 
 def all_warnings(decisions: dict) -> list[dict]:
@@ -120,27 +191,37 @@ def _left_out(excluded: dict[str, int]) -> list[str]:
 
 def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
     warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
+    table = ["| question | answer | decided? | probability |", "|---|---|---|---|",
+             *[f"| {r['question'].strip()} | {r['answer']} | {r['status']} | {r['probability']} |"
+               for r in decision_rows(decisions)]]
     parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
              f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",
              *_left_out(decisions.get("excluded_runs", {})), "",
-             "## Decisions", *[f"- {s}" for s in summary(decisions)], "", "## Warnings",
-             *warnings, "",
-             "## Figures", *[f"![{p.stem}]({p.name})" for p in figures], "",
+             "## Decisions", *table, "", *[f"- {s}" for s in summary(decisions)], "", "## Figures",
+             *[f"![{p.stem}]({p.name})\n\n*{CAPTIONS.get(p.stem, p.stem)}*\n" for p in figures], "",
+             "## Warnings", *warnings, "",
              "Tables: `configurations.csv`, `runs.csv`, `scaling_fits.csv`; every decision: `rules.json`."]
     return "\n".join(parts) + "\n"
 
 
 def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFrame) -> str:
-    images = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                     f"<figcaption>{p.stem}</figcaption></figure>" for p in figures)
+    images = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
+                     f'alt="{p.stem}"><figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>'
+                     for p in figures)
+    cells = lambda r: "".join(f"<td>{html.escape(r[k])}</td>" for k in ("question", "answer", "status", "probability"))  # noqa: E731
+    rows = "".join(f'<tr class="{r["status"]}">{cells(r)}</tr>' for r in decision_rows(decisions))
     items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
     warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
     table = configs[[c for c in CONFIG_COLUMNS if c in configs]].to_html(index=False, float_format="%.4g")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep)} scaling report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
-            "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
-            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1><h2>Decisions</h2><ul>"
-            f"{items(summary(decisions))}</ul><h2>Warnings</h2><ul>{items(warnings)}</ul><h2>Figures</h2>{images}"
+            "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
+            "tr.decided td:nth-child(2){font-weight:bold}tr.undecided td{color:#777}"
+            "figcaption{font-size:13px;color:#333;margin-bottom:1.5em}</style>"
+            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1><h2>Decisions</h2>"
+            f'<table id="decisions"><tr><th>question</th><th>answer</th><th>decided?</th><th>probability</th></tr>'
+            f"{rows}</table><ul>{items(summary(decisions))}</ul><h2>Figures</h2>{images}"
+            f"<h2>Warnings</h2><ul>{items(warnings)}</ul>"
             f"<h2>Configurations</h2>{table}<h2>rules.json</h2><pre>"
             f"{html.escape(json.dumps(_clean(decisions), indent=1))}</pre></body></html>")
 
@@ -164,7 +245,7 @@ def _log_to_parent(sweep: str, tracking_uri: str, out: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(sweep)
+    exp = find_experiment(client, sweep)
     parents = client.search_runs([exp.experiment_id], "tags.role = 'parent'", max_results=1)
     if parents:
         client.log_artifacts(parents[0].info.run_id, str(out), artifact_path="report")

@@ -162,6 +162,13 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    auto: bool = True               # analyse the sweep when it ends: the report (make analyze's) goes to
+                                    # reports/<sweep>/ and the sweep's parent run; false = off
+    replicates: int = 1000          # bootstrap refits of that report, >= 1000 as make analyze
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -169,6 +176,7 @@ class StudyConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     vars: dict[str, Any] = field(default_factory=dict)  # free values for interpolation in sweep
                                     # files (${vars.name}); not recorded, what they set is
     seed: int = 0                   # seed of initialisation, batch order and augmentation
@@ -344,6 +352,8 @@ def _checks(s: StudyConfig, space: bool = True):
         ("tune.startup_trials", s.tune.startup_trials, s.tune.startup_trials >= 0, "must be >= 0"),
         ("tracking.retry_s", s.tracking.retry_s, s.tracking.retry_s >= 0, "must be >= 0 (seconds)"),
         ("sweep", s.sweep, bool(s.sweep) and "/" not in s.sweep, "must be a non-empty name without '/'"),
+        ("analysis.replicates", s.analysis.replicates, s.analysis.replicates >= 1000,
+         "must be >= 1000 (bootstrap refits of the report's decisions)"),
         ("seeds", s.seeds, s.seeds >= 1, "must be >= 1"),
     ]
     for name, value, ok, rule in rules:

@@ -144,7 +144,7 @@ def round_args(sweep_file: str, names: list[str], folder: Path, jobs: int, overr
         ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     return ["--multirun", "--config-dir", str(ROOT / "sweeps"), "--config-name", sweep_file,
             "hydra.sweeper.params=null", f"hydra.searchpath=[file://{folder}]", f"+{GROUP}={','.join(names)}",
-            *launch, *overrides]
+            "analysis.auto=false", *launch, *overrides]  # the report is made once, at the end
 
 
 def train_round(args: list[str]) -> int:
@@ -262,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from study.sweep import description
+    from study.tracking import mlflow_tracker
+
+    t = first.tracking
+    mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s).describe(
+        description(first, a.sweep, dict(cfg.hydra.sweeper.params), len(declared)))
     return run_study(a, first, declared, grid_compute, kind, budget, settings, overrides)
 
 

@@ -45,7 +45,7 @@ NON_SEMANTIC = frozenset({
     "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
     "trainer.deterministic", "trainer.checkpoints", "trainer.keep_checkpoints",
     "tracking.uri", "tracking.artifact_root", "tracking.retry_s",
-    "sweep", "force", "vars", "seeds", "tune.storage",
+    "sweep", "force", "vars", "seeds", "tune.storage", "analysis.auto", "analysis.replicates",
 })
 
 # Keyed in every point (key version 1). Never remove or rename one: that changes every key.

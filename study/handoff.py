@@ -5,28 +5,45 @@ summary table when the last job has ended. Nothing else passes between them."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-GRID_FILE = "grid.json"       # {"total": number of points in the sweep}
+GRID_FILE = "grid.json"       # {"total": points in the sweep, "weights": each job's compute
+                              # (study.progress), "started": the sweep's start, Unix seconds}
 OUTCOMES_FILE = "result.json"  # one per job: the outcome dict of each of its points (seeds)
 
 
-def write_grid(sweep_dir: Path, total: int) -> None:
+def write_grid(sweep_dir: Path, total: int, weights: list[float] = (), started: float | None = None) -> None:
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    Path(sweep_dir, GRID_FILE).write_text(json.dumps({"total": total}))
+    plan = {"total": total, "weights": list(weights), "started": started or time.time()}
+    Path(sweep_dir, GRID_FILE).write_text(json.dumps(plan))
+
+
+def read_grid(sweep_dir: Path) -> dict:
+    """What the callback wrote; {"total": 0} when it wrote nothing (a launcher without it)."""
+    path = Path(sweep_dir, GRID_FILE)
+    return json.loads(path.read_text()) if path.exists() else {"total": 0}
 
 
 def grid_total(sweep_dir: Path) -> int:
-    """The sweep's number of points; 0 when the callback wrote none (a launcher without it)."""
-    path = Path(sweep_dir, GRID_FILE)
-    return json.loads(path.read_text())["total"] if path.exists() else 0
+    """The sweep's number of points; 0 when the callback wrote none."""
+    return read_grid(sweep_dir)["total"]
 
 
 def write_outcomes(job_dir: Path, outcomes: list[dict]) -> None:
-    Path(job_dir, OUTCOMES_FILE).write_text(json.dumps(outcomes))
+    """Atomically: other jobs read it for the sweep's progress while it is written."""
+    tmp = Path(job_dir, OUTCOMES_FILE + ".tmp")
+    tmp.write_text(json.dumps(outcomes))
+    tmp.replace(Path(job_dir, OUTCOMES_FILE))
+
+
+def outcomes_by_job(sweep_dir: Path) -> dict[int, list[dict]]:
+    """Each ended job's outcomes, by job number, in job order."""
+    files = sorted((p for p in Path(sweep_dir).glob(f"*/{OUTCOMES_FILE}") if p.parent.name.isdigit()),
+                   key=lambda p: int(p.parent.name))
+    return {int(path.parent.name): json.loads(path.read_text()) for path in files}
 
 
 def read_outcomes(sweep_dir: Path) -> list[dict]:
     """Every job's outcomes, in job order."""
-    files = sorted(Path(sweep_dir).glob(f"*/{OUTCOMES_FILE}"), key=lambda p: int(p.parent.name))
-    return [outcome for path in files for outcome in json.loads(path.read_text())]
+    return [outcome for rows in outcomes_by_job(sweep_dir).values() for outcome in rows]

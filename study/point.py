@@ -45,7 +45,7 @@ OUTCOME_METRICS = ("top1", "flops", "params", "latency_ms", "train_img_per_s")
 
 def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
               position: tuple[int, int] = (1, 1), parallel_jobs: int = 1, resolved_config: str = "",
-              choices: list[str] = (), echo: Echo = print) -> dict:
+              choices: list[str] = (), echo: Echo = print, label: str = "") -> dict:
     """Own, train, measure and record one validated grid point (its `auto` settings resolved by
     study.device.resolve); returns its outcome (status FINISHED, SKIPPED, FAILED, BUSY or
     UNRECORDED, with the run id and headline metrics)."""
@@ -59,7 +59,7 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
         return outcome | {"status": "BUSY", "owner": owner, "seconds": time.perf_counter() - start}
     try:
         said = _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config,
-                          partial(_say, echo, prefix))
+                          partial(_say, echo, prefix), label)
     finally:
         files.release()
     return outcome | said | {"seconds": time.perf_counter() - start}
@@ -69,7 +69,7 @@ def _say(echo: Echo, prefix: str, text: str) -> None:
     echo(f"{prefix}  {text}")
 
 
-def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config, say) -> dict:
+def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config, say, label) -> dict:
     start = time.perf_counter()
     run_key, key = files.run_key, grid.point_key(study)
     if (legacy := grid.legacy_run_key(study)) and legacy != run_key and (n := tracker.migrate(legacy, run_key, key)):
@@ -89,7 +89,8 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
             "threads": str(threads), **provenance.tags()}
     run_id, resume = _open_run(study, files, tracker, name, params, tags, say)
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
-    train = partial(_train, ds=ds, device=device, memory_format=memory_format)
+    train = partial(_train, ds=ds, device=device, memory_format=memory_format,
+                    label=f"{label} | {prefix}" if label else prefix)
     ckpt = files.checkpoint if study.trainer.checkpoints else None
     artifacts: dict[str, Any] = {"config.yaml": resolved_config}
     epochs = EpochLog(tracker, say)
@@ -251,7 +252,7 @@ def failure_reason(e: BaseException) -> str:
 
 
 def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory_format, sink,
-           evaluate_test: bool = True, **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
+           evaluate_test: bool = True, label: str = "", **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
     """Build and fit the point's model; `resume` passes checkpoint, resume and run_id on."""
     torch.manual_seed(study.seed)
     model = _build(study, ds).to(device, memory_format=memory_format)
@@ -265,7 +266,7 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
                            randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
                          study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test,
-                         **resume)
+                         label=label, **resume)
     return model, fitted
 
 

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from study import config, grid, handoff
+from study import config, grid, handoff, progress
 from study import device as devices
 from study.config import ConfigError
 from study.point import run_point
@@ -41,11 +41,19 @@ def main(cfg: DictConfig) -> list[dict]:
     t = study.tracking
     tracker = mlflow_tracker(t.uri, study.sweep, t.artifact_root, t.retry_s)
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
+    jobs, console = _parallel_jobs(), progress.Console()
+    if jobs > 1:  # step bars of parallel jobs would draw over each other
+        study = dataclasses.replace(study, trainer=dataclasses.replace(study.trainer, progress=False))
+    multirun = hc.mode == RunMode.MULTIRUN
+    label = console.label(Path(hc.sweep.dir), study.sweep) if multirun else ""
     point = partial(run_point, tracker=tracker, device=device, position=_position(), choices=choices,
-                    parallel_jobs=_parallel_jobs(), resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)))
+                    parallel_jobs=jobs, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
+                    echo=console.line, label=label)
     outcomes = [point(dataclasses.replace(study, seed=seed))  # seeds=N: N runs sharing one point key
                 for seed in range(study.seed, study.seed + study.seeds)]
     handoff.write_outcomes(Path(hc.runtime.output_dir), outcomes)
+    if multirun:
+        console.point_ended(Path(hc.sweep.dir), hc.job.num, study.sweep)
     return outcomes
 
 

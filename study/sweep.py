@@ -1,5 +1,6 @@
-"""Hydra callback around a sweep: validates every grid point and opens the store before
-the first job, and prints a summary table of every point when the last one ends."""
+"""Hydra callback around a sweep: validates every grid point, weighs its compute and opens
+the store before the first job; when the last one ends, prints a summary table of every
+point, makes the sweep's report (analysis.auto) and the link that opens its runs."""
 from __future__ import annotations
 
 import copy
@@ -12,16 +13,17 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from study import config, grid, handoff
+from study import config, grid, handoff, progress
 from study.config import ConfigError
 
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        jobs = grid.expand(dict(config.hydra.sweeper.params or {}), list(config.hydra.overrides.task))
+        params = dict(config.hydra.sweeper.params or {})
+        jobs = grid.expand(params, list(config.hydra.overrides.task))
         studies = validate_grid(config, jobs)
         first = studies[0]
-        handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs))
+        handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs), [progress.weight(s) for s in studies])
         from study.redaction import redact, redact_logs
         from study.tracking import check_reachable, mlflow_tracker
 
@@ -35,6 +37,9 @@ class SweepCallback(Callback):
         # Open (and if new, create) the store, experiment and parent run once, before any job.
         t = first.tracking
         self.tracker = mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s)
+        if params:  # a declared grid (make decide's rounds declare none: it describes its own)
+            self.tracker.describe(description(first, config.hydra.job.config_name, params, len(jobs)))
+        self.study = first
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -43,11 +48,45 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         redact_hydra_output(sweep_dir)  # multirun.yaml
         results = handoff.read_outcomes(sweep_dir)
+        progress.Console().end()
         print(summary_table(results), flush=True)
         failed = any(r["status"] in ("FAILED", "UNRECORDED") for r in results)
         self.tracker.close_sweep(failed)
+        if self.study.analysis.auto:
+            print("\n".join(_report(self.study)), flush=True)
+        print(f"browse: {browse_hint(self.study.tracking.uri, self.tracker.experiment_id)}", flush=True)
         if failed:
             sys.exit(1)
+
+
+def _report(study: config.StudyConfig) -> list[str]:
+    """Analyse the sweep (as make analyze); a failure of the analysis never fails the sweep."""
+    from analysis import report
+
+    out = Path(config.project_root(), "reports", study.sweep)
+    try:
+        return report.after_sweep(study.sweep, study.tracking.uri, out, study.analysis.replicates)
+    except Exception as e:  # the points are recorded whatever happens here
+        return [f"report: not made: the analysis failed ({type(e).__name__}: {e}); "
+                f"make analyze SWEEP={study.sweep} shows the whole error"]
+
+
+def browse_hint(uri: str, experiment_id: str) -> str:
+    """The link to the sweep's runs, and what serves it."""
+    from study.tracking import runs_link, ui_base
+
+    link = runs_link(ui_base(uri), experiment_id)
+    return link if uri.startswith("http") else f"make ui, then open {link}"
+
+
+def description(study: config.StudyConfig, sweep_file: str, params: dict, points: int) -> str:
+    """The experiment's description (Markdown, shown above its runs in MLflow's UI)."""
+    axes = "\n".join(f"- `{k}`: {v}" for k, v in params.items()) or "- (no declared axes)"
+    return (f"**Scaling sweep `{study.sweep}`**: {points} grid points on `{study.data.name}`, one child run per "
+            f"point and seed under the parent run `{study.sweep}`.\n\nGrid (`sweeps/{sweep_file}.yaml`):\n{axes}\n\n"
+            f"Rerun (finished points are skipped): `make sweep SWEEP={sweep_file}`. One point: "
+            f"`make point SWEEP={sweep_file} POINT=\"model.width=... model.depth=... data.resolution=... "
+            f"recipe.epochs=...\"`. The report: `reports/{study.sweep}/report.html`, and `report/` on the parent run.")
 
 
 def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.StudyConfig]:

@@ -15,6 +15,11 @@ from typing import Any, Protocol
 from study.redaction import redact, redact_values
 
 PARENT_ROLE = "parent"
+# Each sweep's experiment: named so that none can be taken for MLflow's own `Default`, tagged
+# with its sweep (what analysis looks it up by) and with MLflow 3's kind for model training.
+EXPERIMENT_PREFIX = "sweep/"
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+NOTE_TAG = "mlflow.note.content"
 # Errors that pass: a busy store (SQLite allows one writer at a time: parallel jobs meet
 # 'database is locked') and an unreachable or restarting one (a tracking server, PostgreSQL).
 TRANSIENT_MARKERS = ("database is locked", "database table is locked", "could not obtain lock",
@@ -136,12 +141,34 @@ class MlflowTracker:
         self.parent_id = self._parent()
         self.run_id: str | None = None
 
-    def _experiment(self, name: str, artifact_root: str | None) -> str:
-        found = self.client.get_experiment_by_name(name)
+    def _experiment(self, sweep: str, artifact_root: str | None) -> str:
+        """The sweep's experiment: found, renamed from the bare sweep name earlier versions gave
+        it (its runs and ids unchanged), or created; its tags set each time it is opened."""
+        name = experiment_name(sweep)
+        found = self.client.get_experiment_by_name(name) or self._legacy_experiment(sweep)
         if found is not None:
-            return found.experiment_id
-        location = Path(artifact_root, name).as_uri() if artifact_root else None
-        return self.client.create_experiment(name, artifact_location=location)
+            experiment_id = found.experiment_id
+            if found.name != name:
+                self.client.rename_experiment(experiment_id, name)
+        else:
+            location = Path(artifact_root, sweep).as_uri() if artifact_root else None
+            experiment_id = self.client.create_experiment(name, artifact_location=location)
+        for key, value in {**EXPERIMENT_TAGS, "sweep": sweep}.items():
+            if found is None or found.tags.get(key) != value:
+                self.client.set_experiment_tag(experiment_id, key, value)
+        return experiment_id
+
+    def _legacy_experiment(self, sweep: str):
+        """This sweep's experiment under its bare name, if a parent run shows it is one."""
+        found = self.client.get_experiment_by_name(sweep)
+        if found is None or not self.client.search_runs(
+                [found.experiment_id], f"tags.role = '{PARENT_ROLE}' and tags.sweep = '{sweep}'", max_results=1):
+            return None
+        return found
+
+    def describe(self, text: str) -> None:
+        """The experiment's description, shown above its runs in the UI."""
+        self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, redact(text))
 
     def _parent(self) -> str:
         runs = self.client.search_runs([self.experiment_id], f"tags.role = '{PARENT_ROLE}'",
@@ -261,6 +288,27 @@ class MlflowChild:
         if reason:
             self.client.set_tag(self.run_id, "status_reason", redact(reason)[:5000])
         self.client.set_terminated(self.run_id, status)
+
+
+def experiment_name(sweep: str) -> str:
+    return EXPERIMENT_PREFIX + sweep
+
+
+def ui_base(uri: str, port: int = 5000) -> str:
+    """Where the UI of a store is: a tracking server serves its own; `make ui` serves a
+    file store on 127.0.0.1:PORT."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+    return f"http://127.0.0.1:{port}"
+
+
+def runs_link(base: str, experiment_id: str) -> str:
+    """The link that opens an experiment's runs in MLflow 3's "Model training" mode; without
+    the query the UI opens in its GenAI mode, on a traces overview."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def is_transient(error: BaseException) -> bool:

@@ -54,8 +54,9 @@ def autocast(device: torch.device, precision: str):
 def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, settings: TrainerConfig,
         *, seed: int, sink: EpochSink, device: torch.device, evaluate_test: bool = True,
         checkpoint: Checkpoint | None = None, resume: dict | None = None,
-        run_id: str = "") -> FitResult:
+        run_id: str = "", label: str = "") -> FitResult:
     """Train; with evaluate_test=False (tuning trials) the test split is never touched.
+    `label` is shown in front of the step bar (a terminal only).
     With `checkpoint`, the whole training state is saved after every epoch but the last; `resume` (a
     loaded state) continues from its epoch with every RNG where it was, so the result equals
     an uninterrupted run's in deterministic mode."""
@@ -72,7 +73,7 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
         history, epoch_times, done = _restore(resume, model, optimizer, schedule, ema, generator)
         sink.log_epoch(done, history[-1])  # in case the run died between saving and logging it
     loop_start = time.perf_counter()
-    bar = tqdm(total=recipe.epochs * steps, initial=done * steps, leave=False, unit="step",
+    bar = tqdm(total=recipe.epochs * steps, initial=done * steps, leave=False, unit="step", desc=label or None,
                disable=None if settings.progress else True, dynamic_ncols=True)
     try:
         for epoch in range(done + 1, recipe.epochs + 1):

@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from analysis.load import find_experiment
 from study import config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,5 +52,5 @@ def point_runs(home: Path, sweep: str, uri: str | None = None) -> list:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri or f"sqlite:///{home}/mlflow.db")
-    exp = client.get_experiment_by_name(sweep)
+    exp = find_experiment(client, sweep)
     return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("point_key")]

@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from analysis.load import find_experiment
 from study import config, decide, grid
 from study.config import ConfigError
 from tests.conftest import CONF, ROOT, SWEEPS
@@ -31,7 +32,7 @@ def _finished(home: Path, sweep: str = SWEEP) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{home}/mlflow.db")
-    exp = client.get_experiment_by_name(sweep)
+    exp = find_experiment(client, sweep)
     runs = client.search_runs([exp.experiment_id], "tags.run_key != ''", max_results=1000) if exp else []
     return pd.DataFrame([{"run_id": r.info.run_id, "run_key": r.data.tags["run_key"], "status": r.info.status}
                          for r in runs], columns=["run_id", "run_key", "status"])
@@ -107,7 +108,7 @@ def test_decide_trains_proposals_in_parallel_and_ends_with_the_reports_statement
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name(SWEEP)
+    exp = find_experiment(client, SWEEP)
     parent = client.search_runs([exp.experiment_id], "tags.role = 'parent'")[0].info.run_id
     logged = {f.path for f in client.list_artifacts(parent, "decide")}
     assert {"decide/trace.csv", "decide/trace.png"} <= logged

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis.load import find_experiment
 from tests.conftest import ROOT, point_runs, run_cli
 
 TINY_SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke",
@@ -36,7 +37,7 @@ def _client(home):
 
 def _runs(home):
     client = _client(home)
-    exp = client.get_experiment_by_name("smoke")
+    exp = find_experiment(client, "smoke")
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
@@ -167,7 +168,7 @@ def test_recipe_ablation_ladder_runs_end_to_end_at_smoke_scale(tmp_path):
     assert "12 points: 12 finished, 0 skipped, 0 failed" in result.stdout
     assert "[12/12] w=0.25 d=14 r=12 e=2 ladder=11_random_resized_crop  top1=" in result.stdout
     client = _client(tmp_path)
-    exp = client.get_experiment_by_name("recipe_ablation")
+    exp = find_experiment(client, "recipe_ablation")
     runs = {r.data.tags["mlflow.runName"].split("ladder=")[1]: r
             for r in client.search_runs([exp.experiment_id]) if "ladder=" in r.data.tags.get("mlflow.runName", "")}
     assert len(runs) == 12 and len({r.data.params["point_key"] for r in runs.values()}) == 12
@@ -194,7 +195,7 @@ def test_rerunning_a_point_in_deterministic_mode_repeats_its_metrics_exactly(tmp
         result = run_cli(*point, home=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
     client = _client(tmp_path)
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
+    runs = [r for r in client.search_runs([find_experiment(client, "adhoc").experiment_id])
             if r.data.tags.get("role") != "parent"]
     assert len(runs) == 2
     for run in runs:
