@@ -94,7 +94,8 @@ def decision_rows(decisions: dict) -> list[dict]:
         rows.append(_row(f"Depth or width scaling, {_epochs(e)}", d["winner"], "P(depth better)",
                          d["p_depth_better"]))
         for r, x in d["by_resolution"].items():
-            rows.append(_row(f"  at {r} px", x["winner"], "P(depth better)", x["p_depth_better"]))
+            rows.append(_row(f"Depth or width scaling, {_epochs(e)}, at {r} px", x["winner"], "P(depth better)",
+                             x["p_depth_better"]))
     flip = dvw["flip"]
     if "winners" in flip:
         answer = {True: "flips", False: "does not flip", None: "undecided"}[flip["flips"]]
@@ -192,7 +193,7 @@ def _left_out(excluded: dict[str, int]) -> list[str]:
 def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
     warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
     table = ["| question | answer | decided? | probability |", "|---|---|---|---|",
-             *[f"| {r['question'].strip()} | {r['answer']} | {r['status']} | {r['probability']} |"
+             *[f"| {r['question']} | {r['answer']} | {r['status']} | {r['probability']} |"
                for r in decision_rows(decisions)]]
     parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
              f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",

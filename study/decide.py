@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = first.tracking
     mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s).describe(
-        description(first, a.sweep, dict(cfg.hydra.sweeper.params), len(declared)))
+        description(first, a.sweep, dict(cfg.hydra.sweeper.params), len(declared)) + " Trained adaptively: "
+        f"`make decide SWEEP={a.sweep}` trains only the points that settle its decisions.")
     return run_study(a, first, declared, grid_compute, kind, budget, settings, overrides)
 
 

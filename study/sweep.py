@@ -38,7 +38,7 @@ class SweepCallback(Callback):
         t = first.tracking
         self.tracker = mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s)
         if params:  # a declared grid (make decide's rounds declare none: it describes its own)
-            self.tracker.describe(description(first, config.hydra.job.config_name, params, len(jobs)))
+            self.tracker.describe(description(first, config.hydra.job.config_name, axes(jobs), len(jobs)))
         self.study = first
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
 
@@ -79,11 +79,22 @@ def browse_hint(uri: str, experiment_id: str) -> str:
     return link if uri.startswith("http") else f"make ui, then open {link}"
 
 
-def description(study: config.StudyConfig, sweep_file: str, params: dict, points: int) -> str:
+def axes(jobs: list[list[str]]) -> dict[str, str]:
+    """Each setting the jobs set, with its values in launch order: the grid as launched."""
+    values: dict[str, list[str]] = {}
+    for job in jobs:
+        for override in job:
+            key, _, value = override.partition("=")
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return {k: ",".join(v) for k, v in values.items()}
+
+
+def description(study: config.StudyConfig, sweep_file: str, grid_axes: dict, points: int) -> str:
     """The experiment's description (Markdown, shown above its runs in MLflow's UI)."""
-    axes = "\n".join(f"- `{k}`: {v}" for k, v in params.items()) or "- (no declared axes)"
+    lines = "\n".join(f"- `{k}`: {v}" for k, v in grid_axes.items()) or "- (no axes)"
     return (f"**Scaling sweep `{study.sweep}`**: {points} grid points on `{study.data.name}`, one child run per "
-            f"point and seed under the parent run `{study.sweep}`.\n\nGrid (`sweeps/{sweep_file}.yaml`):\n{axes}\n\n"
+            f"point and seed under the parent run `{study.sweep}`.\n\nGrid (`sweeps/{sweep_file}.yaml`):\n{lines}\n\n"
             f"Rerun (finished points are skipped): `make sweep SWEEP={sweep_file}`. One point: "
             f"`make point SWEEP={sweep_file} POINT=\"model.width=... model.depth=... data.resolution=... "
             f"recipe.epochs=...\"`. The report: `reports/{study.sweep}/report.html`, and `report/` on the parent run.")

@@ -42,10 +42,31 @@ def _runs(home):
 
 
 def test_sweep_prints_a_line_per_point_and_a_summary(swept):
-    _, first = swept
+    home, first = swept
     assert "[1/2] w=0.25 d=14 r=12 e=1  top1=" in first.stdout
     assert "[2/2] w=0.25 d=14 r=12 e=2  top1=" in first.stdout
     assert "2 points: 2 finished, 0 skipped, 0 failed" in first.stdout
+    # Hydra's launch lines are silenced by conf/hydra/hydra_logging/study.yaml: one line per point
+    assert "[HYDRA]" not in first.stdout and "#0 :" not in first.stdout
+    assert len([line for line in first.stdout.splitlines() if line.startswith("[")]) == 2
+    # not on a terminal: the progress as plain lines, the last one when the sweep is done
+    assert "sweep smoke [########################] 2/2 points (2 finished), done in" in first.stdout
+    # too small for any decision: one line instead of a report
+    assert "report: not made: the sweep is too small to decide depth vs width" in first.stdout
+    assert not (home / "reports" / "smoke").exists()
+    experiment = find_experiment(_client(home), "smoke")
+    assert f"browse: make ui, then open http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" \
+           "?workflowType=machine_learning" in first.stdout
+
+
+def test_the_experiment_opens_in_mlflows_model_training_mode(swept):
+    home, _ = swept
+    experiment = find_experiment(_client(home), "smoke")
+    assert experiment.name == "sweep/smoke"  # never mistaken for MLflow's own `Default`
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = experiment.tags["mlflow.note.content"]
+    assert "- `recipe.epochs`: 1,2" in note and "- `model.width`: 0.25" in note  # the grid as launched
+    assert "make sweep SWEEP=smoke" in note and "2 grid points on `synthetic`" in note
 
 
 def test_one_parent_run_with_one_child_per_point(swept):
