@@ -70,18 +70,11 @@ def declared_grid(cfg) -> pd.DataFrame:
 def flops_of(declared: pd.DataFrame, study: config.StudyConfig, num_classes: int, in_chans: int) -> pd.Series:
     """Forward FLOPs of one image of every configuration, counted on the meta device (no
     weights, no compute): what each point will record as `flops`."""
-    import torch
+    from study.progress import forward_flops
 
-    from study import measure, models
-
-    out = {}
-    for d, w, r in declared[["depth", "width", "resolution"]].drop_duplicates().itertuples(index=False):
-        with torch.device("meta"):
-            model = models.build_model(int(d), float(w), num_classes=num_classes, in_chans=in_chans,
-                                       se=study.model.se, se_ratio=study.model.se_ratio,
-                                       resnet_d=study.model.resnet_d)
-        out[(d, w, r)] = measure.complexity(model, int(r), in_chans)["flops"]
-    return pd.Series([out[k] for k in declared[["depth", "width", "resolution"]].itertuples(index=False)],
+    m = study.model
+    return pd.Series([forward_flops(int(d), float(w), int(r), m.se, m.se_ratio, m.resnet_d, num_classes, in_chans)
+                      for d, w, r in declared[["depth", "width", "resolution"]].itertuples(index=False)],
                      index=declared.index, dtype=float)
 
 
