@@ -109,6 +109,8 @@ def test_make_ui_opens_on_the_runs_of_the_sweep(swept, browser, shots, capsys):
         assert not any(name in body() for name in points)  # collapsed under the parent run
         browser.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()
         WebDriverWait(browser, 30).until(lambda d: all(name in body() for name in points))
+        for close in browser.find_elements(By.CSS_SELECTOR, "button[data-component-id$='assistant.chat_panel.close']"):
+            close.click()  # MLflow's assistant panel: more room for the runs in the picture
         _save(browser, shots / "ui_runs.png", capsys)
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
