@@ -88,7 +88,8 @@ def snapshot(sweep_dir: Path, now: float | None = None, without: int | None = No
 
 def bar_text(s: Snapshot, sweep: str) -> str:
     filled = round(BAR_WIDTH * s.done_share)
-    counts = ", ".join(f"{n} {k}" for k, n in s.counts.items()) or "none yet"
+    shown = {k: s.counts.get(k, 0) for k in ("finished", "skipped", "failed")} | s.counts  # the three always
+    counts = ", ".join(f"{n} {k}" for k, n in shown.items())
     return (f"sweep {sweep} [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {s.done}/{s.total} points ({counts}), "
             + (f"done in {duration(s.elapsed_s)}" if s.done >= s.total else
                f"{s.done_share:.0%} of compute, ETA {duration(s.eta_s)}"))

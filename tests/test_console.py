@@ -28,7 +28,7 @@ def test_eta_scales_the_time_spent_by_the_compute_left_and_skipped_points_cost_n
     assert s.done == 2 and s.counts == {"skipped": 1, "finished": 1}
     assert s.done_share == pytest.approx(0.2)
     assert s.eta_s == pytest.approx(10.0 * 8 / 1)  # 10 s bought 1 unit; 8 units are left
-    assert "2/4 points (1 skipped, 1 finished), 20% of compute, ETA 1m20s" in progress.bar_text(s, "x")
+    assert "2/4 points (1 finished, 1 skipped, 0 failed), 20% of compute, ETA 1m20s" in progress.bar_text(s, "x")
 
 
 def test_weights_follow_flops_epochs_and_seeds():
@@ -59,7 +59,8 @@ def test_off_a_terminal_progress_is_a_plain_line_per_tenth_of_the_compute(tmp_pa
         console.point_ended(tmp_path, job, "x")
     lines = out.getvalue().splitlines()
     assert len(lines) == 10 and "\r" not in out.getvalue()
-    assert lines[-1].startswith("sweep x [########################] 20/20 points (20 finished), done in")
+    assert lines[-1].startswith("sweep x [########################] 20/20 points (20 finished, 0 skipped, 0 failed), "
+                                "done in")
 
 
 def test_on_a_terminal_the_bar_is_redrawn_in_place_and_lines_clear_it(tmp_path):

@@ -50,7 +50,8 @@ def test_sweep_prints_a_line_per_point_and_a_summary(swept):
     assert "[HYDRA]" not in first.stdout and "#0 :" not in first.stdout
     assert len([line for line in first.stdout.splitlines() if line.startswith("[")]) == 2
     # not on a terminal: the progress as plain lines, the last one when the sweep is done
-    assert "sweep smoke [########################] 2/2 points (2 finished), done in" in first.stdout
+    assert "sweep smoke [########################] 2/2 points (2 finished, 0 skipped, 0 failed), done in" \
+        in first.stdout
     # too small for any decision: one line instead of a report
     assert "report: not made: the sweep is too small to decide depth vs width" in first.stdout
     assert not (home / "reports" / "smoke").exists()
@@ -104,10 +105,12 @@ def test_every_field_of_the_run_record(swept):
 
 def test_second_sweep_skips_every_finished_point(swept):
     home, _ = swept
-    again = run_cli(*TINY_SWEEP, home=home)
+    again = run_cli(*TINY_SWEEP, "analysis.auto=false", home=home)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped: finished as run") == 2
     assert "0 finished, 2 skipped" in again.stdout
+    assert "2/2 points (0 finished, 2 skipped, 0 failed), done in" in again.stdout
+    assert "report:" not in again.stdout  # analysis.auto=false
     _, runs = _runs(home)
     assert len(runs) == 3  # parent + 2 children, nothing added
 
