@@ -53,7 +53,7 @@ def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int =
     (out / "report.md").write_text(_markdown(sweep, decisions, figures))
     (out / "report.html").write_text(_html(sweep, decisions, figures, configs))
     if log:
-        _log_to_parent(sweep, tracking_uri, out)
+        _log_to_parent(sweep, tracking_uri, out, _decisions_markdown(decisions))
     return decisions
 
 
@@ -190,15 +190,20 @@ def _left_out(excluded: dict[str, int]) -> list[str]:
     return ["Runs left out: " + ", ".join(f"{n} {why.get(k, k)}" for k, n in sorted(excluded.items())) + "."]
 
 
-def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
-    warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
+def _decisions_markdown(decisions: dict) -> str:
+    """The decisions table, then the decisions in sentences."""
     table = ["| question | answer | decided? | probability |", "|---|---|---|---|",
              *[f"| {r['question']} | {r['answer']} | {r['status']} | {r['probability']} |"
                for r in decision_rows(decisions)]]
+    return "\n".join([*table, "", *[f"- {s}" for s in summary(decisions)]])
+
+
+def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
+    warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
     parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
              f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",
              *_left_out(decisions.get("excluded_runs", {})), "",
-             "## Decisions", *table, "", *[f"- {s}" for s in summary(decisions)], "", "## Figures",
+             "## Decisions", _decisions_markdown(decisions), "", "## Figures",
              *[f"![{p.stem}]({p.name})\n\n*{CAPTIONS.get(p.stem, p.stem)}*\n" for p in figures], "",
              "## Warnings", *warnings, "",
              "Tables: `configurations.csv`, `runs.csv`, `scaling_fits.csv`; every decision: `rules.json`."]
@@ -242,7 +247,9 @@ def _clean(obj):
     return obj
 
 
-def _log_to_parent(sweep: str, tracking_uri: str, out: Path) -> None:
+def _log_to_parent(sweep: str, tracking_uri: str, out: Path, note: str) -> None:
+    """The report as artifacts of the sweep's parent run, and its decisions as the run's
+    description (what the UI shows when the parent run is opened)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -250,3 +257,5 @@ def _log_to_parent(sweep: str, tracking_uri: str, out: Path) -> None:
     parents = client.search_runs([exp.experiment_id], "tags.role = 'parent'", max_results=1)
     if parents:
         client.log_artifacts(parents[0].info.run_id, str(out), artifact_path="report")
+        client.set_tag(parents[0].info.run_id, "mlflow.note.content",
+                       f"{note}\n\nThe whole report: artifact `report/report.html`.")

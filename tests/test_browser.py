@@ -85,6 +85,8 @@ def test_the_sweep_ends_with_its_report_and_the_link_to_its_runs(swept):
     parent = client.search_runs([experiment.experiment_id], "tags.role = 'parent'")[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/report.html", "report/rules.json", "report/depth_vs_width.png"}
+    # opening the parent run in the UI shows the decisions
+    assert "| Depth or width scaling, 1 epoch |" in parent.data.tags["mlflow.note.content"]
 
 
 def test_make_ui_opens_on_the_runs_of_the_sweep(swept, browser, shots, capsys):
