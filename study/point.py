@@ -168,7 +168,7 @@ class EpochLog:
         self.paused = False
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.pending.append([epoch, dict(metrics)])
+        self.pending.append([epoch, dict(metrics), int(time.time() * 1000)])  # stamped once: see tracking
         try:
             while self.pending:
                 self.tracker.log_epoch(*self.pending[0])

@@ -35,7 +35,7 @@ EPOCH_RETRY_S = 5.0  # an epoch's metrics wait at most this long before the poin
 class Tracker(Protocol):
     def finished_run(self, run_key: str) -> str | None: ...
     def start_point(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None: ...
     def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any],
                      epochs: list = ()) -> None: ...
     def fail_point(self, reason: str, status: str = "FAILED") -> None: ...
@@ -78,12 +78,12 @@ class NullTracker:
                           "metrics": {}, "artifacts": {}, "status": "RUNNING"})
         return str(len(self.runs))
 
-    def log_epoch(self, epoch, metrics) -> None:
+    def log_epoch(self, epoch, metrics, timestamp_ms=None) -> None:
         self.runs[-1]["epochs"].append((epoch, dict(metrics)))
 
     def finish_point(self, metrics, artifacts, epochs=()) -> None:
         run = self.runs[-1]
-        run["epochs"].extend((e, dict(m)) for e, m in epochs)
+        run["epochs"].extend((e, dict(m)) for e, m, *_ in epochs)
         run.update(metrics=dict(metrics), artifacts=dict(artifacts), status="FINISHED")
         self.finished[run["tags"]["run_key"]] = str(len(self.runs))
 
@@ -194,14 +194,14 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
         return self.run_id
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        _log_metrics(self._epoch_client, self.run_id, metrics, epoch)
+    def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
+        _log_metrics(self._epoch_client, self.run_id, metrics, epoch, timestamp_ms)
 
     def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any], epochs: list = ()) -> None:
-        """Log the epochs still waiting (buffered during an outage), the final metrics and the
-        artifacts, then mark the run FINISHED."""
-        for epoch, epoch_metrics in epochs:
-            self._log_metrics(epoch_metrics, step=epoch)
+        """Log the epochs still waiting (buffered during an outage: [epoch, metrics, timestamp
+        ms]), the final metrics and the artifacts, then mark the run FINISHED."""
+        for epoch, epoch_metrics, *stamp in epochs:
+            _log_metrics(self.client, self.run_id, epoch_metrics, epoch, stamp[0] if stamp else None)
         self._log_metrics(metrics, step=0)
         for path, content in artifacts.items():
             if isinstance(content, str):
@@ -343,10 +343,13 @@ class Retrying:
         return call
 
 
-def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+    """One batch of metrics at `step`. An epoch keeps the timestamp it was first sent with, so a
+    batch sent again after a lost answer (the server took it, then died) is the same metric
+    points, which the store keeps once."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = timestamp_ms or int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 

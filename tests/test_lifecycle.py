@@ -14,7 +14,7 @@ from study import device as devices
 from study.checkpoint import Checkpoint
 from study.point import run_point
 from study.pointfiles import PointFiles
-from study.tracking import NullTracker
+from study.tracking import MlflowTracker, NullTracker
 from tests.conftest import ROOT, TINY, compose_cfg, point_runs, run_cli
 
 CPU = torch.device("cpu")
@@ -41,7 +41,7 @@ class FlakyTracker(NullTracker):
             self.down[method] -= 1
             raise ConnectionError("API request failed: Connection refused")
 
-    def log_epoch(self, epoch, metrics):
+    def log_epoch(self, epoch, metrics, timestamp_ms=None):
         self._maybe_fail("log_epoch")
         super().log_epoch(epoch, metrics)
 
@@ -58,6 +58,25 @@ def test_a_store_outage_during_the_epochs_pauses_logging_not_training(study_home
     assert [e for e, _ in tracker.runs[-1]["epochs"]] == [1, 2, 3]  # every epoch, in order, once
     assert any("logging paused, training goes on" in line for line in lines)
     assert any("logging resumed" in line for line in lines)
+
+
+class LostAnswer(MlflowTracker):
+    """A server that stores an epoch's metrics, then dies before it answers (once)."""
+    lost = 1
+
+    def log_epoch(self, epoch, metrics, timestamp_ms=None):
+        super().log_epoch(epoch, metrics, timestamp_ms)
+        if self.lost:
+            self.lost -= 1
+            raise ConnectionError("Connection reset by peer")
+
+
+def test_an_epoch_the_store_took_before_its_answer_was_lost_is_recorded_once(study_home):
+    tracker = LostAnswer(f"sqlite:///{study_home}/mlflow.db", "lost", retry_s=0)
+    outcome = run_point(tiny("recipe.epochs=3", "sweep=lost"), tracker=tracker, device=CPU, echo=quiet)
+    assert outcome["status"] == "FINISHED"
+    steps = sorted(m.step for m in tracker.client.get_metric_history(outcome["run_id"], "train/loss"))
+    assert steps == [1, 2, 3]  # epoch 1 was sent twice: the same metric points, kept once
 
 
 def test_a_store_failure_after_training_keeps_the_training_and_the_next_run_records_it(study_home):
