@@ -167,8 +167,9 @@ class EpochLog:
         self.pending: list[list] = []
         self.paused = False
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.pending.append([epoch, dict(metrics), int(time.time() * 1000)])  # stamped once: see tracking
+    def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
+        # stamped once (by the trainer, at the epoch's end): sent again, it is the same record
+        self.pending.append([epoch, dict(metrics), timestamp_ms or int(time.time() * 1000)])
         try:
             while self.pending:
                 self.tracker.log_epoch(*self.pending[0])

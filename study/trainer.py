@@ -28,7 +28,9 @@ GUARD_EVERY = 25  # steps between non-finite-loss checks (each check syncs the d
 
 
 class EpochSink(Protocol):
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    # timestamp_ms: when the epoch ended (kept in the checkpoint, so an epoch logged again after
+    # a resume is the same record)
+    def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None: ...
 
 
 class DivergedError(RuntimeError):
@@ -68,10 +70,11 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     ema = recipes.WeightEma(getattr(model, "_orig_mod", model), recipes.ema_step_decay(recipe), recipe.epochs * steps,
                             recipe.ema_horizon) if recipe.ema_decay > 0 else None
     scored = ema.model if ema else model
-    history, epoch_times, done = [], [], 0
+    history, epoch_times, stamps, done = [], [], [], 0
     if resume:
-        history, epoch_times, done = _restore(resume, model, optimizer, schedule, ema, generator)
-        sink.log_epoch(done, history[-1])  # in case the run died between saving and logging it
+        history, epoch_times, stamps, done = _restore(resume, model, optimizer, schedule, ema, generator)
+        # in case the run died between saving and logging it (with its first stamp: logged once)
+        sink.log_epoch(done, history[-1], stamps[-1] if stamps else None)
     loop_start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * steps, initial=done * steps, leave=False, unit="step", desc=label or None,
                disable=None if settings.progress else True, dynamic_ncols=True)
@@ -86,10 +89,11 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
             metrics = {"train/loss": train_loss, "val/top1": val["top1"], "val/top5": val["top5"],
                        "lr": lr, "epoch_time_s": epoch_times[-1]}
             history.append(metrics)
+            stamps.append(int(time.time() * 1000))
             if checkpoint and epoch < recipe.epochs:  # after the last one the point finishes at once
                 checkpoint.save(_state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times,
-                                       run_id))
-            sink.log_epoch(epoch, metrics)
+                                       run_id, stamps))
+            sink.log_epoch(epoch, metrics, stamps[-1])
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{val['top1']:.3f}")
     finally:
         bar.close()
@@ -100,15 +104,15 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     return FitResult(metrics, history, loop_time)
 
 
-def _state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times, run_id) -> dict:
+def _state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times, run_id, stamps) -> dict:
     return {"epoch": epoch, "run_id": run_id, "model": getattr(model, "_orig_mod", model).state_dict(),
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "ema": {"model": ema.model.state_dict(), "step": ema.step} if ema else None,
             "generator": generator.get_state(), "rng": rng_state(),
-            "history": history, "epoch_times": epoch_times}
+            "history": history, "epoch_times": epoch_times, "stamps": stamps}
 
 
-def _restore(state, model, optimizer, schedule, ema, generator) -> tuple[list, list, int]:
+def _restore(state, model, optimizer, schedule, ema, generator) -> tuple[list, list, list, int]:
     getattr(model, "_orig_mod", model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -117,7 +121,8 @@ def _restore(state, model, optimizer, schedule, ema, generator) -> tuple[list, l
         ema.step = state["ema"]["step"]
     generator.set_state(state["generator"])
     set_rng_state(state["rng"])
-    return list(state["history"]), list(state["epoch_times"]), int(state["epoch"])
+    return (list(state["history"]), list(state["epoch_times"]), list(state.get("stamps", [])),  # none: older
+            int(state["epoch"]))
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,

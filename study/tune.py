@@ -81,7 +81,7 @@ class _TrialSink:
     def __init__(self, run, trial: optuna.Trial) -> None:
         self.run, self.trial = run, trial
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
         self.run.log_epoch(epoch, metrics)
         self.trial.report(metrics["val/top1"], epoch)
         if self.trial.should_prune():

@@ -28,7 +28,7 @@ class DieAfter(NullTracker):
         super().__init__()
         self.die_after = epoch
 
-    def log_epoch(self, epoch, metrics) -> None:
+    def log_epoch(self, epoch, metrics, timestamp_ms=None) -> None:
         super().log_epoch(epoch, metrics)
         if epoch == self.die_after:
             raise Interrupt

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from mlflow.tracking import MlflowClient
+
 from tests.conftest import ROOT, point_runs, run_cli
 
 SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke", "model.width=0.25,0.5",
@@ -59,9 +61,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["point_key"] for r in finished) == sorted(expected)  # one each, none lost
     assert len(runs) == 4, "a killed attempt continues in its run; it never leaves a second one"
+    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
     for run in finished:
         for key in COMPARED:
             assert run.data.metrics[key] == expected[run.data.tags["point_key"]][key], key
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+        assert steps == list(range(1, int(run.data.params["recipe.epochs"]) + 1)), "each epoch logged once"
     resumed = sum(int(r.data.tags.get("resumed", "0")) for r in runs)
     restarted = sum(int(r.data.tags.get("restarted", "0")) for r in runs)
     assert resumed >= 1, "at least one kill should land inside a point and be resumed"
