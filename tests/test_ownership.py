@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from study.tracking import EPOCH_RETRY_S
 from tests.conftest import ROOT, TINY, point_runs, run_cli
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,8 @@ def test_a_tracking_server_that_stops_mid_point_and_comes_back_gets_the_full_rec
     try:
         _wait_for_checkpoint(tmp_path, point)  # epoch 1 done and logged
         _stop(server)
-        time.sleep(4)  # epochs go on while nobody answers
+        # epochs go on while nobody answers: longer than an epoch's log waits, so logging pauses
+        time.sleep(EPOCH_RETRY_S + 4)
         server = _mlflow_server(tmp_path, port)
         out, _ = point.communicate(timeout=400)
         assert point.returncode == 0, out[-3000:]
