@@ -33,7 +33,8 @@ def grid_total(sweep_dir: Path) -> int:
 def write_outcomes(job_dir: Path, outcomes: list[dict]) -> None:
     """Atomically: other jobs read it for the sweep's progress while it is written."""
     tmp = Path(job_dir, OUTCOMES_FILE + ".tmp")
-    tmp.write_text(json.dumps(outcomes))
+    ended = time.time()  # for the sweep's ETA (study.progress)
+    tmp.write_text(json.dumps([outcome | {"ended": ended} for outcome in outcomes]))
     tmp.replace(Path(job_dir, OUTCOMES_FILE))
 
 

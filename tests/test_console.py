@@ -3,6 +3,7 @@ opens on (and the rename of experiments earlier versions made), the links `make 
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -29,6 +30,19 @@ def test_eta_scales_the_time_spent_by_the_compute_left_and_skipped_points_cost_n
     assert s.done_share == pytest.approx(0.2)
     assert s.eta_s == pytest.approx(10.0 * 8 / 1)  # 10 s bought 1 unit; 8 units are left
     assert "2/4 points (1 finished, 1 skipped, 0 failed), 20% of compute, ETA 1m20s" in progress.bar_text(s, "x")
+
+
+def test_the_eta_follows_a_power_of_the_weight_fitted_on_the_gaps_between_points(tmp_path):
+    weights = [1.0, 4.0, 9.0, 16.0, 25.0, 36.0, 49.0]
+    handoff.write_grid(tmp_path, 7, weights, started=0.0)
+    ended = 100.0  # the first job's end holds the sweep's start-up: never fitted
+    for job, w in enumerate(weights[:4]):
+        ended += 3.0 * w ** 0.5 if job else 0.0
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / handoff.OUTCOMES_FILE).write_text(
+            json.dumps([{"name": f"p{job}", "status": "FINISHED", "seconds": 1.0, "ended": ended}]))
+    s = progress.snapshot(tmp_path, now=ended)
+    assert s.eta_s == pytest.approx(3.0 * (5 + 6 + 7))  # 3 x sqrt(w) for each point left
 
 
 def test_weights_follow_flops_epochs_and_seeds():
