@@ -35,7 +35,7 @@ CONFIG_COLUMNS = ["epochs", "width", "depth", "resolution", "n_seeds", "error", 
 
 def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int = 0, log: bool = True,
           runs=None) -> dict:
-    runs = runs or load_runs(sweep, tracking_uri)
+    runs = load_runs(sweep, tracking_uri) if runs is None else runs
     if runs.table.empty:
         raise LookupError(f"sweep {sweep!r} has no FINISHED point runs in {tracking_uri}")
     configs = rules.tidy(by_configuration(runs.table))

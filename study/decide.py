@@ -35,7 +35,7 @@ from analysis.load import load_runs
 from analysis.rules import COLUMNS
 from study import config, grid
 from study.config import ConfigError
-from study.sweep import validate_grid
+from study.sweep import axes, description, validate_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 AXES = {k: COLUMNS[k] for k in ("recipe.epochs", "model.depth", "model.width", "data.resolution")}  # -> analysis names
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_sweep(a.sweep, overrides)
         declared = declared_grid(cfg)
         # every declared point checked as the sweep callback checks a sweep's (exits 2 naming them)
-        first = validate_grid(cfg, grid.expand(dict(cfg.hydra.sweeper.params), []))[0]
+        jobs = grid.expand(dict(cfg.hydra.sweeper.params), [])
+        first = validate_grid(cfg, jobs)[0]
         settings = adaptive.Settings(rules=tuple(x.strip() for x in a.rules.split(",") if x.strip()),
                                      order=a.order, jobs=a.jobs)
         try:
@@ -255,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from study.sweep import description
     from study.tracking import mlflow_tracker
 
     t = first.tracking
     mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s).describe(
-        description(first, a.sweep, dict(cfg.hydra.sweeper.params), len(declared)) + " Trained adaptively: "
+        description(first, a.sweep, axes(jobs), len(jobs)) + " Trained adaptively: "
         f"`make decide SWEEP={a.sweep}` trains only the points that settle its decisions.")
     return run_study(a, first, declared, grid_compute, kind, budget, settings, overrides)
 

@@ -15,7 +15,7 @@ OUTCOMES_FILE = "result.json"  # one per job: the outcome dict of each of its po
 
 def write_grid(sweep_dir: Path, total: int, weights: list[float] = (), started: float | None = None) -> None:
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    plan = {"total": total, "weights": list(weights), "started": started or time.time()}
+    plan = {"total": total, "weights": list(weights), "started": time.time() if started is None else started}
     Path(sweep_dir, GRID_FILE).write_text(json.dumps(plan))
 
 

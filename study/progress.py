@@ -59,30 +59,30 @@ class Snapshot:
     done_share: float          # share of the sweep's compute done (skipped points included)
     eta_s: float | None        # seconds to the end, None before anything has trained
     elapsed_s: float           # seconds since the sweep started
+    shares: tuple[float, ...]  # each job's share of the sweep's compute
 
     @property
     def done(self) -> int:
         return sum(self.counts.values())
 
 
-def snapshot(sweep_dir: Path, now: float | None = None, without: int | None = None) -> Snapshot | None:
-    """The sweep's progress from its hand-off files; None when the sweep wrote no weights.
-    `without` leaves one job out (the progress just before it ended)."""
+def snapshot(sweep_dir: Path, now: float | None = None) -> Snapshot | None:
+    """The sweep's progress from its hand-off files; None when the sweep wrote no weights."""
     plan = handoff.read_grid(sweep_dir)
     weights = plan.get("weights")
     if not weights:
         return None
-    outcomes = {job: rows for job, rows in handoff.outcomes_by_job(sweep_dir).items() if job != without}
+    outcomes = handoff.outcomes_by_job(sweep_dir)
     counts: dict[str, int] = {}
     for rows in outcomes.values():
         for row in rows:
             counts[row["status"].lower()] = counts.get(row["status"].lower(), 0) + 1
     total_weight = sum(weights) or 1.0
     done_share = sum(weights[j] for j in outcomes if j < len(weights)) / total_weight
-    now = now or time.time()
+    elapsed = (time.time() if now is None else now) - plan["started"]
     left = [weights[j] for j in range(len(weights)) if j not in outcomes]
-    return Snapshot(plan["total"], counts, done_share, eta(weights, outcomes, left, now - plan["started"]),
-                    now - plan["started"])
+    return Snapshot(plan["total"], counts, done_share, eta(weights, outcomes, left, elapsed), elapsed,
+                    tuple(w / total_weight for w in weights))
 
 
 TRAINED = ("FINISHED", "FAILED", "UNRECORDED")
@@ -94,8 +94,9 @@ def eta(weights: list[float], outcomes: dict[int, list[dict]], left: list[float]
     time holds the sweep's start-up): small points cost mostly what every point costs, and a
     CPU runs big ones at more FLOP/s. Replayed on a default study (54 points, 2 cores): beta
     0.64-0.69, the ETA within 25% of the time left from the fourth point on, where a model
-    linear in the weight was up to 1.7x too long and plain weights up to 3x. Parallel jobs shorten the gaps. Until three such jobs have ended: the time
-    spent so far scaled by the weight left over the weight trained."""
+    linear in the weight was up to 1.7x too long and plain weights up to 3x. Parallel jobs
+    shorten the gaps. Until three such jobs have ended: the time spent so far scaled by the
+    weight left over the weight trained."""
     ended = sorted((rows[0].get("ended", 0.0), job, any(r["status"] in TRAINED for r in rows))
                    for job, rows in outcomes.items() if rows)
     gaps = [(weights[job], t - t0) for (t0, _, _), (t, job, trained) in zip(ended, ended[1:])
@@ -148,8 +149,9 @@ class Console:
             self.stream.write(CLEAR + bar_text(now, sweep)[:shutil.get_terminal_size().columns - 1])
             self.stream.flush()
             return
-        before = snapshot(sweep_dir, without=job)
-        if int(now.done_share * 10) > int(before.done_share * 10) or now.done == now.total:
+        before = now.done_share - (now.shares[job] if job < len(now.shares) else 0.0)
+        tenths = lambda share: int(share * 10 + 1e-9)  # noqa: E731  (a tenth, not float noise)
+        if tenths(now.done_share) > tenths(before) or now.done == now.total:
             self.line(bar_text(now, sweep))
 
     def label(self, sweep_dir: Path, sweep: str) -> str:
