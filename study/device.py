@@ -39,6 +39,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def parallel_jobs(launcher) -> int:
+    """Jobs that run at once on this machine under a Hydra launcher config: the joblib
+    launcher's n_jobs (all cores when -1 or null), else 1."""
+    n_jobs = launcher.get("n_jobs", 1) if "joblib" in str(launcher.get("_target_", "")) else 1
+    return n_jobs if n_jobs and n_jobs > 0 else usable_cores()
+
+
 def threads_for(requested: int, cores: int, parallel_jobs: int) -> int:
     """Intra-op threads of one job: as requested, or its share of the cores."""
     return requested if requested > 0 else max(1, cores // max(1, parallel_jobs))

@@ -40,7 +40,7 @@ from study.models import BLOCKS_PER_STAGE
 KEY_VERSION = 1
 
 NON_SEMANTIC = frozenset({
-    "data.root", "data.download",
+    "data.root", "data.download", "data.loader", "data.memory_budget_gb", "data.workers",
     "trainer.device", "trainer.channels_last", "trainer.compile", "trainer.threads", "trainer.eval_batch_size",
     "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
     "trainer.deterministic", "trainer.checkpoints", "trainer.keep_checkpoints",

@@ -9,13 +9,16 @@ import time
 from pathlib import Path
 
 GRID_FILE = "grid.json"       # {"total": points in the sweep, "weights": each job's compute
-                              # (study.progress), "started": the sweep's start, Unix seconds}
+                              # (study.progress), "started": the sweep's start, Unix seconds,
+                              # "largest_stored": the largest image side stored (study.stream)}
 OUTCOMES_FILE = "result.json"  # one per job: the outcome dict of each of its points (seeds)
 
 
-def write_grid(sweep_dir: Path, total: int, weights: list[float] = (), started: float | None = None) -> None:
+def write_grid(sweep_dir: Path, total: int, weights: list[float] = (), started: float | None = None,
+               largest_stored: int | None = None) -> None:
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    plan = {"total": total, "weights": list(weights), "started": time.time() if started is None else started}
+    plan = {"total": total, "weights": list(weights), "started": time.time() if started is None else started,
+            "largest_stored": largest_stored}
     Path(sweep_dir, GRID_FILE).write_text(json.dumps(plan))
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from study import data, faults, grid, measure, models, provenance, trainer, tune
+from study import data, faults, grid, imagefiles, measure, models, provenance, stream, trainer, tune
 from study import device as devices
 from study.checkpoint import CorruptCheckpoint
 from study.config import StudyConfig
@@ -84,12 +84,14 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
 
     threads = devices.configure(study, parallel_jobs)
     ds = data.prepare(study.data)
+    workers = stream.workers_for(study.data.workers, device, devices.usable_cores(), parallel_jobs) \
+        if ds.streamed else 0
     params = point_params(study) | ds.sizes() | {"point_key": key}
     tags = {"point_key": key, "run_key": run_key, "key_version": str(grid.KEY_VERSION), "device": str(device),
-            "threads": str(threads), **provenance.tags()}
+            "threads": str(threads), **data_tags(study, ds, workers), **provenance.tags()}
     run_id, resume = _open_run(study, files, tracker, name, params, tags, say)
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
-    train = partial(_train, ds=ds, device=device, memory_format=memory_format,
+    train = partial(_train, ds=ds, device=device, memory_format=memory_format, workers=workers,
                     label=f"{label} | {prefix}" if label else prefix)
     ckpt = files.checkpoint if study.trainer.checkpoints else None
     artifacts: dict[str, Any] = {"config.yaml": resolved_config}
@@ -114,10 +116,26 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
         raise
     metrics["point_time_s"] = time.perf_counter() - start
     metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs
+    if study.data.name == "image_folder":
+        metrics["data.unreadable_images"] = len(ds.unreadable)
+    if ds.unreadable:
+        artifacts["unreadable.json"] = dict(sorted(ds.unreadable.items()))
+        say(f"{len(ds.unreadable)} unreadable image(s) skipped, listed in the run's unreadable.json")
     artifacts["record.json"] = {"params": params, "metrics": metrics, "epochs": fitted.epoch_history}
     record = {"run_id": run_id, "name": name, "params": params, "tags": tags, "epochs": epochs.pending,
               "metrics": metrics, "artifacts": artifacts}
     return _record(record, study, files, tracker, say)
+
+
+def data_tags(study: StudyConfig, ds: data.Dataset, workers: int) -> dict[str, str]:
+    """How the data was read: in memory or streamed (and by how many workers), and from which
+    copy (`make prepare-data`)."""
+    tags = {"data.loader": "stream" if ds.streamed else "memory"}
+    if ds.streamed:
+        tags["data.workers"] = str(workers)
+    if copy := imagefiles.prepared(study.data.root if study.data.name == "image_folder" else None):
+        tags |= {"data.prepared_from": str(copy["source"]), "data.prepared_side": str(copy["side"])}
+    return tags
 
 
 def point_params(study: StudyConfig) -> dict[str, Any]:
@@ -253,17 +271,14 @@ def failure_reason(e: BaseException) -> str:
 
 
 def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory_format, sink,
-           evaluate_test: bool = True, label: str = "", **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
+           evaluate_test: bool = True, label: str = "", workers: int = 0, **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
     """Build and fit the point's model; `resume` passes checkpoint, resume and run_id on."""
     torch.manual_seed(study.seed)
     model = _build(study, ds).to(device, memory_format=memory_format)
     if fault := faults.planned(grid.display_name(study)):
         faults.inject(model, fault)
     r = study.recipe
-    d = study.data
-    batcher = data.Batcher(ds, device=device, augment=d.augment, crop_padding=d.crop_padding, crop=d.crop,
-                           padding_mode=d.crop_padding_mode,
-                           crop_scale=d.crop_scale, crop_ratio=d.crop_ratio, memory_format=memory_format,
+    batcher = data.batcher(ds, study.data, device=device, memory_format=memory_format, workers=workers,
                            randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
                          study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test,

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from study import config, grid, handoff, progress
+from study import config, grid, handoff, progress, stream
 from study import device as devices
 from study.config import ConfigError
 from study.point import run_point
@@ -30,21 +30,25 @@ config.register()
 def main(cfg: DictConfig) -> list[dict]:
     hc = HydraConfig.get()
     redact_hydra_output(Path(hc.runtime.output_dir, hc.output_subdir or ".hydra"))
+    jobs, multirun = devices.parallel_jobs(hc.launcher), hc.mode == RunMode.MULTIRUN
     try:
         study = config.validate(cfg)
         device = devices.resolve_device(study.trainer.device)
         study = devices.resolve(study, device)
+        largest = handoff.read_grid(Path(hc.sweep.dir)).get("largest_stored") if multirun else None
+        study, data_path = stream.resolve(study, device, jobs, largest)
         check_reachable(study.tracking.uri)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if not multirun:  # a sweep says it once, for all its points (study.sweep)
+        print(f"data: {data_path}", flush=True)
     t = study.tracking
     tracker = mlflow_tracker(t.uri, study.sweep, t.artifact_root, t.retry_s)
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
-    jobs, console = _parallel_jobs(), progress.Console()
+    console = progress.Console()
     if jobs > 1:  # step bars of parallel jobs would draw over each other
         study = dataclasses.replace(study, trainer=dataclasses.replace(study.trainer, progress=False))
-    multirun = hc.mode == RunMode.MULTIRUN
     label = console.label(Path(hc.sweep.dir), study.sweep) if multirun else ""
     point = partial(run_point, tracker=tracker, device=device, position=_position(), choices=choices,
                     parallel_jobs=jobs, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
@@ -63,13 +67,6 @@ def _position() -> tuple[int, int]:
     if hc.mode != RunMode.MULTIRUN:
         return 1, 1
     return hc.job.num + 1, handoff.grid_total(Path(hc.sweep.dir))
-
-
-def _parallel_jobs() -> int:
-    """Jobs that run at once on this machine: the joblib launcher's n_jobs, else 1."""
-    launcher = HydraConfig.get().launcher
-    n_jobs = launcher.get("n_jobs", 1) if "joblib" in str(launcher.get("_target_", "")) else 1
-    return n_jobs if n_jobs and n_jobs > 0 else devices.usable_cores()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from study import config, grid, handoff, progress
 from study.config import ConfigError
+from study.data import stored_size
 
 
 class SweepCallback(Callback):
@@ -23,7 +24,9 @@ class SweepCallback(Callback):
         jobs = grid.expand(params, list(config.hydra.overrides.task))
         studies = validate_grid(config, jobs)
         first = studies[0]
-        handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs), [progress.weight(s) for s in studies])
+        largest = max(stored_size(s.data) for s in studies)
+        handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs), [progress.weight(s) for s in studies],
+                           largest_stored=largest)
         from study.redaction import redact, redact_logs
         from study.tracking import check_reachable, mlflow_tracker
 
@@ -41,6 +44,7 @@ class SweepCallback(Callback):
             self.tracker.describe(description(first, config.hydra.job.config_name, axes(jobs), len(jobs)))
         self.study = first
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
+        print(f"data: {data_path(first, config, largest)}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from study.redaction import redact_hydra_output
@@ -57,6 +61,18 @@ class SweepCallback(Callback):
         print(f"browse: {browse_hint(self.study.tracking.uri, self.tracker.experiment_id)}", flush=True)
         if failed:
             sys.exit(1)
+
+
+def data_path(study: config.StudyConfig, sweep_cfg: DictConfig, largest_stored: int) -> str:
+    """How the sweep's points read their data (each job decides again on the machine it runs on)."""
+    from study import device as devices, stream
+
+    try:
+        device = devices.resolve_device(study.trainer.device)
+        return stream.resolve(study, device, devices.parallel_jobs(sweep_cfg.hydra.launcher), largest_stored)[1]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _report(study: config.StudyConfig) -> list[str]:

@@ -162,7 +162,9 @@ def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: Trainer
     device = batcher.device
     correct1 = torch.zeros((), device=device, dtype=torch.long)
     correct5 = torch.zeros((), device=device, dtype=torch.long)
+    n = 0  # the images evaluated (a streamed split skips unreadable files)
     for x, y in batcher.evaluate(split, settings.eval_batch_size):
+        n += len(y)
         with autocast(device, settings.precision):
             logits = model(x)
         k = min(5, logits.shape[1])
@@ -170,7 +172,6 @@ def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: Trainer
         hit = top == y[:, None]
         correct1 += hit[:, 0].sum()
         correct5 += hit.any(dim=1).sum()
-    n = len(split)
     return {"top1": correct1.item() / n, "top5": correct5.item() / n}
 
 

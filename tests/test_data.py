@@ -132,7 +132,7 @@ def test_the_whole_image_at_scale_one_and_the_centre_crop_in_evaluation():
     ds = _ramp_dataset(16, 14)
     whole = data.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0, crop="random_resized",
                          crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), memory_format=torch.contiguous_format)
-    x = whole._random_resized(ds.train.images, torch.Generator().manual_seed(0))
+    x = whole.crop(ds.train.images, torch.Generator().manual_seed(0))
     assert x.shape[-2:] == (14, 14)
     # the whole 16 px ramp squeezed into 14 columns: rising, from within its first to within its last step
     row = x[0, 0, 7].long()
@@ -162,7 +162,7 @@ def test_reflect_padding_mirrors_the_border_as_torch_pads():
     ds = data.Dataset("bright", *(data.Split(s.images + 10, s.labels) for s in (ds.train, ds.minival, ds.test)),
                       2, (0.0,) * 3, (1 / 255,) * 3, 8, 8)
     crops = {mode: data.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0.25,
-                                padding_mode=mode)._crop_flip(ds.train.images.expand(64, -1, -1, -1),
+                                padding_mode=mode).crop(ds.train.images.expand(64, -1, -1, -1),
                                                               torch.Generator().manual_seed(0))
              for mode in ("zero", "reflect")}
     assert (crops["zero"] == 0).any() and not (crops["reflect"] == 0).any()  # no black border

@@ -1,0 +1,174 @@
+"""Image folders larger than memory, streamed: `data.loader=stream` (or `auto` over the budget).
+
+The splits stay lists of files (study.imagefiles), drawn exactly as the in-memory path draws
+them. Each batch is a task for PyTorch DataLoader workers: they read and decode its images at
+the stored size (torchvision's decoders), crop and flip them (study.data.Crops, the same code
+as in memory) and hand back a uint8 batch; in the training process it is moved to the device
+(from pinned memory on a GPU), where RandAugment and the normalisation run as in memory.
+
+Randomness is a function of (the training generator, epoch, image index): each epoch draws one
+seed from the point's generator, which orders the epoch, and each image draws its crop and flip
+from its own generator seeded by (that seed, its index). So a point is deterministic whatever the
+number of workers, and resumes at an epoch boundary in the same order (the generator is
+checkpointed). Evaluation decodes the centre crop, in order. Unreadable files are skipped,
+counted and named (Dataset.unreadable).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset as TorchDataset
+
+from study import imagefiles
+from study.config import DataConfig
+from study.data import Batcher, Crops, Dataset, centre, stored_size
+from study.imagefiles import FileSplit
+
+log = logging.getLogger(__name__)
+BYTES_PER_GB = 1e9
+_MIX = (6364136223846793005, 1442695040888963407)
+
+
+# --- which path: memory or stream ----------------------------------------------------------
+
+def memory_budget(d: DataConfig, device: torch.device, jobs: int = 1) -> tuple[float, float | None]:
+    """(host bytes, device bytes or None) the decoded splits of one job may take."""
+    if d.memory_budget_gb is not None:
+        return d.memory_budget_gb * BYTES_PER_GB, d.memory_budget_gb * BYTES_PER_GB
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpu = torch.cuda.get_device_properties(device).total_memory / 2 if device.type == "cuda" else None
+    return ram / 2 / max(1, jobs), gpu
+
+
+def choose_loader(d: DataConfig, *, largest_stored: int | None = None, device: torch.device = torch.device("cpu"),
+                  jobs: int = 1) -> tuple[str, str]:
+    """(memory or stream, why): `auto` keeps the splits in memory when, decoded (once at the
+    set's native size, once at the largest stored size of the sweep) they fit the budget."""
+    if d.loader != "auto":
+        return d.loader, f"data.loader={d.loader}"
+    if d.name != "image_folder":
+        return "memory", f"{d.name} is an array data set"
+    pool, test, _ = imagefiles.listing(str(Path(d.root).expanduser()))
+    n = len(pool) + (len(test) if test else 0)
+    side, stored = imagefiles.first_side(pool), max(largest_stored or 0, stored_size(d))
+    host, device_need = n * 3 * (side ** 2 + stored ** 2), n * 3 * stored ** 2
+    host_budget, device_budget = memory_budget(d, device, jobs)
+    fits = host <= host_budget and (device_budget is None or device_need <= device_budget)
+    what = (f"{n:,} images decoded at {side} px and stored at {stored} px take {host / BYTES_PER_GB:.1f} GB, "
+            f"budget {host_budget / BYTES_PER_GB:.1f} GB")
+    if device_budget is not None:
+        what += f" ({device_need / BYTES_PER_GB:.1f} of {device_budget / BYTES_PER_GB:.1f} GB on the device)"
+    return ("memory", f"in memory: {what}") if fits else ("stream", f"streamed from files: {what}")
+
+
+def resolve(study, device: torch.device, jobs: int = 1, largest_stored: int | None = None):
+    """(the study with data.loader memory or stream, why): before any training; an image folder
+    that cannot be listed is a ConfigError naming data.root."""
+    from dataclasses import replace
+
+    from study.config import ConfigError
+
+    try:
+        loader, why = choose_loader(study.data, largest_stored=largest_stored, device=device, jobs=jobs)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    return replace(study, data=replace(study.data, loader=loader)), why
+
+
+def workers_for(requested: int | None, device: torch.device, cores: int, jobs: int = 1) -> int:
+    """Loader worker processes of one job: as requested, else from its share of the cores: on a
+    GPU all but one (at most 8); on the CPU a quarter (at least 1), the rest train."""
+    if requested is not None:
+        return requested
+    share = max(1, cores // max(1, jobs))
+    return min(8, max(1, share - 1)) if device.type == "cuda" else max(1, share // 4)
+
+
+# --- the workers' side ---------------------------------------------------------------------
+
+def image_seed(epoch_seed: int, index: int) -> int:
+    return (epoch_seed * _MIX[0] + (index + 1) * _MIX[1]) % 2 ** 63
+
+
+class BatchFiles(TorchDataset):
+    """What a loader worker does with one task (train|eval, split name, epoch seed, indices):
+    decode, crop, stack. Returns (uint8 batch, labels, [(path, reason) of unreadable files])."""
+
+    def __init__(self, splits: dict[str, FileSplit], stored: int, crops: Crops):
+        self.splits, self.stored, self.crops = splits, stored, crops
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.splits.values())
+
+    def __getitems__(self, task: tuple) -> tuple:
+        kind, name, epoch_seed, indices = task
+        split = self.splits[name]
+        images, kept, bad = [], [], []
+        for i in indices:
+            path = split.path(i)
+            try:
+                images.append(imagefiles.decode(path, self.stored))
+                kept.append(i)
+            except (OSError, RuntimeError) as e:
+                bad.append((path, imagefiles.unreadable_note(path, e)))
+        labels = split.labels[kept]
+        if not images:
+            return torch.empty(0, 3, self.crops.resolution, self.crops.resolution, dtype=torch.uint8), labels, bad
+        x = torch.stack(images)
+        if kind == "eval":
+            return centre(x, self.crops.resolution).contiguous(), labels, bad
+        drawn = [self.crops.draw(1, self.stored, self.stored, torch.Generator().manual_seed(image_seed(epoch_seed, i)))
+                 for i in kept]
+        params = tuple(torch.cat(p) if p[0] is not None else None for p in zip(*drawn))
+        return self.crops.apply(x, params).contiguous(), labels, bad
+
+
+def _as_is(batch):
+    return batch
+
+
+# --- the training process's side -----------------------------------------------------------
+
+class StreamBatcher(Batcher):
+    """Batcher's interface over FileSplits: batches come from `workers` loader processes."""
+
+    def __init__(self, ds: Dataset, *, workers: int, **settings):
+        super().__init__(ds, **settings)
+        self.workers, self.unreadable = workers, ds.unreadable
+        self.names = {id(ds.train): "train", id(ds.minival): "minival", id(ds.test): "test"}
+        self.files = BatchFiles({"train": ds.train, "minival": ds.minival, "test": ds.test}, ds.stored_resolution,
+                                self.crops)
+
+    def train(self, split: FileSplit, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
+        epoch_seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(epoch_seed))
+        name = self.names[id(split)]
+        tasks = [("train", name, epoch_seed, perm[i * batch_size:(i + 1) * batch_size].tolist())
+                 for i in range(self.steps_per_epoch(split, batch_size))]
+        for x, y in self._batches(tasks):
+            yield self.finish(x, generator), y
+
+    def evaluate(self, split: FileSplit, batch_size: int) -> Iterator[tuple]:
+        name = self.names[id(split)]
+        tasks = [("eval", name, 0, list(range(i, min(i + batch_size, len(split)))))
+                 for i in range(0, len(split), batch_size)]
+        for x, y in self._batches(tasks):
+            yield self.normalise(x), y
+
+    def _batches(self, tasks: list[tuple]) -> Iterator[tuple]:
+        loader = DataLoader(self.files, batch_sampler=tasks, num_workers=self.workers, collate_fn=_as_is,
+                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+        for x, y, bad in loader:
+            self._note(bad)
+            if len(y):
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _note(self, bad: list[tuple[str, str]]) -> None:
+        for path, note in bad:
+            if path not in self.unreadable:
+                self.unreadable[path] = note
+                log.warning("unreadable image skipped: %s", note)
