@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from study import imagefiles
 from study.augment import rand_augment
 from study.config import DataConfig
-from study.imagefiles import FileSplit
+from study.imagefiles import FileSplit, resize_uint8
 
 log = logging.getLogger(__name__)
 STATS_IMAGES = 4096  # training images the per-channel mean and std are measured on
@@ -151,17 +151,7 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 def _resized(ds: Dataset, stored: int, resolution: int) -> Dataset:
     resize = lambda s: Split(resize_uint8(s.images, stored), s.labels)  # noqa: E731
     return Dataset(ds.name, resize(ds.train), resize(ds.minival), resize(ds.test), ds.num_classes,
-                   ds.mean, ds.std, ds.native_resolution, resolution)
-
-
-def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
-    """Antialiased bilinear resize of uint8 N x C x H x W images to size x size."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    out = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear",
-                         antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-           for i in range(0, len(images), chunk)]
-    return torch.cat(out)
+                   ds.mean, ds.std, ds.native_resolution, resolution, unreadable=ds.unreadable)
 
 
 # --- loaders: each returns (training pool, test split or None, number of classes) ---

@@ -6,7 +6,8 @@ Files are listed in sorted order, so a listing, and every split drawn from it, i
 every machine and for either data path (in memory or streamed, study.stream).
 
 An image is decoded as RGB whatever its mode (greyscale, CMYK, palette, alpha), its centre square
-is taken (the shorter side), and the square is resized to the side asked for (antialiased). A file
+is taken (the shorter side), and the square is resized to the side asked for (resize_uint8,
+which the in-memory path resizes with too). A file
 that cannot be read or decoded is reported by path and skipped, never silently.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 TEST_FOLDERS = ("test", "val")  # the test split's folder, in order of preference
+SOURCE_LOCATION = re.compile(r"^[\w ]+, \S+:\d+, ")  # torchvision's "decode_jpeg, /src/x.cpp:171, "
 PREPARED_FILE = "prepared.json"  # written by `make prepare-data` at the root of a resized copy
 
 
@@ -79,11 +83,20 @@ def _list(folder: Path, classes: tuple[str, ...]) -> FileSplit:
     return FileSplit(str(folder), np.array(rel, dtype=np.bytes_), torch.tensor(labels, dtype=torch.long))
 
 
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 N x C x H x W images to size x size."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear",
+                         antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+           for i in range(0, len(images), chunk)]
+    return torch.cat(out)
+
+
 def decode(path: str, side: int | None = None) -> torch.Tensor:
     """The image as uint8 RGB, 3 x S x S: its centre square, resized to `side` when given.
     Raises OSError or RuntimeError for a file that cannot be read or decoded."""
     from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2.functional import resize
 
     # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they still are
     # the fastest JPEG/PNG decoders that come with the pinned set.
@@ -97,7 +110,7 @@ def decode(path: str, side: int | None = None) -> torch.Tensor:
     square = image[:, top:top + s, left:left + s]
     if side is None or side == s:
         return square.contiguous()
-    return resize(square, [side, side], antialias=True)
+    return resize_uint8(square[None], side)[0]
 
 
 def first_side(split: FileSplit) -> int:
@@ -111,7 +124,9 @@ def first_side(split: FileSplit) -> int:
 
 
 def unreadable_note(path: str, error: BaseException) -> str:
-    return f"{path}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+    """`path: what went wrong`, without the decoder's source location."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"{path}: {SOURCE_LOCATION.sub('', text)}"[:300]
 
 
 def report_unreadable(found: dict[str, str], where: str) -> None:
