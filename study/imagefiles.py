@@ -24,8 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 log = logging.getLogger(__name__)
+# torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they still are the
+# fastest JPEG/PNG decoders that come with the pinned set.
+warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 TEST_FOLDERS = ("test", "val")  # the test split's folder, in order of preference
 SOURCE_LOCATION = re.compile(r"^[\w ]+, \S+:\d+, ")  # torchvision's "decode_jpeg, /src/x.cpp:171, "
@@ -96,21 +100,15 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Te
 def decode(path: str, side: int | None = None) -> torch.Tensor:
     """The image as uint8 RGB, 3 x S x S: its centre square, resized to `side` when given.
     Raises OSError or RuntimeError for a file that cannot be read or decoded."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they still are
-    # the fastest JPEG/PNG decoders that come with the pinned set.
-    warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
     image = decode_image(read_file(path), mode=ImageReadMode.RGB)
     if image.ndim == 4:  # an animated GIF: its first frame
         image = image[0]
-    h, w = image.shape[-2:]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    square = image[:, top:top + s, left:left + s]
-    if side is None or side == s:
-        return square.contiguous()
-    return resize_uint8(square[None], side)[0]
+    _, h, w = image.shape
+    if h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        image = image[:, top:top + s, left:left + s].contiguous()
+    return image if side is None or side == image.shape[-1] else resize_uint8(image[None], side)[0]
 
 
 def first_side(split: FileSplit) -> int:

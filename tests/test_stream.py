@@ -213,3 +213,74 @@ def test_a_streamed_sweep_says_how_it_reads_and_records_it(tmp_path):
     again = run_cli(*args, "data.loader=auto", home=tmp_path)
     assert "data: in memory: 91 images decoded at 20 px" in again.stdout, again.stdout
     assert again.stdout.count("skipped: finished as run") == 2
+
+
+# --- on CIFAR-10's JPEG folders (../shared/data): accuracy and memory -------------------------
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory) -> Path:
+    import tarfile
+
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.exists():
+        pytest.skip(f"CIFAR-10 JPEG archive absent ({SHARED_DATA}): it lies beside the project in CI only")
+    out = tmp_path_factory.mktemp("cifar")
+    with tarfile.open(SHARED_DATA) as tar:
+        tar.extractall(out, filter="data")
+    return next(p.parent for p in out.rglob("train") if p.is_dir())
+
+
+def _cifar_top1(root: Path, loader: str, seed: int) -> float:
+    cfg = DataConfig(name="image_folder", root=str(root), resolution=32, minival_fraction=0.02, augment="flip_crop",
+                     crop="pad", eval_crop=1.0, crop_padding_mode="reflect", loader=loader, max_train_images=10000)
+    ds = data.prepare(cfg)
+    torch.manual_seed(seed)
+    model = models.build_model(14, 0.25, num_classes=10).to(memory_format=torch.channels_last)
+    batcher = data.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(0, 0.0), workers=1)
+    sink = NullTracker()
+    sink.start_point("t", {}, {"point_key": "k"})
+    recipe = RecipeConfig(epochs=4, batch_size=128, warmup_epochs=0.5, lr_per_256=0.2)
+    return trainer.fit(model, ds, batcher, recipe, TrainerConfig(progress=False), seed=seed, sink=sink,
+                       device=CPU).metrics["top1"]
+
+
+@pytest.mark.slow
+def test_a_streamed_cifar_point_reaches_the_in_memory_top1_within_seed_noise(cifar):
+    memory = [_cifar_top1(cifar, "memory", seed) for seed in (0, 1)]
+    streamed = [_cifar_top1(cifar, "stream", seed) for seed in (0, 1)]
+    noise = max(3 * abs(memory[0] - memory[1]), 0.015)  # seeds' spread, at least 1.5 points (10k test images)
+    gap = abs(sum(streamed) / 2 - sum(memory) / 2)
+    print(f"top-1 in memory {memory}, streamed {streamed}: gap {gap:.4f}, allowed {noise:.4f}")
+    assert min(memory) > 0.4 and gap <= noise
+
+
+def _peak_mb(root: Path, loader: str) -> float:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "tests.rss_probe", str(root), loader], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=True)
+    return json.loads(done.stdout.splitlines()[-1])["peak_mb"]
+
+
+def _repeated(cifar: Path, out: Path, copies: int) -> Path:
+    """500 training images a class, each linked `copies` times under other names."""
+    for c in sorted(p for p in (cifar / "train").iterdir()):
+        (out / c.name).mkdir(parents=True)
+        for f in sorted(c.iterdir())[:500]:
+            for r in range(copies):
+                (out / c.name / f"{r}_{f.name}").symlink_to(f)
+    return out
+
+
+@pytest.mark.slow
+def test_streamed_memory_stays_flat_as_the_data_grows_tenfold(cifar, tmp_path):
+    one, ten = _repeated(cifar, tmp_path / "x1", 1), _repeated(cifar, tmp_path / "x10", 10)
+    streamed = {n: _peak_mb(root, "stream") for n, root in ((1, one), (10, ten))}
+    memory = {n: _peak_mb(root, "memory") for n, root in ((1, one), (10, ten))}
+    print(f"peak MB (PSS, process and workers) streamed {streamed}, in memory {memory}")
+    assert streamed[10] - streamed[1] < 200
+    assert memory[10] - memory[1] > 45_000 * 3 * 32 * 32 / 2 ** 20  # the probe sees the 45,000 decoded images
