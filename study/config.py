@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from study import imagefiles
 from study.models import BLOCKS_PER_STAGE, DROP_PATH_RULES
 from study.regularization import register_resolvers
 
@@ -385,12 +386,24 @@ def _is_setting(study: StudyConfig, path: str) -> bool:
     return path in flatten(study) and not path.startswith(("tune.", "tracking.", "trainer."))
 
 
+def stored_size(d: DataConfig) -> int:
+    """The side images are stored at: resolution / eval_crop (ImageNet: 224 / 0.875 = 256), so
+    evaluation's centre crop is the resolution exactly and random-resized crops draw from the
+    larger image."""
+    eval_crop = d.eval_crop if d.eval_crop is not None else 1.0
+    return round(d.resolution / eval_crop)
+
+
 def _data_folder_checks(d: DataConfig):
     if d.name == "image_folder":
         if not d.root:
             yield "data.root", d.root, "image_folder needs the folder of class sub-folders"
         elif not Path(d.root).expanduser().is_dir():
             yield "data.root", d.root, "folder does not exist"
+        elif (copy := imagefiles.prepared(d.root)) and (side := copy["side"]) < stored_size(d):
+            yield "data.root", d.root, (f"a copy prepared at shorter side {side} px (make prepare-data); this point "
+                                        f"stores images at {stored_size(d)} px (data.resolution / data.eval_crop): "
+                                        "prepare a copy at that side or more, or train on the original")
     if d.name in ("cifar10", "cifar100") and not d.download:
         if not d.root or not Path(d.root).expanduser().is_dir():
             yield "data.root", d.root, f"{d.name} needs an existing folder, or data.download=true"

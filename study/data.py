@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from study import imagefiles
 from study.augment import rand_augment
-from study.config import DataConfig
+from study.config import DataConfig, stored_size  # noqa: F401  (stored_size: part of data's interface)
 from study.imagefiles import FileSplit, resize_uint8
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,6 @@ def prepare(cfg: DataConfig) -> Dataset:
     if ds.streamed:
         return replace(ds, resolution=cfg.resolution, stored=stored_size(cfg), unreadable=ds.unreadable)
     return _resized(ds, stored_size(cfg), cfg.resolution)
-
-
-def stored_size(cfg: DataConfig) -> int:
-    """resolution / eval_crop (ImageNet: 224 / 0.875 = 256): evaluation's centre crop is then
-    the resolution exactly, and random-resized crops draw from the larger image."""
-    eval_crop = cfg.eval_crop if cfg.eval_crop is not None else 1.0
-    return round(cfg.resolution / eval_crop)
 
 
 def _source_key(cfg: DataConfig) -> DataConfig:

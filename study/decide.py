@@ -44,13 +44,16 @@ GROUP = "decide_point"
 
 # --- the declared grid -------------------------------------------------------------------
 
-def compose_sweep(sweep_file: str, overrides: list[str]):
+def compose_sweep(sweep_file: str, overrides: list[str], within=None):
+    """The sweep's composed config (with its hydra node); `within(cfg)`'s value instead when
+    given, called while Hydra is initialised (to compose its points)."""
     from hydra import compose, initialize_config_dir
 
     config.register()
     with initialize_config_dir(config_dir=str(ROOT / "sweeps"), version_base="1.3"):
-        return compose(config_name=sweep_file, overrides=[f"hydra.searchpath=[file://{ROOT}/conf]", *overrides],
-                       return_hydra_config=True)
+        cfg = compose(config_name=sweep_file, overrides=[f"hydra.searchpath=[file://{ROOT}/conf]", *overrides],
+                      return_hydra_config=True)
+        return within(cfg) if within else cfg
 
 
 def declared_grid(cfg) -> pd.DataFrame:

@@ -284,3 +284,49 @@ def test_streamed_memory_stays_flat_as_the_data_grows_tenfold(cifar, tmp_path):
     print(f"peak MB (PSS, process and workers) streamed {streamed}, in memory {memory}")
     assert streamed[10] - streamed[1] < 200
     assert memory[10] - memory[1] > 45_000 * 3 * 32 * 32 / 2 ** 20  # the probe sees the 45,000 decoded images
+
+
+# --- make prepare-data -------------------------------------------------------------------
+
+def test_a_prepared_copy_lists_the_same_files_smaller_and_is_recorded(tmp_path):
+    from study import prepare
+    from study.grid import point_key
+    from tests.conftest import compose_cfg
+
+    source = image_folder(tmp_path / "src", classes=2, per_class=8, shapes=((60, 40), (20, 20)))
+    (source / "train" / "n00000001" / "zz_broken.JPEG").write_bytes(b"\xff\xd8 truncated")
+    dest = tmp_path / "copy"
+    assert prepare.main(["--source", str(source), "--dest", str(dest), "--side", "24"]) == 0
+    before, after = imagefiles.listing(str(source)), imagefiles.listing(str(dest))
+    assert [s.paths.tolist() for s in before[:2]] == [s.paths.tolist() for s in after[:2]]  # the same splits
+    big = after[0].path(0)
+    assert imagefiles.decode(big).shape[-1] == 24 and Path(big).read_bytes()[:2] == b"\xff\xd8"  # still a JPEG
+    assert (dest / "train/n00000001/zz_broken.JPEG").read_bytes() == b"\xff\xd8 truncated"
+    manifest = json.loads((dest / "prepared.json").read_text())
+    assert (manifest["source"], manifest["side"], manifest["images"]) == (str(source.resolve()), 24, 21)
+    assert [Path(p).name for p in manifest["unreadable"]] == ["zz_broken.JPEG"]
+    stamp = Path(big).stat().st_mtime_ns
+    assert prepare.main(["--source", str(source), "--dest", str(dest), "--side", "24"]) == 0
+    assert Path(big).stat().st_mtime_ns == stamp  # run again: what was written whole stays
+    assert prepare.main(["--source", str(source), "--dest", str(dest), "--side", "32"]) == 2  # another side
+
+    on_copy = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={dest}", "data.resolution=20"]))
+    on_source = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={source}",
+                                                       "data.resolution=20"]))
+    assert point_key(on_copy) == point_key(on_source)
+    from study.point import data_tags
+
+    tags = data_tags(on_copy, data.prepare(on_copy.data), 0)
+    assert tags["data.prepared_from"] == str(source.resolve()) and tags["data.prepared_side"] == "24"
+    with pytest.raises(ConfigError, match=r"data.root=.*a copy prepared at shorter side 24 px .* stores images at "
+                                          r"32 px"):
+        config.validate(compose_cfg("config", ["data=image_folder", f"data.root={dest}", "data.resolution=32"]))
+
+
+def test_prepare_data_takes_its_side_from_a_sweep(tmp_path):
+    from study import prepare
+
+    source = image_folder(tmp_path / "src", classes=2, per_class=4)
+    # sweeps/cifar10_cpu.yaml: 16 and 32 px, whole images stored (eval_crop 1): 32 x 1.15 -> 37
+    assert prepare.side_for_sweep("cifar10_cpu", [f"data.root={source}"]) == 37
+    assert prepare.main(["--source", str(tmp_path / "nope"), "--dest", str(tmp_path / "d"), "--side", "9"]) == 2
