@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -31,6 +32,9 @@ from study.imagefiles import FileSplit
 log = logging.getLogger(__name__)
 BYTES_PER_GB = 1e9
 _MIX = (6364136223846793005, 1442695040888963407)
+# Workers are started by the standard library whatever process runs the point: inside the joblib
+# launcher's loky workers the default context is loky's, which cannot start them.
+WORKER_START = "fork" if sys.platform == "linux" else "spawn"
 
 
 # --- which path: memory or stream ----------------------------------------------------------
@@ -161,7 +165,8 @@ class StreamBatcher(Batcher):
 
     def _batches(self, tasks: list[tuple]) -> Iterator[tuple]:
         loader = DataLoader(self.files, batch_sampler=tasks, num_workers=self.workers, collate_fn=_as_is,
-                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
+                            multiprocessing_context=WORKER_START if self.workers else None)
         for x, y, bad in loader:
             self._note(bad)
             if len(y):

@@ -188,7 +188,8 @@ def test_bad_loader_settings_are_named_before_training(tmp_path):
 
 def test_a_streamed_sweep_says_how_it_reads_and_records_it(tmp_path):
     """The CLI as a user runs it: a 2-point sweep over an image folder with a broken file,
-    forced to stream; then the same sweep in memory skips both points (same point keys)."""
+    forced to stream, its points in parallel (JOBS=2: loader workers started from the joblib
+    launcher's own workers); then the same sweep in memory skips both points (same point keys)."""
     from mlflow.tracking import MlflowClient
 
     from tests.conftest import point_runs, run_cli
@@ -198,7 +199,8 @@ def test_a_streamed_sweep_says_how_it_reads_and_records_it(tmp_path):
     args = ["--multirun", "data=image_folder", f"data.root={root}", "data.resolution=16", "model.depth=14",
             "model.width=0.25,0.5", "recipe.epochs=3", "recipe.warmup_epochs=0.5", "recipe.batch_size=16", "trainer.latency_repeats=2",
             "trainer.progress=false", "sweep=streamed", "analysis.auto=false"]
-    done = run_cli(*args, "data.loader=stream", "data.workers=1", home=tmp_path)
+    done = run_cli(*args, "data.loader=stream", "data.workers=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   home=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "data: data.loader=stream" in done.stdout
     assert "1 unreadable image(s) skipped, listed in the run's unreadable.json" in done.stdout
