@@ -14,7 +14,7 @@ LAUNCH := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jo
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep decide point tune ui server analyze recommend prepare-data test test-quick bench clean
+.PHONY: help setup sweep decide point tune ui server analyze recommend measure prepare-data test test-quick bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEE
 
 recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6)
 	$(PY) -m analysis recommend --sweep $(SWEEP) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS))
+
+measure: setup ## measure a finished sweep's points alone (training step at batch <= 128): make measure SWEEP=default [DEVICE=cuda] [FORCE=1: again, on this machine]
+	$(PY) -m study.alone --sweep $(SWEEP) --store $(or $(STORE),sqlite:///$(STORE_DIR)/mlflow.db) --device $(or $(DEVICE),auto) $(if $(FORCE),--force)
 
 prepare-data: setup ## resized copy of an image folder: make prepare-data SRC=/data/imagenet DST=/data/imagenet_small SWEEP=resnet_rs_paper (or SIDE=296)
 	$(PY) -m study.prepare --source $(SRC) --dest $(DST) $(if $(SIDE),--side $(SIDE),--sweep $(SWEEP)) $(ARGS)

@@ -42,6 +42,7 @@ def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int =
     decisions = rules.decide(configs, replicates, seed)
     fits = decisions.pop("_fits")
     decisions["excluded_runs"] = runs.excluded
+    decisions["latency"] = runs.latency
     out.mkdir(parents=True, exist_ok=True)
     figures = [plots.error_vs_cost(configs, out), plots.depth_vs_width(configs, out),
                plots.resolution(configs, decisions, out), plots.latency(configs, out), plots.edf(configs, out),
@@ -202,7 +203,8 @@ def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
     warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
     parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
              f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",
-             *_left_out(decisions.get("excluded_runs", {})), "",
+             *_left_out(decisions.get("excluded_runs", {})),
+             *([f"Latency: {decisions['latency']}."] if decisions.get("latency") else []), "",
              "## Decisions", _decisions_markdown(decisions), "", "## Figures",
              *[f"![{p.stem}]({p.name})\n\n*{CAPTIONS.get(p.stem, p.stem)}*\n" for p in figures], "",
              "## Warnings", *warnings, "",

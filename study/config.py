@@ -135,6 +135,8 @@ class TrainerConfig:
     eval_batch_size: int = 512      # images per evaluation batch, >= 1
     latency_batch_size: int = 32    # batch of the inference-latency measurement, >= 1
     latency_repeats: int = 10       # timed repeats (median reported), >= 1
+    measure_alone: bool = True      # when a sweep's last point has ended, measure each finished point's
+                                    # training step alone on all cores (study.alone: step_latency_ms)
     progress: bool = True           # a progress bar within each point (on a terminal)
     deterministic: bool = False     # deterministic kernels: rerunning a point repeats its metrics
     checkpoints: bool = True        # save the training state after every epoch; a rerun resumes

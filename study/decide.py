@@ -140,7 +140,7 @@ def round_args(sweep_file: str, names: list[str], folder: Path, jobs: int, overr
         ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     return ["--multirun", "--config-dir", str(ROOT / "sweeps"), "--config-name", sweep_file,
             "hydra.sweeper.params=null", f"hydra.searchpath=[file://{folder}]", f"+{GROUP}={','.join(names)}",
-            "analysis.auto=false", *launch, *overrides]  # the report is made once, at the end
+            "analysis.auto=false", "trainer.measure_alone=false", *launch, *overrides]  # both once, at the end
 
 
 def train_round(args: list[str]) -> int:
@@ -315,6 +315,10 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
             print(f"error: the round's sweep failed twice in a row (exit {rc}); fix the failing points "
                   "(see the table above) and run make decide again", file=sys.stderr)
             return 1
+    if first.trainer.measure_alone:
+        from study import alone
+
+        print(alone.after_sweep(tracker, first.trainer.device))
     decisions = report.build(first.sweep, uri, out, 1000, 0, True)
     _log_trace(trace, out / "decide", tracker)
     print(trace_text(trace))

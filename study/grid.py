@@ -42,7 +42,7 @@ KEY_VERSION = 1
 NON_SEMANTIC = frozenset({
     "data.root", "data.download", "data.loader", "data.memory_budget_gb", "data.workers",
     "trainer.device", "trainer.channels_last", "trainer.compile", "trainer.threads", "trainer.eval_batch_size",
-    "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress",
+    "trainer.latency_batch_size", "trainer.latency_repeats", "trainer.progress", "trainer.measure_alone",
     "trainer.deterministic", "trainer.checkpoints", "trainer.keep_checkpoints",
     "tracking.uri", "tracking.artifact_root", "tracking.retry_s",
     "sweep", "force", "vars", "seeds", "tune.storage", "analysis.auto", "analysis.replicates",

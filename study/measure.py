@@ -103,3 +103,73 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     except (OSError, StopIteration):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         return {"peak_mem_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+
+
+STEP_BATCH_MAX = 128  # the paper's latency batch: the largest up to 128 that fits
+
+
+def training_step_latency(model: nn.Module, resolution: int, in_chans: int, num_classes: int, *,
+                          repeats: int = 5, warmup: int = 2, batch_max: int = STEP_BATCH_MAX,
+                          memory_format: torch.memory_format = torch.contiguous_format,
+                          autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """The paper's latency: wall time of one training step (forward, backward, SGD update) at
+    the largest batch up to `batch_max` that fits (halved on out-of-memory), synchronised,
+    after warm-up; the median of `repeats`, with min and max. Changes the model's weights:
+    give it a model built for measuring, not the trained one."""
+    device = next(model.parameters()).device
+    batch = batch_max
+    while True:
+        try:
+            times = _step_times(model, resolution, in_chans, num_classes, batch, repeats, warmup, memory_format,
+                                autocast_dtype, device)
+            break
+        except (torch.OutOfMemoryError, MemoryError):
+            if batch == 1:
+                raise
+            batch //= 2
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    median_ms = statistics.median(times) * 1e3
+    return {"step_latency_ms": median_ms, "step_latency_min_ms": min(times) * 1e3,
+            "step_latency_max_ms": max(times) * 1e3, "step_batch": batch, "step_img_per_s": batch / median_ms * 1e3}
+
+
+def _step_times(model, resolution, in_chans, num_classes, batch, repeats, warmup, memory_format, autocast_dtype,
+                device) -> list[float]:
+    x = torch.randn(batch, in_chans, resolution, resolution, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    times = []
+    for i in range(warmup + repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def machine(device: torch.device) -> dict[str, str]:
+    """What a measurement ran on: CPU model and ISA flags that matter for speed, GPU, threads."""
+    cpu, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    out = {"measure.cpu": cpu, "measure.isa": " ".join(isa) or "unknown", "measure.threads": str(torch.get_num_threads()),
+           "measure.device": str(device)}
+    if device.type == "cuda":
+        out["measure.gpu"] = torch.cuda.get_device_name(device)
+    return out

@@ -56,6 +56,10 @@ class SweepCallback(Callback):
         print(summary_table(results), flush=True)
         failed = any(r["status"] in ("FAILED", "UNRECORDED") for r in results)
         self.tracker.close_sweep(failed)
+        if self.study.trainer.measure_alone:  # the jobs have ended: the machine is the phase's alone
+            from study import alone
+
+            print(alone.after_sweep(self.tracker, self.study.trainer.device), flush=True)
         if self.study.analysis.auto:
             print("\n".join(_report(self.study)), flush=True)
         print(f"browse: {browse_hint(self.study.tracking.uri, self.tracker.experiment_id)}", flush=True)

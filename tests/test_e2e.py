@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -101,6 +102,30 @@ def test_every_field_of_the_run_record(swept):
         assert {"config.yaml", "record.json"} <= artifacts
         record = json.loads(open(client.download_artifacts(run.info.run_id, "record.json")).read())
         assert record["metrics"]["top1"] == pytest.approx(m["top1"])
+
+
+def test_every_point_is_measured_alone_when_the_sweep_ends(swept, tmp_path):
+    """The measurement phase (study.alone): the training step of each architecture, alone, on
+    every finished point run; analysis reads it as the latency; make measure measures again."""
+    from analysis.load import LATENCY_ALONE, load_runs
+
+    home, first = swept
+    # one architecture (1 and 2 epochs share it), measured once, logged on both points
+    assert "measured alone: 1 architecture(s) of 2 point run(s) in" in first.stdout
+    client, runs = _runs(home)
+    points = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len({r.data.metrics["step_latency_ms"] for r in points}) == 1
+    for run in points:
+        assert run.data.metrics["step_batch"] == 128 and run.data.metrics["step_latency_ms"] > 0
+        assert run.data.tags["measure.threads"] and run.data.tags["measure.cpu"]
+    loaded = load_runs("smoke", f"sqlite:///{home}/mlflow.db")
+    assert loaded.latency == LATENCY_ALONE
+    assert (loaded.table["latency_ms"] == loaded.table["step_latency_ms"]).all()
+    again = subprocess.run([sys.executable, "-m", "study.alone", "--sweep", "smoke", "--store",
+                            f"sqlite:///{home}/mlflow.db", "--force"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0 and "measured 1 architecture(s) of 2 point run(s) of smoke alone" in again.stdout
+    history = client.get_metric_history(points[0].info.run_id, "step_latency_ms")
+    assert len(history) == 2  # measured again on this machine: the latest value is the run's
 
 
 def test_second_sweep_skips_every_finished_point(swept):

@@ -26,3 +26,26 @@ def test_latency_reports_median_and_batch_size():
     assert lat["latency_batch"] == 4 and lat["latency_ms"] > 0
     assert lat["inference_img_per_s"] == __import__("pytest").approx(4 / (lat["latency_ms"] / 1e3))
     assert measure.peak_memory_mb(torch.device("cpu"))["peak_mem_mb"] > 10
+
+
+def test_the_training_step_latency_is_at_the_largest_batch_up_to_128_that_fits(monkeypatch):
+    model = models.build_model(14, 0.25, num_classes=10, in_chans=1)
+    step = measure.training_step_latency(model, 12, 1, 10, repeats=3, warmup=1)
+    assert step["step_batch"] == 128
+    assert step["step_latency_min_ms"] <= step["step_latency_ms"] <= step["step_latency_max_ms"]
+    assert step["step_img_per_s"] == __import__("pytest").approx(128 / step["step_latency_ms"] * 1e3)
+    real = measure._step_times
+
+    def small_device(model, resolution, in_chans, num_classes, batch, *rest):
+        if batch > 40:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return real(model, resolution, in_chans, num_classes, batch, *rest)
+
+    monkeypatch.setattr(measure, "_step_times", small_device)
+    assert measure.training_step_latency(model, 12, 1, 10, repeats=2, warmup=1)["step_batch"] == 32
+
+
+def test_a_measurement_names_its_machine():
+    m = measure.machine(torch.device("cpu"))
+    assert {"measure.cpu", "measure.isa", "measure.threads", "measure.device"} <= m.keys()
+    assert m["measure.device"] == "cpu" and int(m["measure.threads"]) >= 1
