@@ -18,6 +18,8 @@ this one run, on this machine, so it is comparable across machines.
    the same simulated studies (100 per truth family): right and wrong decisions, compute.
 8. stream (benchmarks/stream_bench.py): the streaming input pipeline's images/s against the
    training step's on CIFAR-10's JPEG folders, and the decode rate.
+9. latency (benchmarks/latency_bench.py): the latency a JOBS=2 sweep records against a JOBS=1
+   sweep's for the same points, in-job and measured alone (study.alone).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from study.point import run_point
 from study.tracking import MlflowTracker
 from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_calibration
 from benchmarks.speed import bench_speed
+from benchmarks.latency_bench import bench_latency
 from benchmarks.stream_bench import bench_stream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +49,7 @@ CPU = torch.device("cpu")
 
 
 class _Sink:
-    def log_epoch(self, epoch, metrics):
+    def log_epoch(self, epoch, metrics, timestamp_ms=None):
         pass
 
 
@@ -162,7 +165,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
-                                     "adaptive", "stream"],
+                                     "adaptive", "stream", "latency"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -171,7 +174,7 @@ def main(argv=None) -> None:
     benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
                "skip": bench_skip, "speed": bench_speed, "analysis": bench_analysis,
                "calibration": bench_calibration, "adaptive": bench_adaptive,
-               "stream": bench_stream}
+               "stream": bench_stream, "latency": bench_latency}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, channels_last, MNIST sample")
     print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
     for name in args.only or benches:

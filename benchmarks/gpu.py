@@ -22,7 +22,7 @@ WARMUP_STEPS = 10
 
 
 class _Sink:
-    def log_epoch(self, epoch, metrics):
+    def log_epoch(self, epoch, metrics, timestamp_ms=None):
         pass
 
 

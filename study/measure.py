@@ -109,7 +109,7 @@ STEP_BATCH_MAX = 128  # the paper's latency batch: the largest up to 128 that fi
 
 
 def training_step_latency(model: nn.Module, resolution: int, in_chans: int, num_classes: int, *,
-                          repeats: int = 5, warmup: int = 2, batch_max: int = STEP_BATCH_MAX,
+                          repeats: int = 10, warmup: int = 3, batch_max: int = STEP_BATCH_MAX,
                           memory_format: torch.memory_format = torch.contiguous_format,
                           autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """The paper's latency: wall time of one training step (forward, backward, SGD update) at
