@@ -12,7 +12,7 @@ import pandas as pd
 FINAL_METRICS = ("top1", "top5", "error", "minival/top1", "minival/top5", "flops", "params",
                  "activations", "latency_ms", "latency_batch", "train_step_ms", "train_img_per_s",
                  "peak_mem_mb", "train_time_s", "step_latency_ms", "step_latency_min_ms", "step_latency_max_ms",
-                 "step_batch", "step_img_per_s")
+                 "step_batch", "step_img_per_s", "step_peak_mem_mb")
 LATENCY_ALONE = "the training step at batch <= 128, measured alone (step_latency_ms)"
 LATENCY_IN_JOB = ("inference at batch 32, measured in each job beside the sweep's other jobs (latency_ms); "
                   "make measure SWEEP={sweep} measures the training step alone")

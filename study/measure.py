@@ -7,6 +7,8 @@ repeats, and records the batch size it was measured at.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import statistics
 import sys
@@ -114,14 +116,14 @@ def training_step_latency(model: nn.Module, resolution: int, in_chans: int, num_
                           autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """The paper's latency: wall time of one training step (forward, backward, SGD update) at
     the largest batch up to `batch_max` that fits (halved on out-of-memory), synchronised,
-    after warm-up; the median of `repeats`, with min and max. Changes the model's weights:
-    give it a model built for measuring, not the trained one."""
+    after warm-up; the median of `repeats`, with min and max; and the memory of one such step
+    (step_peak_memory_mb). Changes the model's weights: give it a model built for measuring."""
     device = next(model.parameters()).device
     batch = batch_max
     while True:
         try:
-            times = _step_times(model, resolution, in_chans, num_classes, batch, repeats, warmup, memory_format,
-                                autocast_dtype, device)
+            step = _training_step(model, resolution, in_chans, num_classes, batch, memory_format, autocast_dtype)
+            times = _step_times(step, device, repeats, warmup)
             break
         except (torch.OutOfMemoryError, MemoryError):
             if batch == 1:
@@ -131,29 +133,84 @@ def training_step_latency(model: nn.Module, resolution: int, in_chans: int, num_
                 torch.cuda.empty_cache()
     median_ms = statistics.median(times) * 1e3
     return {"step_latency_ms": median_ms, "step_latency_min_ms": min(times) * 1e3,
-            "step_latency_max_ms": max(times) * 1e3, "step_batch": batch, "step_img_per_s": batch / median_ms * 1e3}
+            "step_latency_max_ms": max(times) * 1e3, "step_batch": batch, "step_img_per_s": batch / median_ms * 1e3,
+            **step_peak_memory_mb(step, device)}
 
 
-def _step_times(model, resolution, in_chans, num_classes, batch, repeats, warmup, memory_format, autocast_dtype,
-                device) -> list[float]:
+def _training_step(model, resolution, in_chans, num_classes, batch, memory_format, autocast_dtype):
+    """A closure running one training step on a fixed random batch; its tensors as `.live`."""
+    device = next(model.parameters()).device
     x = torch.randn(batch, in_chans, resolution, resolution, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    times = []
-    for i in range(warmup + repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    step.live = lambda: [x, y, *model.parameters(), *model.buffers(), *(p.grad for p in model.parameters()
+                                                                         if p.grad is not None),
+                         *(t for s in opt.state.values() for t in s.values() if torch.is_tensor(t))]
+    return step
+
+
+def _step_times(step, device: torch.device, repeats: int, warmup: int) -> list[float]:
+    times = []
+    for i in range(warmup + repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's native library writes lines of its own (start, stop, no GPU found) to the
+    process's stderr: sent to /dev/null while it runs, for a sweep's output stays one line a point."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def step_peak_memory_mb(step, device: torch.device) -> dict[str, float]:
+    """`step_peak_mem_mb`: the most memory one training step holds at once: the CUDA allocator's
+    peak; on the CPU, the tensors alive when it starts (weights, gradients, optimizer state, the
+    batch) plus the peak of what the step allocates beyond them, from the profiler's allocation
+    records. Not the process's resident set (`peak_mem_mb`). Empty where the profiler gives none."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        synchronize(device)
+        return {"step_peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2 ** 20}
+    live = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in step.live()}.values())
+    try:
+        with _native_stderr_silenced(), \
+                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]")
+    except (AttributeError, RuntimeError):  # a profiler without allocation records
+        return {}
+    running = peak = 0
+    for _, nbytes in records:
+        running += nbytes
+        peak = max(peak, running)
+    return {"step_peak_mem_mb": (live + peak) / 2 ** 20}
 
 
 def machine(device: torch.device) -> dict[str, str]:

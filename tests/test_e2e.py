@@ -117,6 +117,7 @@ def test_every_point_is_measured_alone_when_the_sweep_ends(swept, tmp_path):
     assert len({r.data.metrics["step_latency_ms"] for r in points}) == 1
     for run in points:
         assert run.data.metrics["step_batch"] == 128 and run.data.metrics["step_latency_ms"] > 0
+        assert 0 < run.data.metrics["step_peak_mem_mb"] < run.data.metrics["peak_mem_mb"]
         assert run.data.tags["measure.threads"] and run.data.tags["measure.cpu"]
     loaded = load_runs("smoke", f"sqlite:///{home}/mlflow.db")
     assert loaded.latency == LATENCY_ALONE

@@ -34,14 +34,18 @@ def test_the_training_step_latency_is_at_the_largest_batch_up_to_128_that_fits(m
     assert step["step_batch"] == 128
     assert step["step_latency_min_ms"] <= step["step_latency_ms"] <= step["step_latency_max_ms"]
     assert step["step_img_per_s"] == __import__("pytest").approx(128 / step["step_latency_ms"] * 1e3)
-    real = measure._step_times
+    # a step holds at least its weights, gradients and momentum (3 copies) and more at batch 128 than at 8
+    weights_mb = sum(p.numel() for p in model.parameters()) * 4 / 2 ** 20
+    small = measure.training_step_latency(model, 12, 1, 10, repeats=2, warmup=1, batch_max=8)
+    assert 3 * weights_mb < small["step_peak_mem_mb"] < step["step_peak_mem_mb"]
+    real = measure._training_step
 
     def small_device(model, resolution, in_chans, num_classes, batch, *rest):
         if batch > 40:
             raise torch.OutOfMemoryError("out of memory (simulated)")
         return real(model, resolution, in_chans, num_classes, batch, *rest)
 
-    monkeypatch.setattr(measure, "_step_times", small_device)
+    monkeypatch.setattr(measure, "_training_step", small_device)
     assert measure.training_step_latency(model, 12, 1, 10, repeats=2, warmup=1)["step_batch"] == 32
 
 
