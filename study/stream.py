@@ -55,7 +55,7 @@ def choose_loader(d: DataConfig, *, largest_stored: int | None = None, device: t
     if d.loader != "auto":
         return d.loader, f"data.loader={d.loader}"
     if d.name != "image_folder":
-        return "memory", f"{d.name} is an array data set"
+        return "memory", f"in memory: {d.name} is an array data set"
     pool, test, _ = imagefiles.listing(str(Path(d.root).expanduser()))
     n = len(pool) + (len(test) if test else 0)
     side, stored = imagefiles.first_side(pool), max(largest_stored or 0, stored_size(d))

@@ -45,19 +45,25 @@ def _fit(sink, checkpoint=None, resume=None):
                        sink=sink, device=CPU, checkpoint=checkpoint, resume=resume, run_id="run-1")
 
 
-def test_resumed_training_equals_an_uninterrupted_one(tmp_path):
+def whole_and_resumed(fit, checkpoint: Checkpoint) -> tuple:
+    """(uninterrupted fit, the state saved when a second fit was killed after epoch 2, that fit
+    resumed in a process with another RNG state), all in deterministic mode. `fit(sink,
+    checkpoint=None, resume=None)` trains the same point each time."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        whole = _fit(NullTracker())
-        ckpt = Checkpoint(tmp_path / "p.pt")
+        whole = fit(NullTracker())
         with pytest.raises(Interrupt):
-            _fit(DieAfter(2), checkpoint=ckpt)
-        state = ckpt.load()
-        assert state["epoch"] == 2 and state["run_id"] == "run-1" and state["ema"]["step"] > 0
+            fit(DieAfter(2), checkpoint=checkpoint)
+        state = checkpoint.load()
         torch.manual_seed(123)  # the process that resumes starts from another RNG state
-        resumed = _fit(NullTracker(), checkpoint=ckpt, resume=state)
+        return whole, state, fit(NullTracker(), checkpoint=checkpoint, resume=state)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_resumed_training_equals_an_uninterrupted_one(tmp_path):
+    whole, state, resumed = whole_and_resumed(_fit, Checkpoint(tmp_path / "p.pt"))
+    assert state["epoch"] == 2 and state["run_id"] == "run-1" and state["ema"]["step"] > 0
     assert resumed.epoch_history == [{**h, "epoch_time_s": r["epoch_time_s"]}
                                      for h, r in zip(whole.epoch_history, resumed.epoch_history)]
     for key in ("top1", "top5", "minival/top1", "minival/top1_no_ema"):

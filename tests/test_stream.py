@@ -94,7 +94,7 @@ def test_streamed_batches_are_a_function_of_the_generator_not_of_the_workers(fol
 
 
 def test_a_streamed_point_resumes_to_the_uninterrupted_result(folder, tmp_path):
-    from tests.test_checkpoint import DieAfter, Interrupt
+    from tests.test_checkpoint import whole_and_resumed
 
     cfg = cfg_for(folder, "stream")
     ds = data.prepare(cfg)
@@ -109,16 +109,7 @@ def test_a_streamed_point_resumes_to_the_uninterrupted_result(folder, tmp_path):
         return trainer.fit(model, ds, batcher, recipe, TrainerConfig(progress=False, deterministic=True), seed=0,
                            sink=sink, device=CPU, checkpoint=checkpoint, resume=resume, run_id="run-1")
 
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        whole = fit(NullTracker())
-        ckpt = Checkpoint(tmp_path / "p.pt")
-        with pytest.raises(Interrupt):
-            fit(DieAfter(2), checkpoint=ckpt)
-        torch.manual_seed(123)
-        resumed = fit(NullTracker(), checkpoint=ckpt, resume=ckpt.load())
-    finally:
-        torch.use_deterministic_algorithms(False)
+    whole, _, resumed = whole_and_resumed(fit, Checkpoint(tmp_path / "p.pt"))
     for key in ("top1", "minival/top1", "minival/top1_no_ema"):
         assert resumed.metrics[key] == whole.metrics[key], key
     assert whole.metrics["top1"] > 0.6  # it learns the colours
