@@ -128,7 +128,8 @@ class RecipeConfig:
 class TrainerConfig:
     device: str = "auto"            # one of DEVICES; auto = cuda when available
     precision: str = "auto"         # one of PRECISIONS; bf16 = autocast; auto = bf16 on a CUDA GPU
-                                    # with bf16, else fp32 (study.device); part of the point key
+                                    # with bf16 or a CPU with native bf16 (avx512_bf16, amx_bf16),
+                                    # else fp32 (study.device); keyed as resolved
     channels_last: bool = True      # NHWC memory format (1.2x on this 2-core AVX2 CPU, 1.4x on AVX-512)
     compile: bool = False           # torch.compile the model for training (pays off on long runs)
     threads: int = 0                # intra-op threads; 0 = this process's cores / parallel jobs

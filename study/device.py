@@ -1,10 +1,11 @@
 """Where and how fast a point runs: the device, its precision, and the CPU threads it uses.
 
 Defaults by device (documented in study/config.py, TrainerConfig):
-- precision `auto`: bf16 autocast on a CUDA GPU that supports bf16 (Ampere and newer), fp32
-  elsewhere. A CPU's bf16 speed depends on native bf16 instructions (AVX512-BF16, AMX), so
-  on a CPU bf16 is asked for explicitly. The resolved precision is part of the point key,
-  since it can change accuracy.
+- precision `auto`: bf16 autocast on a CUDA GPU that supports bf16 (Ampere and newer) and on
+  an x86 CPU with native bf16 instructions (the `avx512_bf16` or `amx_bf16` flag), fp32
+  elsewhere: on a CPU without them bf16 is emulated and slower than fp32. It reads the CPU's
+  flags, not a timing, because the resolved precision is part of the point key (it can change
+  accuracy) and must not flip with a noisy measurement.
 - threads `0`: the cores this process may run on, shared evenly among the jobs that run in
   parallel on this machine (Hydra's joblib launcher `n_jobs`), at least one each.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -26,10 +29,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # x86 flags of hardware bf16 dot products
+
+
+@cache
+def cpu() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and ISA flags (/proc/cpuinfo; unknown and none elsewhere)."""
+    model, flags = "unknown", frozenset()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def resolve_precision(name: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
     if name != "auto":
         return name
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    flags = cpu()[1] if flags is None else flags
+    return "bf16" if device.type == "cpu" and any(f in flags for f in NATIVE_BF16) else "fp32"
 
 
 def usable_cores() -> int:

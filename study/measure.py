@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from study import device as devices
+
 
 def complexity(model: nn.Module, resolution: int, in_chans: int) -> dict[str, int]:
     """Parameters, forward FLOPs and activations for one image at `resolution`."""
@@ -215,15 +217,7 @@ def step_peak_memory_mb(step, device: torch.device) -> dict[str, float]:
 
 def machine(device: torch.device) -> dict[str, str]:
     """What a measurement ran on: CPU model and ISA flags that matter for speed, GPU, threads."""
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    cpu, flags = devices.cpu()
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     out = {"measure.cpu": cpu, "measure.isa": " ".join(isa) or "unknown", "measure.threads": str(torch.get_num_threads()),
            "measure.device": str(device)}
