@@ -45,11 +45,11 @@ ui: setup ## browse results: MLflow UI on http://127.0.0.1:5000 (PORT=...) over 
 server: setup ## shared tracking server: MLflow on 127.0.0.1:5001 over PostgreSQL (127.0.0.1:5433); sweeps use tracking=server
 	$(PY) -m study.server --home $(STORE_DIR)
 
-analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEEP/ and on the sweep parent run
+analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEEP/ and on the sweep parent run; ARGS="--measured-on MACHINE" reads that machine's latency
 	$(PY) -m analysis --sweep $(SWEEP) $(ARGS)
 
-recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6)
-	$(PY) -m analysis recommend --sweep $(SWEEP) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS))
+recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6) [MEASURED_ON=machine]
+	$(PY) -m analysis recommend --sweep $(SWEEP) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS)) $(if $(MEASURED_ON),--measured-on $(MEASURED_ON))
 
 measure: setup ## measure a finished sweep's points alone (training step at batch <= 128): make measure SWEEP=default [DEVICE=cuda] [FORCE=1: again, on this machine]
 	$(PY) -m study.alone --sweep $(SWEEP) --store $(or $(STORE),sqlite:///$(STORE_DIR)/mlflow.db) --device $(or $(DEVICE),auto) $(if $(FORCE),--force)

@@ -3,6 +3,7 @@
     python -m analysis --sweep default                      # report into reports/<sweep>/
     python -m analysis recommend --sweep default --epochs 4 --latency-ms 10
     python -m analysis recommend --sweep default --epochs 4 --flops 5e6
+    python -m analysis --sweep default --measured-on cuda-NVIDIA-H100-80GB-HBM3   # latency of that machine
 """
 from __future__ import annotations
 
@@ -31,12 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicates", type=int, default=1000, help="bootstrap refits (>= 1000 for decisions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    _measured_on(p)
     a = p.parse_args(argv)
     from analysis import report
+    from analysis.load import load_runs
 
     out = a.out or Path(os.environ.get("STUDY_HOME") or ROOT) / "reports" / a.sweep
     try:
-        decisions = report.build(a.sweep, a.tracking_uri or default_uri(), out, a.replicates, a.seed, not a.no_log)
+        runs = load_runs(a.sweep, a.tracking_uri or default_uri(), a.measured_on)
+        decisions = report.build(a.sweep, a.tracking_uri or default_uri(), out, a.replicates, a.seed, not a.no_log, runs)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -55,17 +59,24 @@ def _recommend(argv: list[str]) -> int:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--latency-ms", type=float)
     budget.add_argument("--flops", type=float)
+    _measured_on(p)
     a = p.parse_args(argv)
     from analysis.recommend import recommend
 
     try:
         choice = recommend(a.sweep, a.tracking_uri or default_uri(), a.epochs,
-                           latency_ms=a.latency_ms, flops=a.flops)
+                           latency_ms=a.latency_ms, flops=a.flops, measured_on=a.measured_on)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(choice, indent=2))
     return 0
+
+
+def _measured_on(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--measured-on", default=None, metavar="MACHINE",
+                   help="latency measured alone on this machine (its measure.machine tag, printed by make measure); "
+                        "default: the machine that measured every run")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ child runs under the sweep's parent run. Nothing here imports the training packa
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
@@ -13,7 +14,9 @@ FINAL_METRICS = ("top1", "top5", "error", "minival/top1", "minival/top5", "flops
                  "activations", "latency_ms", "latency_batch", "train_step_ms", "train_img_per_s",
                  "peak_mem_mb", "train_time_s", "step_latency_ms", "step_latency_min_ms", "step_latency_max_ms",
                  "step_batch", "step_img_per_s", "step_peak_mem_mb")
-LATENCY_ALONE = "the training step at batch <= 128, measured alone (step_latency_ms)"
+ALONE_METRICS = ("step_latency_ms", "step_latency_min_ms", "step_latency_max_ms", "step_batch", "step_img_per_s",
+                 "step_peak_mem_mb")
+LATENCY_ALONE = "the training step at batch <= 128, measured alone on {machine} (step_latency_ms)"
 LATENCY_IN_JOB = ("inference at batch 32, measured in each job beside the sweep's other jobs (latency_ms); "
                   "make measure SWEEP={sweep} measures the training step alone")
 
@@ -34,11 +37,14 @@ def find_experiment(client, sweep: str):
     return tagged[0] if tagged else client.get_experiment_by_name(sweep)
 
 
-def load_runs(sweep: str, tracking_uri: str) -> Runs:
+def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> Runs:
     """The latest FINISHED child run of every run key of `sweep`. A forced rerun (make point,
     force=true) repeats a seed, it is not another one: only the latest counts, and the older
     ones are counted in `excluded['rerun']`, as runs of other statuses are under theirs.
-    Params under tune.* describe how a point was tuned, not the point, and are left out."""
+    Params under tune.* describe how a point was tuned, not the point, and are left out.
+    The latency is the training step measured alone on `measured_on` (a `measure.machine` id),
+    by default on the machine that measured every run (see `machine`); the in-job inference
+    latency when no machine did."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -57,11 +63,51 @@ def load_runs(sweep: str, tracking_uri: str) -> Runs:
             excluded["rerun"] = excluded.get("rerun", 0) + 1
         if key not in latest or run.info.start_time > latest[key].info.start_time:
             latest[key] = run
-    table = _typed(pd.DataFrame([_row(run) for run in latest.values()]))
-    alone = "step_latency_ms" in table and table["step_latency_ms"].notna().all()
-    if alone:  # the paper's latency, for every run: what every rule, plot and budget reads
-        table["latency_ms"], table["latency_batch"] = table["step_latency_ms"], table["step_batch"]
-    return Runs(table, excluded, LATENCY_ALONE if alone else LATENCY_IN_JOB.format(sweep=sweep))
+    chosen = list(latest.values())
+    table = _typed(pd.DataFrame([_row(run) for run in chosen]))
+    found = [measurements(run) for run in chosen]
+    name, others = machine(found, measured_on)
+    if name is None:  # no machine measured every run: no mixing of machines' figures
+        table = table.drop(columns=[m for m in ALONE_METRICS if m in table])
+        return Runs(table, excluded, LATENCY_IN_JOB.format(sweep=sweep))
+    for metric in ALONE_METRICS:  # the chosen machine's figures, whatever was measured last
+        table[metric] = [m[name].get(metric, float("nan")) for m in found]
+    # the paper's latency, for every run: what every rule, plot and budget reads
+    table["latency_ms"], table["latency_batch"] = table["step_latency_ms"], table["step_batch"]
+    also = f"; also measured on {', '.join(others)} (--measured-on picks one)" if others else ""
+    return Runs(table, excluded, LATENCY_ALONE.format(machine=name) + also)
+
+
+def measurements(run) -> dict[str, dict[str, float]]:
+    """A run's measurements alone (study.alone), by machine: `alone/<machine>/<metric>`. A run
+    measured before machines were named has only its latest, under its `measure.machine` tag
+    or `unnamed`."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        if key.startswith("alone/") and key.count("/") == 2:
+            _, name, metric = key.split("/")
+            out.setdefault(name, {})[metric] = value
+    if not out and "step_latency_ms" in run.data.metrics:
+        out[run.data.tags.get("measure.machine", "unnamed")] = {
+            k: run.data.metrics[k] for k in ALONE_METRICS if k in run.data.metrics}
+    return out
+
+
+def machine(found: list[dict[str, dict]], measured_on: str | None = None) -> tuple[str | None, list[str]]:
+    """The machine whose measurements analysis reads, and the others that measured every run:
+    `measured_on` when given (LookupError unless it measured every run); else the one machine
+    that measured every run, the first by name when several did; None when none did (a sweep
+    measured in parts on different machines is not mixed)."""
+    counts = Counter(name for m in found for name in m)
+    everywhere = sorted(name for name, n in counts.items() if n == len(found) and found)
+    if measured_on is not None:
+        if measured_on not in everywhere:
+            seen = ", ".join(f"{name} ({n} of {len(found)} runs)" for name, n in sorted(counts.items()))
+            raise LookupError(f"measured_on={measured_on!r}: {counts.get(measured_on, 0)} of {len(found)} runs were "
+                              f"measured alone there; measured on: {seen or 'no machine'} "
+                              "(make measure SWEEP=... FORCE=1 measures every run on this machine)")
+        return measured_on, [n for n in everywhere if n != measured_on]
+    return (everywhere[0], everywhere[1:]) if everywhere else (None, [])
 
 
 def _row(run) -> dict:

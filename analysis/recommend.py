@@ -15,9 +15,10 @@ Z90 = 1.645  # two-sided 90% normal interval
 
 
 def recommend(sweep: str, tracking_uri: str, epochs: int, *, latency_ms: float | None = None,
-              flops: float | None = None) -> dict:
-    configs = rules.tidy(by_configuration(load_runs(sweep, tracking_uri).table))
-    return recommend_from(configs, epochs, latency_ms=latency_ms, flops=flops)
+              flops: float | None = None, measured_on: str | None = None) -> dict:
+    runs = load_runs(sweep, tracking_uri, measured_on)
+    choice = recommend_from(rules.tidy(by_configuration(runs.table)), epochs, latency_ms=latency_ms, flops=flops)
+    return {**choice, "latency": runs.latency} if latency_ms is not None else choice
 
 
 def recommend_from(configs: pd.DataFrame, epochs: int, *, latency_ms: float | None = None,

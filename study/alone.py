@@ -9,9 +9,13 @@ max (study.measure.training_step_latency). It needs the architecture, not the we
 built anew from the run's params (without dropout or stochastic depth), so a finished sweep can be
 measured again on another machine (`make measure SWEEP=... DEVICE=cuda FORCE=1`). Architectures
 shared by several points (epoch budgets, seeds) are measured once. Each run gets the metrics
-`step_latency_ms`, `step_latency_min_ms`, `step_latency_max_ms`, `step_batch`, `step_img_per_s`
-and tags naming the machine (`measure.cpu`, `measure.isa`, `measure.gpu`, `measure.threads`);
-analysis reads `step_latency_ms` as the latency wherever every run has it.
+`step_latency_ms`, `step_latency_min_ms`, `step_latency_max_ms`, `step_batch`, `step_img_per_s`,
+`step_peak_mem_mb` (the latest measurement) and tags naming its machine (`measure.machine`, an id
+such as `cpu-AMD-EPYC-x2` or `cuda-NVIDIA-H100-80GB-HBM3`; `measure.cpu`, `measure.isa`,
+`measure.gpu`, `measure.threads`). Every machine's figures are also kept under
+`alone/<machine>/<metric>`, so that a sweep measured on several machines keeps them all and
+analysis is told which to read (`make analyze ARGS="--measured-on <machine>"`; by default the
+machine that measured every run).
 """
 from __future__ import annotations
 
@@ -43,9 +47,10 @@ def _measure(arch: tuple, device: torch.device) -> dict[str, float]:
                                          autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
 
 
-def measure_sweep(client, experiment_id: str, device: torch.device, *, force: bool = False) -> tuple[int, int, float]:
+def measure_sweep(client, experiment_id: str, device: torch.device, *,
+                  force: bool = False) -> tuple[int, int, float, dict[str, str]]:
     """Measure the finished point runs of the experiment that lack the measurement (all with
-    force); returns (runs, architectures, seconds)."""
+    force); returns (runs, architectures, seconds, the machine's tags)."""
     from mlflow.entities import Metric, RunTag
 
     runs = [r for r in client.search_runs([experiment_id], "tags.point_key != '' and attributes.status = 'FINISHED'",
@@ -56,28 +61,30 @@ def measure_sweep(client, experiment_id: str, device: torch.device, *, force: bo
         groups.setdefault(_architecture(run), []).append(run)
     start, threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(devices.usable_cores())
+    machine = measure.machine(device)
     try:
-        tags = [RunTag(k, v) for k, v in measure.machine(device).items()]
+        tags = [RunTag(k, v) for k, v in machine.items()]
         for arch, members in groups.items():
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, float(v), now, 0) for k, v in _measure(arch, device).items()]
+            now, measured = int(time.time() * 1000), _measure(arch, device)
+            metrics = [Metric(name, float(v), now, 0) for k, v in measured.items()
+                       for name in (k, f"alone/{machine['measure.machine']}/{k}")]
             for run in members:
                 client.log_batch(run.info.run_id, metrics=metrics, tags=tags)
     finally:
         torch.set_num_threads(threads)
-    return len(runs), len(groups), time.perf_counter() - start
+    return len(runs), len(groups), time.perf_counter() - start, machine
 
 
 def after_sweep(tracker, device_name: str) -> str:
     """The sweep callback's line: what was measured alone, or why nothing was."""
     try:
-        n, archs, seconds = measure_sweep(tracker.client, tracker.experiment_id, devices.resolve_device(device_name))
+        n, archs, seconds, machine = measure_sweep(tracker.client, tracker.experiment_id, devices.resolve_device(device_name))
     except Exception as e:  # the points are recorded whatever happens here
         return f"measured alone: failed ({type(e).__name__}: {e}); make measure SWEEP=... tries again"
     if not n:
         return "measured alone: every finished point already was"
     return (f"measured alone: {archs} architecture(s) of {n} point run(s) in {seconds:.0f}s "
-            f"(one training step at batch <= {measure.STEP_BATCH_MAX}, {devices.usable_cores()} threads: "
+            f"(one training step at batch <= {measure.STEP_BATCH_MAX} on {machine['measure.machine']}: "
             "step_latency_ms)")
 
 
@@ -102,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    n, archs, seconds = measure_sweep(client, experiment.experiment_id, device, force=a.force)
+    n, archs, seconds, machine = measure_sweep(client, experiment.experiment_id, device, force=a.force)
     print(f"measured {archs} architecture(s) of {n} point run(s) of {a.sweep} alone in {seconds:.0f}s on "
-          f"{measure.machine(device)}")
+          f"{machine['measure.machine']} ({machine}); analysis reads it with --measured-on {machine['measure.machine']}")
     return 0
 
 

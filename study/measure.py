@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import statistics
 import sys
@@ -219,8 +220,11 @@ def machine(device: torch.device) -> dict[str, str]:
     """What a measurement ran on: CPU model and ISA flags that matter for speed, GPU, threads."""
     cpu, flags = devices.cpu()
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    out = {"measure.cpu": cpu, "measure.isa": " ".join(isa) or "unknown", "measure.threads": str(torch.get_num_threads()),
+    threads = torch.get_num_threads()
+    out = {"measure.cpu": cpu, "measure.isa": " ".join(isa) or "unknown", "measure.threads": str(threads),
            "measure.device": str(device)}
+    what = f"{cpu} x{threads}"
     if device.type == "cuda":
-        out["measure.gpu"] = torch.cuda.get_device_name(device)
+        what = out["measure.gpu"] = torch.cuda.get_device_name(device)
+    out["measure.machine"] = re.sub(r"[^A-Za-z0-9.]+", "-", f"{device.type} {what}").strip("-")
     return out

@@ -119,12 +119,20 @@ def test_every_point_is_measured_alone_when_the_sweep_ends(swept, tmp_path):
         assert run.data.metrics["step_batch"] == 128 and run.data.metrics["step_latency_ms"] > 0
         assert 0 < run.data.metrics["step_peak_mem_mb"] < run.data.metrics["peak_mem_mb"]
         assert run.data.tags["measure.threads"] and run.data.tags["measure.cpu"]
+    machine = points[0].data.tags["measure.machine"]
+    assert machine.startswith("cpu-") and all(r.data.tags["measure.machine"] == machine for r in points)
+    assert points[0].data.metrics[f"alone/{machine}/step_latency_ms"] == points[0].data.metrics["step_latency_ms"]
     loaded = load_runs("smoke", f"sqlite:///{home}/mlflow.db")
-    assert loaded.latency == LATENCY_ALONE
+    assert loaded.latency == LATENCY_ALONE.format(machine=machine)
     assert (loaded.table["latency_ms"] == loaded.table["step_latency_ms"]).all()
     again = subprocess.run([sys.executable, "-m", "study.alone", "--sweep", "smoke", "--store",
                             f"sqlite:///{home}/mlflow.db", "--force"], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "measured 1 architecture(s) of 2 point run(s) of smoke alone" in again.stdout
+    assert f"--measured-on {machine}" in again.stdout
+    unknown = subprocess.run([sys.executable, "-m", "analysis", "recommend", "--sweep", "smoke", "--tracking-uri",
+                              f"sqlite:///{home}/mlflow.db", "--epochs", "1", "--latency-ms", "1e9",
+                              "--measured-on", "cuda-none"], cwd=ROOT, capture_output=True, text=True)
+    assert unknown.returncode == 2 and f"measured on: {machine} (2 of 2 runs)" in unknown.stderr
     history = client.get_metric_history(points[0].info.run_id, "step_latency_ms")
     assert len(history) == 2  # measured again on this machine: the latest value is the run's
 

@@ -83,3 +83,47 @@ def test_analysis_keeps_the_latest_run_of_a_rerun_point_and_counts_the_rest(tmp_
     assert sorted(runs.table["error"]) == [0.20, 0.25]  # the latest FINISHED run of k1-s0, and k1-s1
     assert "tune.trials" not in runs.table
     assert by_configuration(runs.table)["n_seeds"].tolist() == [2]
+
+
+def _measured_run(client, exp, width: float, metrics: dict, tags: dict = ()) -> str:
+    run = client.create_run(exp, tags={"point_key": f"k{width}", "run_key": f"k{width}-s0", **dict(tags)})
+    client.log_param(run.info.run_id, "model.width", width)
+    for key, value in {"error": 0.3, "latency_batch": 32, **metrics}.items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def test_analysis_reads_the_latency_of_the_machine_it_is_told_and_never_mixes_machines(tmp_path):
+    """A sweep measured alone on two machines (make measure on each) keeps both; analysis reads
+    the one asked for, by default one that measured every run, and the in-job latency when a
+    sweep was measured in parts on different machines."""
+    from analysis.load import load_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("machines")
+    for width, in_job in [(0.25, 5.0), (0.5, 9.0)]:
+        _measured_run(client, exp, width, {
+            "latency_ms": in_job, "alone/cpu-EPYC-x2/step_latency_ms": 100 * width, "alone/cpu-EPYC-x2/step_batch": 128,
+            "alone/cuda-H100/step_latency_ms": width, "alone/cuda-H100/step_batch": 128,
+            "step_latency_ms": width, "step_batch": 128}, {"measure.machine": "cuda-H100"})
+    default = load_runs("machines", uri)
+    assert sorted(default.table["latency_ms"]) == [25.0, 50.0]  # both measured everywhere: the first by name
+    assert "cpu-EPYC-x2" in default.latency and "also measured on cuda-H100" in default.latency
+    gpu = load_runs("machines", uri, measured_on="cuda-H100")
+    assert sorted(gpu.table["latency_ms"]) == [0.25, 0.5] and sorted(gpu.table["step_latency_ms"]) == [0.25, 0.5]
+    with pytest.raises(LookupError, match=r"measured_on='tpu': 0 of 2 runs .* cpu-EPYC-x2 \(2 of 2 runs\)"):
+        load_runs("machines", uri, measured_on="tpu")
+    # a third point measured on the GPU only: the CPU no longer measured every run
+    _measured_run(client, exp, 1.0, {"latency_ms": 20.0, "alone/cuda-H100/step_latency_ms": 1.0,
+                                     "alone/cuda-H100/step_batch": 128})
+    assert sorted(load_runs("machines", uri).table["latency_ms"]) == [0.25, 0.5, 1.0]
+    with pytest.raises(LookupError, match="measured_on='cpu-EPYC-x2': 2 of 3 runs"):
+        load_runs("machines", uri, measured_on="cpu-EPYC-x2")
+    # measured in parts, one point on each machine: never mixed; the in-job latency and a hint
+    parts = client.create_experiment("parts")
+    _measured_run(client, parts, 0.25, {"latency_ms": 5.0, "alone/cpu-EPYC-x2/step_latency_ms": 9.0})
+    _measured_run(client, parts, 0.5, {"latency_ms": 30.0, "alone/cuda-H100/step_latency_ms": 0.5})
+    split = load_runs("parts", uri)
+    assert sorted(split.table["latency_ms"]) == [5.0, 30.0] and "make measure" in split.latency
