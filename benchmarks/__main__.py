@@ -20,6 +20,8 @@ this one run, on this machine, so it is comparable across machines.
    training step's on CIFAR-10's JPEG folders, and the decode rate.
 9. latency (benchmarks/latency_bench.py): the latency a JOBS=2 sweep records against a JOBS=1
    sweep's for the same points, in-job and measured alone (study.alone).
+10. compile (benchmarks/compile_bench.py): torch.compile's compile time and steady saving per
+   step for small and large points, and what trainer.compile=auto decides for them.
 """
 from __future__ import annotations
 
@@ -36,10 +38,12 @@ from pathlib import Path
 import torch
 
 from study import config, data, models, recipe as recipes, trainer
+from study import device as devices
 from study.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
 from study.point import run_point
 from study.tracking import MlflowTracker
 from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_calibration
+from benchmarks.compile_bench import bench_compile
 from benchmarks.speed import bench_speed
 from benchmarks.latency_bench import bench_latency
 from benchmarks.stream_bench import bench_stream
@@ -165,7 +169,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
-                                     "adaptive", "stream", "latency"],
+                                     "adaptive", "stream", "latency", "compile"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -174,8 +178,11 @@ def main(argv=None) -> None:
     benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
                "skip": bench_skip, "speed": bench_speed, "analysis": bench_analysis,
                "calibration": bench_calibration, "adaptive": bench_adaptive,
-               "stream": bench_stream, "latency": bench_latency}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, channels_last, MNIST sample")
+               "stream": bench_stream, "latency": bench_latency, "compile": bench_compile}
+    cpu, flags = devices.cpu()
+    isa = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "unknown ISA"
+    print(f"torch {torch.__version__}, {cpu} ({isa}), {torch.get_num_threads()} threads; trainer.precision=auto "
+          f"is {devices.resolve_precision('auto', CPU)} here")
     print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
     for name in args.only or benches:
         for row in benches[name](args):

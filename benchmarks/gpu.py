@@ -45,9 +45,10 @@ def trainer_img_per_s(ds, args, precision: str, channels_last: bool, compile_: b
     model = models.build_model(args.depth, args.width, num_classes=ds.num_classes).to(device, memory_format=fmt)
     batcher = data.Batcher(ds, device=device, augment="flip_crop", crop_padding=0.125, memory_format=fmt,
                            crop=args.crop)
-    fitted = trainer.fit(trainer.compiled(model, compile_), ds, batcher,
+    fitted = trainer.fit(model, ds, batcher,
                          RecipeConfig(epochs=args.epochs, batch_size=args.batch, warmup_epochs=0.2),
-                         TrainerConfig(progress=False, precision=precision, eval_batch_size=1024), seed=0,
+                         TrainerConfig(progress=False, precision=precision, eval_batch_size=1024,
+                                       compile=str(compile_).lower()), seed=0,
                          sink=_Sink(), device=device)
     return fitted.metrics["train_img_per_s"]  # epochs after the first: compilation excluded
 

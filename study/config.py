@@ -15,7 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from study import imagefiles
+from study import compiling, imagefiles
 from study.models import BLOCKS_PER_STAGE, DROP_PATH_RULES
 from study.regularization import register_resolvers
 
@@ -131,7 +131,9 @@ class TrainerConfig:
                                     # with bf16 or a CPU with native bf16 (avx512_bf16, amx_bf16),
                                     # else fp32 (study.device); keyed as resolved
     channels_last: bool = True      # NHWC memory format (1.2x on this 2-core AVX2 CPU, 1.4x on AVX-512)
-    compile: bool = False           # torch.compile the model for training (pays off on long runs)
+    compile: str = "auto"           # torch.compile the training steps: true, false, or auto = after the
+                                    # first epoch, where the expected saving exceeds the compile time
+                                    # (study.compiling; never on a CPU, where it did not pay)
     threads: int = 0                # intra-op threads; 0 = this process's cores / parallel jobs
     eval_batch_size: int = 512      # images per evaluation batch, >= 1
     latency_batch_size: int = 32    # batch of the inference-latency measurement, >= 1
@@ -364,6 +366,8 @@ def _checks(s: StudyConfig, space: bool = True):
          "must be in [0, 0.5]"),
         ("trainer.device", t.device, t.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
         ("trainer.precision", t.precision, t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+        ("trainer.compile", t.compile, compiling.mode(t.compile) in compiling.MODES,
+         f"must be one of {', '.join(compiling.MODES)}"),
         ("trainer.threads", t.threads, t.threads >= 0, "must be >= 0 (0 = all cores)"),
         ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, "must be >= 1"),
         ("trainer.latency_batch_size", t.latency_batch_size, t.latency_batch_size >= 1, "must be >= 1"),

@@ -103,6 +103,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
         measure.reset_peak_memory(device)
         model, fitted = train(study, sink=epochs, checkpoint=ckpt, resume=resume, run_id=run_id)
         metrics = _measure(model, ds, study, fitted, device, memory_format)
+        tracker.annotate({}, {"compile": fitted.compile})
     except Exception as e:  # the training failed: the point fails, the sweep goes on
         reason = failure_reason(e)
         _quietly(lambda: tracker.fail_point(reason), say)
@@ -280,7 +281,7 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
     r = study.recipe
     batcher = data.batcher(ds, study.data, device=device, memory_format=memory_format, workers=workers,
                            randaugment=(r.randaugment_ops, r.randaugment_magnitude))
-    fitted = trainer.fit(trainer.compiled(model, study.trainer.compile), ds, batcher, study.recipe,
+    fitted = trainer.fit(model, ds, batcher, study.recipe,
                          study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test,
                          label=label, **resume)
     return model, fitted

@@ -11,6 +11,7 @@ caller passes the model, the data, the recipe and where events go.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from study import compiling
 from study import recipe as recipes
 from study.checkpoint import Checkpoint, rng_state, set_rng_state
 from study.config import RecipeConfig, TrainerConfig
@@ -42,11 +44,7 @@ class FitResult:
     metrics: dict[str, float]   # the final metrics of the run record
     epoch_history: list[dict[str, float]]
     loop_time_s: float          # wall time of the epochs: training steps and per-epoch evaluation
-
-
-def compiled(model: nn.Module, enabled: bool) -> nn.Module:
-    """torch.compile'd for training when enabled; measurements use the eager model."""
-    return torch.compile(model) if enabled else model
+    compile: str = ""           # whether and why the training steps were compiled (study.compiling)
 
 
 def autocast(device: torch.device, precision: str):
@@ -63,11 +61,12 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     loaded state) continues from its epoch with every RNG where it was, so the result equals
     an uninterrupted run's in deterministic mode."""
     generator = torch.Generator().manual_seed(seed)
+    model = getattr(model, "_orig_mod", model)  # eager: evaluation, EMA and checkpoints use it
     optimizer = recipes.make_optimizer(model, recipe)
     steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
     schedule = recipes.make_schedule(optimizer, recipe, steps)
     loss_fn = recipes.make_loss(recipe)
-    ema = recipes.WeightEma(getattr(model, "_orig_mod", model), recipes.ema_step_decay(recipe), recipe.epochs * steps,
+    ema = recipes.WeightEma(model, recipes.ema_step_decay(recipe), recipe.epochs * steps,
                             recipe.ema_horizon) if recipe.ema_decay > 0 else None
     scored = ema.model if ema else model
     history, epoch_times, stamps, done = [], [], [], 0
@@ -75,14 +74,24 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
         history, epoch_times, stamps, done = _restore(resume, model, optimizer, schedule, ema, generator)
         # in case the run died between saving and logging it (with its first stamp: logged once)
         sink.log_epoch(done, history[-1], stamps[-1] if stamps else None)
+    # the model the training steps run: compiled from an epoch on when study.compiling says so
+    stepping, compiled_from, note = model, None, "off: the run ends with its first (eager, timed) epoch"
+    decide_at = done + 1 if epoch_times or compiling.mode(settings.compile) != "auto" else 2
     loop_start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * steps, initial=done * steps, leave=False, unit="step", desc=label or None,
                disable=None if settings.progress else True, dynamic_ncols=True)
     try:
         for epoch in range(done + 1, recipe.epochs + 1):
+            if epoch == decide_at:
+                on, note = compiling.decide(settings.compile, deterministic=settings.deterministic,
+                                            device=device.type, model=model,
+                                            epoch_s=statistics.median(epoch_times) if epoch_times else None,
+                                            epochs_left=recipe.epochs - epoch + 1)
+                if on:
+                    stepping, compiled_from = torch.compile(model), epoch
             lr = schedule.get_last_lr()[0]
             t0 = time.perf_counter()
-            train_loss = train_epoch(model, batcher.train(ds.train, recipe.batch_size, generator),
+            train_loss = train_epoch(stepping, batcher.train(ds.train, recipe.batch_size, generator),
                                      optimizer, schedule, loss_fn, settings.precision, device, bar, ema)
             epoch_times.append(time.perf_counter() - t0)
             val = evaluate(scored, batcher, ds.minival, settings)
@@ -101,7 +110,22 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     metrics = _final_metrics(scored, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test)
     if ema:
         metrics["minival/top1_no_ema"] = evaluate(model, batcher, ds.minival, settings)["top1"]
-    return FitResult(metrics, history, loop_time)
+    if compiled_from is not None:
+        metrics |= _compile_cost(epoch_times, compiled_from - 1)
+    return FitResult(metrics, history, loop_time, note)
+
+
+def _compile_cost(epoch_times: list[float], first: int) -> dict[str, float]:
+    """What compiling cost: the first compiled epoch's time over the compiled epochs after it
+    (or the eager epochs before it when there are none), and the share of a step it saved."""
+    steady = epoch_times[first + 1:] or epoch_times[:first]
+    if not steady:
+        return {}
+    usual = statistics.median(steady)
+    out = {"compile_s": max(0.0, epoch_times[first] - usual)}
+    if epoch_times[first + 1:] and epoch_times[:first]:
+        out["compile_gain"] = 1 - usual / statistics.median(epoch_times[:first])
+    return out
 
 
 def _state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times, run_id, stamps) -> dict:
