@@ -44,7 +44,7 @@ from study.point import run_point
 from study.tracking import MlflowTracker
 from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_calibration
 from benchmarks.compile_bench import bench_compile
-from benchmarks.speed import bench_speed
+from benchmarks.speed import bench_precision, bench_speed
 from benchmarks.latency_bench import bench_latency
 from benchmarks.stream_bench import bench_stream
 
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
-                                     "adaptive", "stream", "latency", "compile"],
+                                     "adaptive", "stream", "latency", "compile", "precision"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -178,7 +178,8 @@ def main(argv=None) -> None:
     benches = {"trainer": bench_trainer, "pipeline": bench_pipeline, "fixed": bench_fixed_cost,
                "skip": bench_skip, "speed": bench_speed, "analysis": bench_analysis,
                "calibration": bench_calibration, "adaptive": bench_adaptive,
-               "stream": bench_stream, "latency": bench_latency, "compile": bench_compile}
+               "stream": bench_stream, "latency": bench_latency, "compile": bench_compile,
+               "precision": bench_precision}
     cpu, flags = devices.cpu()
     isa = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "unknown ISA"
     print(f"torch {torch.__version__}, {cpu} ({isa}), {torch.get_num_threads()} threads; trainer.precision=auto "

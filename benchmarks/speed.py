@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -116,3 +117,45 @@ def bench_speed(args) -> list[tuple]:
                    ">= 0.97"),
         _ratio_row("trainer bf16 / trainer fp32", "what bf16 buys here", runs["ours16"], runs["ours"], ""),
         _ratio_row("model GFLOP/s / bf16 matmul peak", "bf16", achieved16, runs["peak16"], "")]
+
+
+def _default_study(overrides: list[str]) -> list:
+    """The default study's points (sweeps/default.yaml), composed and validated as a sweep does."""
+    from study import grid
+    from study.decide import compose_sweep
+    from study.sweep import validate_grid
+
+    return compose_sweep("default", overrides, within=lambda cfg: validate_grid(
+        cfg, grid.expand(dict(cfg.hydra.sweeper.params or {}), overrides)))
+
+
+# (width, depth, resolution): every width x depth pair of the default study once, each resolution 3 times
+LATIN_SQUARE = {(0.125, 14, 12), (0.125, 26, 28), (0.125, 38, 20), (0.25, 14, 28), (0.25, 26, 20), (0.25, 38, 12),
+                (0.5, 14, 20), (0.5, 26, 12), (0.5, 38, 28)}
+
+
+def bench_precision(args) -> list[tuple]:
+    """trainer.precision=auto against fp32 on the default study: a Latin square of its points (each
+    of the 9 depth x width pairs once, each resolution 3 times) at 2 epochs, trained through the
+    point's own code (data, model, batcher, trainer); each repeat all 9 in fp32 then in auto's
+    precision, alternated; the ratio of summed training time, median of 3 repeats with min-max."""
+    from study import point
+
+    auto = devices.resolve_precision("auto", CPU)
+    if auto == "fp32":
+        return [("precision auto / fp32", "no native bf16: auto is fp32", None, None, None, "")]
+    studies = [s for s in _default_study(["recipe.epochs=2", "trainer.progress=false"])
+               if (s.model.width, s.model.depth, s.data.resolution) in LATIN_SQUARE]
+    times = {"fp32": [], auto: []}
+    for _ in range(3):
+        for precision in times:
+            total = 0.0
+            for study in studies:
+                study = replace(study, trainer=replace(study.trainer, precision=precision))
+                ds = data.prepare(study.data)
+                _, fitted = point._train(study, ds=ds, device=CPU, memory_format=torch.channels_last, sink=_Sink())
+                total += fitted.metrics["train_time_s"]
+            times[precision].append(total)
+    return [_ratio_row(f"default study: auto={auto} / fp32", f"{len(studies)} points (a Latin square), 2 epochs; "
+                       "1 / summed train_time_s", [1 / t for t in times[auto]], [1 / t for t in times["fp32"]],
+                       ">= 1.2")]
