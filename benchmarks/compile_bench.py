@@ -2,7 +2,8 @@
 default study and a CIFAR-sized one, in the precision `auto` picks here, the compile time (the
 first compiled step over a steady compiled step) and the steady-state saving per step (median
 of 5 alternated repeats of 10 steps, eager against compiled, with min-max). From those: after
-how many epochs of the point compiling pays, and what `trainer.compile=auto` decides for it."""
+how many epochs of the point compiling pays, and what `trainer.compile=auto` decides for it.
+Compiles are cold (inductor's caches off): a sweep's first point of an architecture pays that."""
 from __future__ import annotations
 
 import statistics
@@ -68,12 +69,17 @@ def _point(width: float, depth: int, res: int, bf16: bool) -> dict:
 
 
 def bench_compile(args) -> list[tuple]:
+    import torch._inductor.config as inductor
+
     precision = devices.resolve_precision("auto", CPU)
     rows = []
     for label, width, depth, res, images in POINTS:
-        p = _point(width, depth, res, precision == "bf16")
+        # a cold compile, as a point's first: inductor's on-disk caches would hide the cost
+        with inductor.patch(force_disable_caches=True):
+            torch._dynamo.reset()
+            p = _point(width, depth, res, precision == "bf16")
         gain = statistics.median(p["gains"])
-        epoch_s = p["eager_step_s"] * images // BATCH
+        epoch_s = p["eager_step_s"] * (images // BATCH)
         pays = p["compile_s"] / (gain * epoch_s) if gain > 0 else float("inf")
         on, why = compiling.decide("auto", deterministic=False, device="cpu", model=p["model"], epoch_s=epoch_s,
                                    epochs_left=349)

@@ -50,6 +50,9 @@ def trainer_img_per_s(ds, args, precision: str, channels_last: bool, compile_: b
                          TrainerConfig(progress=False, precision=precision, eval_batch_size=1024,
                                        compile=str(compile_).lower()), seed=0,
                          sink=_Sink(), device=device)
+    if "compile_s" in fitted.metrics:  # what study.compiling's COMPILE_S["cuda"] estimates
+        print(f"  compile: {fitted.metrics['compile_s']:.1f}s, saving {fitted.metrics.get('compile_gain', 0):.1%} "
+              f"per epoch ({sum(1 for _ in model.modules())} modules)", flush=True)
     return fitted.metrics["train_img_per_s"]  # epochs after the first: compilation excluded
 
 
