@@ -56,6 +56,21 @@ def resolve_precision(name: str, device: torch.device, flags: frozenset[str] | N
     return "bf16" if device.type == "cpu" and any(f in flags for f in NATIVE_BF16) else "fp32"
 
 
+def precision_line(name: str, device: torch.device) -> str:
+    """The line a sweep (or a single point) prints about its precision."""
+    resolved = resolve_precision(name, device)
+    if name != "auto":
+        return f"precision: {resolved} (trainer.precision={name})"
+    if device.type != "cpu":
+        return f"precision: auto is {resolved} on this {device.type} device"
+    if resolved == "fp32":
+        return "precision: auto is fp32 on this CPU (no native bf16)"
+    flags = ", ".join(f for f in NATIVE_BF16 if f in cpu()[1])
+    return (f"precision: auto is bf16 on this CPU ({flags}); the precision is part of the point key, so points "
+            "recorded in fp32 (on a CPU without native bf16, or before auto read the CPU) are other points: "
+            "trainer.precision=fp32 continues them")
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> list[dict]:
     try:
         study = config.validate(cfg)
         device = devices.resolve_device(study.trainer.device)
+        precision = devices.precision_line(study.trainer.precision, device)
         study = devices.resolve(study, device)
         largest = handoff.read_grid(Path(hc.sweep.dir)).get("largest_stored") if multirun else None
         study, data_path = stream.resolve(study, device, jobs, largest)
@@ -42,7 +43,7 @@ def main(cfg: DictConfig) -> list[dict]:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if not multirun:  # a sweep says it once, for all its points (study.sweep)
-        print(f"data: {data_path}", flush=True)
+        print(f"data: {data_path}\n{precision}", flush=True)
     t = study.tracking
     tracker = mlflow_tracker(t.uri, study.sweep, t.artifact_root, t.retry_s)
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))

@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from study import config, grid, handoff, progress
+from study import device as devices
 from study.config import ConfigError
 from study.data import stored_size
 
@@ -45,6 +46,7 @@ class SweepCallback(Callback):
         self.study = first
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
         print(f"data: {data_path(first, config, largest)}", flush=True)
+        print(devices.precision_line(first.trainer.precision, devices.resolve_device(first.trainer.device)), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from study.redaction import redact_hydra_output
@@ -69,7 +71,7 @@ class SweepCallback(Callback):
 
 def data_path(study: config.StudyConfig, sweep_cfg: DictConfig, largest_stored: int) -> str:
     """How the sweep's points read their data (each job decides again on the machine it runs on)."""
-    from study import device as devices, stream
+    from study import stream
 
     try:
         device = devices.resolve_device(study.trainer.device)

@@ -30,6 +30,7 @@ def test_the_resolved_precision_is_recorded_and_keyed(study_home):
     assert out.returncode == 0, out.stderr
     (run,) = point_runs(study_home, "prec")
     resolved = devices.resolve_precision("auto", CPU)
+    assert f"precision: auto is {resolved} on this CPU" in out.stdout  # said before training
     assert run.data.params["trainer.precision"] == resolved
     other = "fp32" if resolved == "bf16" else "bf16"
     again = run_cli(*TINY, "sweep=prec", f"trainer.precision={resolved}", home=study_home)
