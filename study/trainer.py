@@ -107,7 +107,8 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     finally:
         bar.close()
     loop_time = time.perf_counter() - loop_start
-    metrics = _final_metrics(scored, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test)
+    warmup = {0} if compiled_from is None else {0, compiled_from - 1}  # epochs that warm up or compile
+    metrics = _final_metrics(scored, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test, warmup)
     if ema:
         metrics["minival/top1_no_ema"] = evaluate(model, batcher, ds.minival, settings)["top1"]
     if compiled_from is not None:
@@ -199,10 +200,12 @@ def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: Trainer
     return {"top1": correct1.item() / n, "top5": correct5.item() / n}
 
 
-def _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test) -> dict[str, float]:
+def _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test,
+                   warmup: set[int]) -> dict[str, float]:
     minival = evaluate(model, batcher, ds.minival, settings)
-    # Step time excludes the first epoch (warm-up of allocators and kernels) when there are more.
-    timed = epoch_times[1:] or epoch_times
+    # Step time excludes the first epoch (warm-up of allocators and kernels) and the one that
+    # compiled, when there are others.
+    timed = [t for i, t in enumerate(epoch_times) if i not in warmup] or epoch_times
     step_s = sum(timed) / (len(timed) * steps)
     final = {}
     if evaluate_test:
