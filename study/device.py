@@ -12,6 +12,7 @@ Defaults by device (documented in study/config.py, TrainerConfig):
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -69,6 +70,31 @@ def precision_line(name: str, device: torch.device) -> str:
     return (f"precision: auto is bf16 on this CPU ({flags}); the precision is part of the point key, so points "
             "recorded in fp32 (on a CPU without native bf16, or before auto read the CPU) are other points: "
             "trainer.precision=fp32 continues them")
+
+
+LAUNCHERS = {"BasicLauncher": "basic", "JoblibLauncher": "joblib", "SlurmLauncher": "submitit_slurm",
+             "LocalLauncher": "submitit_local"}
+
+
+def placement(launcher) -> dict[str, str]:
+    """Tags saying how a point ran: the Hydra launcher, the host, processes and nodes, and the
+    scheduler's job and array ids (submitit's job environment, else SLURM's variables when a
+    point runs inside an allocation)."""
+    target = str(launcher.get("_target_", "")) if launcher else ""
+    tags = {"launcher": LAUNCHERS.get(target.rsplit(".", 1)[-1], target or "none"), "host": socket.gethostname(),
+            "processes": "1", "nodes": "1"}
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()  # raises outside a submitit job
+        ids = {"job_id": env.job_id, "array_job_id": env.array_job_id, "array_task_id": env.array_task_id}
+        return tags | {"scheduler": env.cluster, "processes": str(env.num_tasks), "nodes": str(env.num_nodes),
+                       **{k: str(v) for k, v in ids.items() if v is not None}}
+    except Exception:
+        pass
+    slurm = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID"}
+    found = {k: os.environ[v] for k, v in slurm.items() if os.environ.get(v)}
+    return tags | ({"scheduler": "slurm", **found} if found else {})
 
 
 def usable_cores() -> int:

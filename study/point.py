@@ -45,10 +45,11 @@ OUTCOME_METRICS = ("top1", "flops", "params", "latency_ms", "train_img_per_s")
 
 def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
               position: tuple[int, int] = (1, 1), parallel_jobs: int = 1, resolved_config: str = "",
-              choices: list[str] = (), echo: Echo = print, label: str = "") -> dict:
+              choices: list[str] = (), echo: Echo = print, label: str = "", placement: dict | None = None) -> dict:
     """Own, train, measure and record one validated grid point (its `auto` settings resolved by
     study.device.resolve); returns its outcome (status FINISHED, SKIPPED, FAILED, BUSY or
-    UNRECORDED, with the run id and headline metrics)."""
+    UNRECORDED, with the run id and headline metrics). `placement`: tags saying how it ran
+    (study.device.placement)."""
     start = time.perf_counter()
     name, run_key = grid.display_name(study, choices), grid.run_key(study)
     prefix = f"[{position[0]}/{position[1]}] {name}"
@@ -59,7 +60,7 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
         return outcome | {"status": "BUSY", "owner": owner, "seconds": time.perf_counter() - start}
     try:
         said = _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config,
-                          partial(_say, echo, prefix), label)
+                          partial(_say, echo, prefix), label, placement or {})
     finally:
         files.release()
     return outcome | said | {"seconds": time.perf_counter() - start}
@@ -69,7 +70,8 @@ def _say(echo: Echo, prefix: str, text: str) -> None:
     echo(f"{prefix}  {text}")
 
 
-def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config, say, label) -> dict:
+def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config, say, label,
+               placement) -> dict:
     start = time.perf_counter()
     run_key, key = files.run_key, grid.point_key(study)
     if (legacy := grid.legacy_run_key(study)) and legacy != run_key and (n := tracker.migrate(legacy, run_key, key)):
@@ -88,7 +90,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
         if ds.streamed else 0
     params = point_params(study) | ds.sizes() | {"point_key": key}
     tags = {"point_key": key, "run_key": run_key, "key_version": str(grid.KEY_VERSION), "device": str(device),
-            "threads": str(threads), **data_tags(study, ds, workers), **provenance.tags()}
+            "threads": str(threads), **data_tags(study, ds, workers), **placement, **provenance.tags()}
     run_id, resume = _open_run(study, files, tracker, name, params, tags, say)
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
     train = partial(_train, ds=ds, device=device, memory_format=memory_format, workers=workers,

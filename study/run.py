@@ -53,7 +53,7 @@ def main(cfg: DictConfig) -> list[dict]:
     label = console.label(Path(hc.sweep.dir), study.sweep) if multirun else ""
     point = partial(run_point, tracker=tracker, device=device, position=_position(), choices=choices,
                     parallel_jobs=jobs, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
-                    echo=console.line, label=label)
+                    echo=console.line, label=label, placement=devices.placement(hc.launcher))
     outcomes = [point(dataclasses.replace(study, seed=seed))  # seeds=N: N runs sharing one point key
                 for seed in range(study.seed, study.seed + study.seeds)]
     handoff.write_outcomes(Path(hc.runtime.output_dir), outcomes)

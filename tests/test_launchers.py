@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import point_runs, run_cli
+from tests.conftest import TINY, point_runs, run_cli
 
 
 @pytest.mark.slow
@@ -18,3 +18,17 @@ def test_a_sweep_runs_through_submitit(tmp_path):
     assert "2 points: 2 finished, 0 skipped, 0 failed" in result.stdout
     runs = point_runs(tmp_path, "submitit")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    for run in runs:  # the run record says how the point ran
+        tags = run.data.tags
+        assert tags["launcher"] == "submitit_local" and tags["scheduler"] == "local" and tags["job_id"]
+        assert tags["processes"] == "1" and tags["nodes"] == "1"
+
+
+def test_a_point_run_inside_a_slurm_allocation_records_its_job_and_array_ids(tmp_path):
+    env = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "2"}
+    result = run_cli(*TINY, "recipe.epochs=1", "sweep=alloc", home=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = point_runs(tmp_path, "alloc")
+    tags = run.data.tags
+    assert tags["launcher"] == "basic" and tags["scheduler"] == "slurm" and tags["host"]
+    assert (tags["job_id"], tags["array_job_id"], tags["array_task_id"]) == ("4242", "4240", "2")

@@ -27,3 +27,4 @@ def test_forty_points_in_four_jobs_into_sqlite_lose_nothing(tmp_path):
     assert len(runs) == 40 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["run_key"] for r in runs}) == 40 and len({r.data.tags["point_key"] for r in runs}) == 2
     assert {r.data.tags["threads"] for r in runs} == {str(max(1, len(os.sched_getaffinity(0)) // 4))}
+    assert {r.data.tags["launcher"] for r in runs} == {"joblib"} and "scheduler" not in runs[0].data.tags
