@@ -1,4 +1,5 @@
-"""Where and how fast a point runs: the device, its precision, and the CPU threads it uses.
+"""Where and how fast a point runs: the device, its precision, the CPU threads it uses, and the
+launcher, host and scheduler ids it ran under (`placement`, tags of its run).
 
 Defaults by device (documented in study/config.py, TrainerConfig):
 - precision `auto`: bf16 autocast on a CUDA GPU that supports bf16 (Ampere and newer) and on
