@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from study import config, data, models, recipe as recipes, trainer
+from study import config, data, measure, models, recipe as recipes, trainer
 from study import device as devices
 from study.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
 from study.point import run_point
@@ -180,10 +180,9 @@ def main(argv=None) -> None:
                "calibration": bench_calibration, "adaptive": bench_adaptive,
                "stream": bench_stream, "latency": bench_latency, "compile": bench_compile,
                "precision": bench_precision}
-    cpu, flags = devices.cpu()
-    isa = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "unknown ISA"
-    print(f"torch {torch.__version__}, {cpu} ({isa}), {torch.get_num_threads()} threads; trainer.precision=auto "
-          f"is {devices.resolve_precision('auto', CPU)} here")
+    machine = measure.machine(CPU)
+    print(f"torch {torch.__version__}, {machine['measure.cpu']} ({machine['measure.isa']}), "
+          f"{machine['measure.threads']} threads; trainer.precision=auto is {devices.resolve_precision('auto', CPU)} here")
     print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
     for name in args.only or benches:
         for row in benches[name](args):

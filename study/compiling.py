@@ -14,13 +14,14 @@ smallest model (111 modules), 70-71 s for its largest and the CIFAR study's larg
 so about 38 s + 0.13 s per module; the compiled step saved 18%, 8% and 12% of the eager step.
 GAIN takes the smallest of those, so `auto` compiles only where even that pays: on that CPU,
 a CIFAR-10 point of 45,000 images an epoch at w=0.5 d=38 (57 s an epoch) with more than 23
-epochs left after the first; never in the default study (0.5-6 s epochs, 4 at most). On a GPU the saving is the 10% measured
-for a bf16 channels_last RS-50 at 128 px on an H200 (benchmarks/gpu.py: 4,465 -> 4,966 img/s);
-its compile time was not measured with these constants (no GPU was lent when they were set), so
-it is the CPU's, raised to 60 s fixed; `python -m benchmarks.gpu` prints the compile time it sees.
-Without a C++ compiler (inductor builds CPU kernels with g++), `auto` stays eager on a CPU.
-A resumed run decides again from its recorded epoch times. In deterministic mode `auto` never compiles: a decision taken
-on a timing would make a rerun's numerics depend on how fast the machine was.
+epochs left after the first; never in the default study (0.5-6 s epochs, 4 at most). On a GPU
+the saving is the 10% measured for a bf16 channels_last RS-50 at 128 px on an H200
+(benchmarks/gpu.py: 4,465 -> 4,966 img/s); its compile time was not measured with these
+constants (no GPU was lent when they were set), so it is the CPU's, raised to 60 s fixed;
+`python -m benchmarks.gpu` prints the compile time it sees. Without a C++ compiler (inductor
+builds CPU kernels with g++), `auto` stays eager on a CPU. A resumed run decides again from its
+recorded epoch times. In deterministic mode `auto` never compiles: a decision taken on a timing
+would make a rerun's numerics depend on how fast the machine was.
 """
 from __future__ import annotations
 

@@ -61,7 +61,6 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
     loaded state) continues from its epoch with every RNG where it was, so the result equals
     an uninterrupted run's in deterministic mode."""
     generator = torch.Generator().manual_seed(seed)
-    model = getattr(model, "_orig_mod", model)  # eager: evaluation, EMA and checkpoints use it
     optimizer = recipes.make_optimizer(model, recipe)
     steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
     schedule = recipes.make_schedule(optimizer, recipe, steps)
@@ -74,7 +73,8 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
         history, epoch_times, stamps, done = _restore(resume, model, optimizer, schedule, ema, generator)
         # in case the run died between saving and logging it (with its first stamp: logged once)
         sink.log_epoch(done, history[-1], stamps[-1] if stamps else None)
-    # the model the training steps run: compiled from an epoch on when study.compiling says so
+    # the model the training steps run: compiled from an epoch on when study.compiling says so;
+    # evaluation, the EMA and checkpoints use the eager `model`
     stepping, compiled_from, note = model, None, "off: the run ends with its first (eager, timed) epoch"
     decide_at = done + 1 if epoch_times or compiling.mode(settings.compile) != "auto" else 2
     loop_start = time.perf_counter()
@@ -130,7 +130,7 @@ def _compile_cost(epoch_times: list[float], first: int) -> dict[str, float]:
 
 
 def _state(epoch, model, optimizer, schedule, ema, generator, history, epoch_times, run_id, stamps) -> dict:
-    return {"epoch": epoch, "run_id": run_id, "model": getattr(model, "_orig_mod", model).state_dict(),
+    return {"epoch": epoch, "run_id": run_id, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "ema": {"model": ema.model.state_dict(), "step": ema.step} if ema else None,
             "generator": generator.get_state(), "rng": rng_state(),
@@ -138,7 +138,7 @@ def _state(epoch, model, optimizer, schedule, ema, generator, history, epoch_tim
 
 
 def _restore(state, model, optimizer, schedule, ema, generator) -> tuple[list, list, list, int]:
-    getattr(model, "_orig_mod", model).load_state_dict(state["model"])
+    model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     if ema:
