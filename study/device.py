@@ -89,13 +89,20 @@ def placement(launcher) -> dict[str, str]:
 
         env = submitit.JobEnvironment()  # raises outside a submitit job
         ids = {"job_id": env.job_id, "array_job_id": env.array_job_id, "array_task_id": env.array_task_id}
-        return tags | {"scheduler": env.cluster, "processes": str(env.num_tasks), "nodes": str(env.num_nodes),
-                       **{k: str(v) for k, v in ids.items() if v is not None}}
+        return tags | _slurm_tags() | {"scheduler": env.cluster, "processes": str(env.num_tasks),
+                                       "nodes": str(env.num_nodes), **{k: str(v) for k, v in ids.items() if v is not None}}
     except Exception:
         pass
-    slurm = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID"}
+    return tags | _slurm_tags()
+
+
+def _slurm_tags() -> dict[str, str]:
+    """The SLURM job's ids, and how often it was requeued (time limit, preemption), when it
+    runs inside an allocation."""
+    slurm = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID",
+             "restarts": "SLURM_RESTART_COUNT"}
     found = {k: os.environ[v] for k, v in slurm.items() if os.environ.get(v)}
-    return tags | ({"scheduler": "slurm", **found} if found else {})
+    return {"scheduler": "slurm", **found} if found else {}
 
 
 def usable_cores() -> int:

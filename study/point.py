@@ -19,13 +19,20 @@
   that does not answer during the epochs pauses logging, not training (EpochLog); one that
   fails at the end leaves the training kept on disk ("UNRECORDED") for the next run to record.
   Only a failure of the training itself fails the point.
+- interrupted: SIGTERM (scancel, a scheduler's preemption or time limit, kill) or Ctrl-C while
+  the point runs leaves its run KILLED with the reason and its checkpoint kept; a rerun (or the
+  requeued job) resumes it. The process then ends by SIGTERM, as the sender asked.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Callable
 
@@ -58,12 +65,44 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     if owner := files.acquire():
         echo(f"{prefix}  skipped: being trained right now by {owner}")
         return outcome | {"status": "BUSY", "owner": owner, "seconds": time.perf_counter() - start}
-    try:
-        said = _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config,
-                          partial(_say, echo, prefix), label, placement or {})
-    finally:
-        files.release()
+    with terminated_as_interrupt():  # outermost: the lease is released before SIGTERM ends the process
+        try:
+            said = _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config,
+                              partial(_say, echo, prefix), label, placement or {})
+        finally:
+            files.release()
     return outcome | said | {"seconds": time.perf_counter() - start}
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while a point ran."""
+
+
+TERMINATED = "SIGTERM: cancelled (scancel), preempted or requeued by the scheduler, or killed"
+
+
+@contextmanager
+def terminated_as_interrupt():
+    """While a point runs, SIGTERM raises Terminated (so its run is recorded KILLED with the
+    reason, its checkpoint kept); after the point's files are released the process ends by
+    SIGTERM. Under submitit this replaces its ignoring of SIGTERM for the point's duration:
+    its own signal for time limits (USR2) still checkpoints and requeues the job."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(_signum, _frame):
+        raise Terminated(TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise  # not reached: SIGTERM ends the process
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _say(echo: Echo, prefix: str, text: str) -> None:
@@ -115,7 +154,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
             traceback.print_exc()
         return {"status": "FAILED", "run_id": run_id, "reason": reason}
     except BaseException as e:  # interrupted: the checkpoint stays, a rerun resumes
-        _quietly(lambda: tracker.fail_point(f"interrupted: {type(e).__name__}", status="KILLED"), say)
+        _quietly(lambda: tracker.fail_point(f"interrupted: {e or type(e).__name__}", status="KILLED"), say)
         raise
     metrics["point_time_s"] = time.perf_counter() - start
     metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs

@@ -73,3 +73,26 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     assert not list((home / "checkpoints").glob("*/*.pt"))  # finished points clean up
     print(f"points 4, kills {KILLS}, resumed from a checkpoint {resumed}, restarted before one {restarted}, "
           f"runs {len(runs)}, FINISHED {len(finished)}")
+
+
+def test_sigterm_leaves_the_run_killed_with_the_reason_and_a_rerun_resumes_it(tmp_path):
+    """scancel, a preemption or `kill` sends SIGTERM: the point's run is recorded KILLED with why,
+    its checkpoint stays, the process ends by SIGTERM, and the rerun continues the same run."""
+    point = ["data=synthetic", "data.synthetic_images=2000", "model.width=0.25", "model.depth=14", "data.resolution=12",
+             "recipe=resnet_rs", "recipe.epochs=20", "trainer.latency_repeats=2", "trainer.progress=false", "sweep=term"]
+    env = dict(os.environ, STUDY_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", *point], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob("checkpoints/*/*.pt")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM
+    (run,) = point_runs(tmp_path, "term")
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["status_reason"]
+    assert list(tmp_path.glob("checkpoints/*/*.pt")), "the checkpoint is kept for the rerun"
+    result = run_cli(*point, home=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming run {run.info.run_id[:8]}" in result.stdout
+    (again,) = point_runs(tmp_path, "term")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
