@@ -99,10 +99,9 @@ def placement(launcher) -> dict[str, str]:
 def _slurm_tags() -> dict[str, str]:
     """The SLURM job's ids, and how often it was requeued (time limit, preemption), when it
     runs inside an allocation."""
-    slurm = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID",
-             "restarts": "SLURM_RESTART_COUNT"}
+    slurm = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID"}
     found = {k: os.environ[v] for k, v in slurm.items() if os.environ.get(v)}
-    return {"scheduler": "slurm", **found} if found else {}
+    return {"scheduler": "slurm", **found, "restarts": os.environ.get("SLURM_RESTART_COUNT", "0")} if found else {}
 
 
 def usable_cores() -> int:

@@ -1,0 +1,192 @@
+"""Drills against a live single-node SLURM cluster (deploy/slurm/cluster.sh: munge, MariaDB +
+slurmdbd, slurmctld, slurmd): a sweep submitted as an array through `hydra/launcher=slurm`,
+a time limit that requeues a point, a preemption (`scontrol requeue`) and a `scancel`, each
+leaving the study whole. Skipped, with the reason, where the cluster cannot be started (not
+root, or the Debian packages missing: .ci/run installs them)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, point_runs, run_cli
+
+pytestmark = pytest.mark.slow
+SCRIPT = ROOT / "deploy" / "slurm" / "cluster.sh"
+DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch")
+# one core and 1 GB per point, so two points run at once on a 2-core machine
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_task=0", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=1"]
+# deterministic, one thread: its metrics do not depend on where or in how many attempts it ran
+POINT = ["data=synthetic", "model.width=0.25", "model.depth=14", "data.resolution=12", "recipe=resnet_rs",
+         "trainer.deterministic=true", "trainer.threads=1", "trainer.latency_repeats=2", "trainer.progress=false"]
+COMPARED = ("top1", "top5", "minival/top1", "minival/top1_no_ema")
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the test cluster's daemons run as root (sudo deploy/slurm/cluster.sh start)"
+    if missing := [d for d in DAEMONS if not shutil.which(d)]:
+        return f"{', '.join(missing)} not installed (apt-get install slurm-wlm slurmdbd munge mariadb-server)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """SLURM_CONF of a cluster started for these tests, stopped after them."""
+    if reason := _unavailable():
+        pytest.skip(f"no SLURM cluster: {reason}")
+    folder = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(folder)], capture_output=True, text=True, timeout=180)
+    if started.returncode:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True)
+        pytest.fail(f"the SLURM cluster did not start: {started.stderr[-2000:]}")
+    env = {"SLURM_CONF": str(folder / "slurm.conf")}
+    stop = threading.Event()
+    # SLURM holds a requeued job for about two minutes before it may start again; the drills
+    # let it start at once (what a busy cluster's next free slot would do)
+    releaser = threading.Thread(target=_release_requeued, args=(env, stop), daemon=True)
+    releaser.start()
+    yield env
+    stop.set()
+    releaser.join()
+    subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True, timeout=120)
+
+
+def _slurm(env: dict, *args: str) -> str:
+    return subprocess.run(list(args), env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def _release_requeued(env: dict, stop: threading.Event) -> None:
+    while not stop.wait(1):
+        for line in _slurm(env, "squeue", "-h", "-t", "PD", "-o", "%i %r").splitlines():
+            job, _, reason = line.partition(" ")
+            if reason.strip() == "BeginTime":
+                _slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
+def _submit(home: Path, env: dict, *args: str):
+    """Start a sweep through the SLURM launcher as a user would; returns the Popen."""
+    return subprocess.Popen([sys.executable, "-m", "study.run", "--multirun", *args, *SLURM], cwd=ROOT,
+                            env=dict(os.environ, STUDY_HOME=str(home), PYTHONUNBUFFERED="1", **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout: float = 400) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _epochs_logged(home: Path, sweep: str) -> dict[str, int]:
+    """Epochs each point run of the sweep has logged so far, by point name."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        runs = point_runs(home, sweep)
+    except Exception:  # the store or experiment is not there yet
+        return {}
+    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
+    return {r.info.run_name: len(client.get_metric_history(r.info.run_id, "val/top1")) for r in runs}
+
+
+def _task_of(env: dict, name_has: str, home: Path, sweep: str, epochs: int, timeout: float = 240) -> str:
+    """The SLURM job id (array_task form) of the running point whose name contains `name_has`,
+    once it has logged `epochs` epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logged = {k: v for k, v in _epochs_logged(home, sweep).items() if name_has in k}
+        if logged and max(logged.values()) >= epochs:
+            (run,) = [r for r in point_runs(home, sweep) if name_has in r.info.run_name]
+            return run.data.tags["job_id"]
+        time.sleep(0.5)
+    raise AssertionError(f"no point {name_has!r} of {sweep} logged {epochs} epoch(s) in {timeout}s")
+
+
+def _wait_idle(env: dict, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while _slurm(env, "squeue", "-h", "-o", "%i").strip():
+        assert time.monotonic() < deadline, _slurm(env, "squeue")
+        time.sleep(1)
+
+
+def _reference(home: Path, epochs: int, images: int = 1000) -> dict:
+    """The point trained uninterrupted, in one process, outside SLURM."""
+    result = run_cli(*POINT, f"recipe.epochs={epochs}", f"data.synthetic_images={images}", "sweep=reference",
+                     home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = point_runs(home, "reference")
+    return run.data.metrics
+
+
+def test_the_smoke_sweep_runs_as_a_slurm_array(cluster, tmp_path):
+    code, out = _finish(_submit(tmp_path, cluster, "--config-dir", "sweeps", "--config-name", "smoke",
+                                "model.depth=14", "data.synthetic_images=400", "trainer.latency_repeats=2",
+                                "trainer.progress=false", "hydra.launcher.timeout_min=10", "sweep=array"))
+    assert code == 0, out[-3000:]
+    assert "4 points: 4 finished, 0 skipped, 0 failed" in out
+    runs = point_runs(tmp_path, "array")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+    assert len({r.data.tags["point_key"] for r in runs}) == 4, "each point recorded once"
+    array_ids = {r.data.tags["array_job_id"] for r in runs}
+    assert len(array_ids) == 1 and {r.data.tags["array_task_id"] for r in runs} == {"0", "1", "2", "3"}
+    assert {r.data.tags["scheduler"] for r in runs} == {"slurm"} and {r.data.tags["launcher"] for r in runs} == \
+        {"submitit_slurm"}
+    states = _slurm(cluster, "sacct", "-n", "-X", "-j", array_ids.pop(), "-o", "State%20").split()
+    assert states == ["COMPLETED"] * 4
+
+
+def test_a_point_past_its_time_limit_is_requeued_and_resumes_in_the_same_run(cluster, tmp_path):
+    """timeout_min=2 with the signal 30 s before: SLURM signals the job 60-90 s in (its time-limit
+    check runs every 30 s), submitit checkpoints and requeues it, and the point resumes from its
+    last epoch inside the same MLflow run, ending where an uninterrupted run ends."""
+    epochs = 70  # about 1.5 s an epoch, 105 s in all: longer than the 60-90 s before the signal
+    proc = _submit(tmp_path, cluster, *POINT, f"recipe.epochs={epochs}", "data.synthetic_images=8000",
+                   "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+                   "hydra.launcher.max_num_timeout=3", "sweep=timeout")
+    reference = _reference(tmp_path, epochs, images=8000)  # meanwhile, on the other core
+    code, out = _finish(proc)
+    assert code == 0, out[-3000:]
+    (run,) = point_runs(tmp_path, "timeout")
+    assert run.info.status == "FINISHED" and int(run.data.tags.get("restarts", 0)) >= 1, run.data.tags
+    assert {k: run.data.metrics[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}
+
+
+def test_a_preempted_point_scontrol_requeue_resumes_in_the_same_run(cluster, tmp_path):
+    epochs = 12
+    proc = _submit(tmp_path, cluster, *POINT, f"recipe.epochs={epochs}", "data.synthetic_images=1000",
+                   "hydra.launcher.timeout_min=10", "sweep=preempt")
+    job = _task_of(cluster, "", tmp_path, "preempt", epochs=2)
+    _slurm(cluster, "scontrol", "requeue", job)
+    reference = _reference(tmp_path, epochs)
+    code, out = _finish(proc)
+    assert code == 0, out[-3000:]
+    (run,) = point_runs(tmp_path, "preempt")
+    assert run.info.status == "FINISHED" and run.data.tags.get("restarts") == "1", run.data.tags
+    assert {k: run.data.metrics[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}
+
+
+def test_scancel_of_one_task_kills_only_that_point_and_a_rerun_trains_only_it(cluster, tmp_path):
+    sweep = [*POINT, "model.width=0.25,0.5", "data.resolution=12,16", "recipe.epochs=6",
+             "data.synthetic_images=600", "hydra.launcher.timeout_min=10", "sweep=cancel"]
+    proc = _submit(tmp_path, cluster, *sweep)
+    job = _task_of(cluster, "w=0.5 d=14 r=16", tmp_path, "cancel", epochs=1)
+    _slurm(cluster, "scancel", job)
+    code, out = _finish(proc)
+    _wait_idle(cluster)  # the sweep's launcher reports the cancelled task; the others go on
+    runs = {r.info.run_name: r for r in point_runs(tmp_path, "cancel")}
+    cancelled = runs.pop(next(n for n in runs if "w=0.5 d=14 r=16" in n))
+    assert cancelled.info.status == "KILLED" and "SIGTERM" in cancelled.data.tags["status_reason"], out[-3000:]
+    assert [r.info.status for r in runs.values()] == ["FINISHED"] * 3
+    code, out = _finish(_submit(tmp_path, cluster, *sweep))
+    assert code == 0, out[-3000:]
+    assert "4 points: 1 finished, 3 skipped, 0 failed" in out
+    again = {r.info.run_name: r for r in point_runs(tmp_path, "cancel")}
+    assert len(again) == 4 and all(r.info.status == "FINISHED" for r in again.values())
+    assert again[cancelled.info.run_name].info.run_id == cancelled.info.run_id
