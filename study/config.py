@@ -135,6 +135,12 @@ class TrainerConfig:
                                     # first epoch, where the expected saving exceeds the compile time
                                     # (study.compiling; never on a CPU, where it did not pay)
     threads: int = 0                # intra-op threads; 0 = this process's cores / parallel jobs
+    processes: int = 1              # processes that train one point together (DistributedDataParallel,
+                                    # study.distributed: gloo on CPUs, nccl on GPUs); recipe.batch_size
+                                    # stays the global batch, split evenly among them
+    sync_batchnorm: str = "auto"    # batch norm over the global batch when processes > 1: true, false,
+                                    # or auto = true on GPUs, false on CPUs (SyncBatchNorm needs a GPU);
+                                    # false keys trainer.processes (it changes what is trained)
     eval_batch_size: int = 512      # images per evaluation batch, >= 1
     latency_batch_size: int = 32    # batch of the inference-latency measurement, >= 1
     latency_repeats: int = 10       # timed repeats (median reported), >= 1
@@ -369,6 +375,13 @@ def _checks(s: StudyConfig, space: bool = True):
         ("trainer.compile", t.compile, compiling.mode(t.compile) in compiling.MODES,
          f"must be one of {', '.join(compiling.MODES)}"),
         ("trainer.threads", t.threads, t.threads >= 0, "must be >= 0 (0 = all cores)"),
+        ("trainer.processes", t.processes, t.processes >= 1, "must be >= 1"),
+        ("trainer.sync_batchnorm", t.sync_batchnorm, compiling.mode(t.sync_batchnorm) in compiling.MODES,
+         f"must be one of {', '.join(compiling.MODES)}"),
+        ("recipe.batch_size", r.batch_size, t.processes < 1 or r.batch_size % t.processes == 0,
+         f"the global batch must split evenly over trainer.processes={t.processes}"),
+        ("tune.trials", s.tune.trials, t.processes == 1 or s.tune.trials == 0,
+         "tuning trains its trials in one process: tune with trainer.processes=1"),
         ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, "must be >= 1"),
         ("trainer.latency_batch_size", t.latency_batch_size, t.latency_batch_size >= 1, "must be >= 1"),
         ("trainer.latency_repeats", t.latency_repeats, t.latency_repeats >= 1, "must be >= 1"),

@@ -331,6 +331,13 @@ def batcher(ds: Dataset, d: DataConfig, *, device: torch.device, memory_format: 
     return Batcher(ds, **settings)
 
 
+def share(x: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """The rank-th of N equal parts of a batch (shard = (rank, N))."""
+    rank, size = shard
+    n = len(x) // size
+    return x if size == 1 else x[rank * n:(rank + 1) * n]
+
+
 class Batcher:
     """Turns uint8 splits into normalised float batches on `device`. Training batches are
     shuffled, cropped and flipped per image (Crops, with the training generator), then get
@@ -361,14 +368,18 @@ class Batcher:
                                               split.labels.pin_memory().to(self.device, non_blocking=True))
         return self._resident[id(split)]
 
-    def train(self, split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
-        """One epoch of shuffled full batches (a single short batch if the split is smaller)."""
+    def train(self, split: Split, batch_size: int, generator: torch.Generator,
+              shard: tuple[int, int] = (0, 1)) -> Iterator[tuple]:
+        """One epoch of shuffled full batches (a single short batch if the split is smaller).
+        shard=(rank, N): the rank-th 1/N of each batch, drawn and augmented exactly as one
+        process draws the whole batch."""
         split = self._on_device(split)
         n = len(split)
         perm = torch.randperm(n, generator=generator).to(self.device)
         for i in range(self.steps_per_epoch(split, batch_size)):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            yield self.finish(self.crop(split.images[idx], generator), generator), split.labels[idx]
+            x, y = self.finish(self.crop(split.images[idx], generator), generator), split.labels[idx]
+            yield share(x, shard), share(y, shard)
 
     def finish(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A cropped uint8 training batch on the device: RandAugment, then normalised."""
@@ -376,10 +387,12 @@ class Batcher:
             x = rand_augment(x, *self.randaugment, generator=generator)
         return self.normalise(x)
 
-    def evaluate(self, split: Split, batch_size: int) -> Iterator[tuple]:
-        """The centre crop at the resolution of every image, in order."""
+    def evaluate(self, split: Split, batch_size: int, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple]:
+        """The centre crop at the resolution of every image, in order; with shard=(rank, N)
+        every N-th batch from the rank-th."""
         split = self._on_device(split)
-        for i in range(0, len(split), batch_size):
+        rank, size = shard
+        for i in range(rank * batch_size, len(split), size * batch_size):
             yield self.normalise(centre(split.images[i:i + batch_size], self.resolution)), \
                 split.labels[i:i + batch_size]
 

@@ -125,8 +125,14 @@ def threads_for(requested: int, cores: int, parallel_jobs: int) -> int:
 
 def resolve(study: StudyConfig, device: torch.device) -> StudyConfig:
     """The study with `auto` settings made concrete for this device."""
-    precision = resolve_precision(study.trainer.precision, device)
-    return replace(study, trainer=replace(study.trainer, precision=precision))
+    t = study.trainer
+    precision = resolve_precision(t.precision, device)
+    sync = str(t.sync_batchnorm).lower()
+    sync = ("true" if device.type == "cuda" else "false") if sync == "auto" else sync
+    if t.processes > 1 and sync == "true" and device.type != "cuda":
+        raise ConfigError("trainer.sync_batchnorm=true: PyTorch's SyncBatchNorm runs on GPUs only; on CPUs use "
+                          "false (batch norm over each process's share) or auto")
+    return replace(study, trainer=replace(t, precision=precision, sync_batchnorm=sync))
 
 
 def configure(study: StudyConfig, parallel_jobs: int = 1) -> int:

@@ -81,6 +81,10 @@ ADDED: dict[str, Any] = {
     "recipe.decay_norm_and_bias": lambda s: not s["recipe.decay_norm_and_bias"] or s["recipe.weight_decay"] == 0,
     # Only picks data.crop (made concrete by config.validate), which is keyed itself.
     "recipe.random_resized_from": lambda s: True,
+    # Several processes with batch norm over the global batch train what one process trains;
+    # batch norm over each process's share is another recipe, so both settings are keyed then.
+    "trainer.processes": lambda s: s["trainer.processes"] == 1 or str(s["trainer.sync_batchnorm"]).lower() == "true",
+    "trainer.sync_batchnorm": lambda s: s["trainer.processes"] == 1 or str(s["trainer.sync_batchnorm"]).lower() == "true",
 }
 
 # Values whose meaning a later version changed: setting -> (changed values, derived key, its value).

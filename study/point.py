@@ -38,10 +38,11 @@ from typing import Any, Callable
 
 import torch
 
-from study import data, faults, grid, imagefiles, measure, models, provenance, stream, trainer, tune
+from study import data, distributed, faults, grid, imagefiles, measure, models, provenance, stream, trainer, tune
 from study import device as devices
 from study.checkpoint import CorruptCheckpoint
 from study.config import StudyConfig
+from study.distributed import ALONE, World
 from study.pointfiles import PointFiles
 from study.redaction import redact
 from study.tracking import Tracker
@@ -52,26 +53,70 @@ OUTCOME_METRICS = ("top1", "flops", "params", "latency_ms", "train_img_per_s")
 
 def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
               position: tuple[int, int] = (1, 1), parallel_jobs: int = 1, resolved_config: str = "",
-              choices: list[str] = (), echo: Echo = print, label: str = "", placement: dict | None = None) -> dict:
+              choices: list[str] = (), echo: Echo = print, label: str = "", placement: dict | None = None,
+              world: World = ALONE) -> dict:
     """Own, train, measure and record one validated grid point (its `auto` settings resolved by
     study.device.resolve); returns its outcome (status FINISHED, SKIPPED, FAILED, BUSY or
     UNRECORDED, with the run id and headline metrics). `placement`: tags saying how it ran
-    (study.device.placement)."""
+    (study.device.placement). In a `world` of several processes this is rank 0: it tells the
+    others (follow_point) what to train, or that there is nothing to train."""
     start = time.perf_counter()
     name, run_key = grid.display_name(study, choices), grid.run_key(study)
     prefix = f"[{position[0]}/{position[1]}] {name}"
     files = PointFiles(study.sweep, run_key)
     outcome = {"name": name, "point_key": grid.point_key(study)}
+    plan = Plan(world)
     if owner := files.acquire():
         echo(f"{prefix}  skipped: being trained right now by {owner}")
+        plan.tell(None)
         return outcome | {"status": "BUSY", "owner": owner, "seconds": time.perf_counter() - start}
-    with terminated_as_interrupt():  # outermost: the lease is released before SIGTERM ends the process
+    with terminated_as_interrupt(world):  # outermost: the lease is released before SIGTERM ends the process
         try:
             said = _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config,
-                              partial(_say, echo, prefix), label, placement or {})
+                              partial(_say, echo, prefix), label, placement or {}, plan)
         finally:
             files.release()
+            plan.tell(None)  # rank 0 trained nothing (skipped, failed before training): the others stop
     return outcome | said | {"seconds": time.perf_counter() - start}
+
+
+class Plan:
+    """What rank 0 tells a point's other processes, once: what to train (the study as tuned,
+    whether to resume from the checkpoint, the run, the loader's workers), or None."""
+
+    def __init__(self, world: World) -> None:
+        self.world, self.told = world, world.size == 1
+
+    def tell(self, plan: dict | None) -> None:
+        if self.told:
+            return
+        self.told = True
+        try:
+            distributed.plan(self.world, plan)
+        except Exception:
+            if plan is not None:
+                raise  # the others are gone before training: the point fails
+
+
+def follow_point(study: StudyConfig, *, device: torch.device, world: World, parallel_jobs: int = 1) -> dict:
+    """A rank > 0 of a point on several processes: train what rank 0 plans, from the checkpoint
+    it resumes, recording nothing (rank 0 records, checkpoints and measures)."""
+    plan = distributed.plan(world)
+    if plan is None:
+        return {"status": "FOLLOWED", "rank": world.rank}
+    study = plan["study"]
+    devices.configure(study, parallel_jobs)
+    ds = data.prepare(study.data)
+    resume = PointFiles(study.sweep, grid.run_key(study)).checkpoint.load() if plan["resume"] else None
+    memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
+    _train(study, ds=ds, device=device, memory_format=memory_format, workers=plan["workers"], sink=_Unrecorded(),
+           resume=resume, run_id=plan["run_id"], world=world)
+    return {"status": "FOLLOWED", "rank": world.rank}
+
+
+class _Unrecorded:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
+        pass
 
 
 class Terminated(BaseException):
@@ -79,10 +124,12 @@ class Terminated(BaseException):
 
 
 TERMINATED = "SIGTERM: cancelled (scancel), preempted or requeued by the scheduler, or killed"
+PEER_ENDED = "another of the point's {} processes ended"
+TERMINATED_IN_WORLD = "; or " + PEER_ENDED + ", and its launcher stopped the rest"
 
 
 @contextmanager
-def terminated_as_interrupt():
+def terminated_as_interrupt(world: World = ALONE):
     """While a point runs, SIGTERM raises Terminated (so its run is recorded KILLED with the
     reason, its checkpoint kept); after the point's files are released the process ends by
     SIGTERM. Under submitit this replaces its ignoring of SIGTERM for the point's duration:
@@ -92,7 +139,7 @@ def terminated_as_interrupt():
         return
 
     def raise_terminated(_signum, _frame):
-        raise Terminated(TERMINATED)
+        raise Terminated(TERMINATED + (TERMINATED_IN_WORLD.format(world.size) if world.size > 1 else ""))
 
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -110,7 +157,7 @@ def _say(echo: Echo, prefix: str, text: str) -> None:
 
 
 def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config, say, label,
-               placement) -> dict:
+               placement, plan: Plan) -> dict:
     start = time.perf_counter()
     run_key, key = files.run_key, grid.point_key(study)
     if (legacy := grid.legacy_run_key(study)) and legacy != run_key and (n := tracker.migrate(legacy, run_key, key)):
@@ -133,7 +180,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
     run_id, resume = _open_run(study, files, tracker, name, params, tags, say)
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
     train = partial(_train, ds=ds, device=device, memory_format=memory_format, workers=workers,
-                    label=f"{label} | {prefix}" if label else prefix)
+                    label=f"{label} | {prefix}" if label else prefix, world=plan.world)
     ckpt = files.checkpoint if study.trainer.checkpoints else None
     artifacts: dict[str, Any] = {"config.yaml": resolved_config}
     epochs = EpochLog(tracker, say)
@@ -142,10 +189,15 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
             study, artifacts["tuning.json"] = _tune(study, train, tracker, say)
             params |= tune.trained_values(study)
         measure.reset_peak_memory(device)
+        plan.tell({"study": study, "resume": resume is not None, "run_id": run_id, "workers": workers})
         model, fitted = train(study, sink=epochs, checkpoint=ckpt, resume=resume, run_id=run_id)
         metrics = _measure(model, ds, study, fitted, device, memory_format)
         tracker.annotate({}, {"compile": fitted.compile})
     except Exception as e:  # the training failed: the point fails, the sweep goes on
+        if distributed.peer_lost(e, plan.world):  # interrupted: the checkpoint stays, a rerun resumes
+            reason = PEER_ENDED.format(plan.world.size) + f" ({_brief(e)[:150]})"
+            _quietly(lambda: tracker.fail_point(f"interrupted: {reason}", status="KILLED"), say)
+            raise
         reason = failure_reason(e)
         _quietly(lambda: tracker.fail_point(reason), say)
         files.checkpoint.remove()  # a failed point is retried from scratch
@@ -315,10 +367,12 @@ def failure_reason(e: BaseException) -> str:
 
 
 def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory_format, sink,
-           evaluate_test: bool = True, label: str = "", workers: int = 0, **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
+           evaluate_test: bool = True, label: str = "", workers: int = 0, world: World = ALONE,
+           **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
     """Build and fit the point's model; `resume` passes checkpoint, resume and run_id on."""
     torch.manual_seed(study.seed)
-    model = _build(study, ds).to(device, memory_format=memory_format)
+    model = distributed.sync_batchnorm(_build(study, ds), world, study.trainer.sync_batchnorm == "true")
+    model = model.to(device, memory_format=memory_format)
     if fault := faults.planned(grid.display_name(study)):
         faults.inject(model, fault)
     r = study.recipe
@@ -326,7 +380,7 @@ def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory
                            randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(model, ds, batcher, study.recipe,
                          study.trainer, seed=study.seed, sink=sink, device=device, evaluate_test=evaluate_test,
-                         label=label, **resume)
+                         label=label, world=world, **resume)
     return model, fitted
 
 

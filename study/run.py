@@ -7,8 +7,8 @@ points to the point lifecycle (study.point).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-from functools import partial
 from pathlib import Path
 
 import hydra
@@ -16,10 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from study import config, grid, handoff, progress, stream
+from study import config, distributed, grid, handoff, progress, stream
 from study import device as devices
 from study.config import ConfigError
-from study.point import run_point
+from study.point import follow_point, run_point
 from study.redaction import redact, redact_hydra_output
 from study.tracking import check_reachable, mlflow_tracker
 
@@ -38,28 +38,79 @@ def main(cfg: DictConfig) -> list[dict]:
         study = devices.resolve(study, device)
         largest = handoff.read_grid(Path(hc.sweep.dir)).get("largest_stored") if multirun else None
         study, data_path = stream.resolve(study, device, jobs, largest)
+        world = _world(study, multirun)
         check_reachable(study.tracking.uri)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if not multirun:  # a sweep says it once, for all its points (study.sweep)
         print(f"data: {data_path}\n{precision}", flush=True)
-    t = study.tracking
-    tracker = mlflow_tracker(t.uri, study.sweep, t.artifact_root, t.retry_s)
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
     console = progress.Console()
-    if jobs > 1:  # step bars of parallel jobs would draw over each other
+    if jobs > 1 or study.trainer.processes > 1:  # step bars of parallel jobs would draw over each other
         study = dataclasses.replace(study, trainer=dataclasses.replace(study.trainer, progress=False))
     label = console.label(Path(hc.sweep.dir), study.sweep) if multirun else ""
-    point = partial(run_point, tracker=tracker, device=device, position=_position(), choices=choices,
-                    parallel_jobs=jobs, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
-                    echo=console.line, label=label, placement=devices.placement(hc.launcher))
-    outcomes = [point(dataclasses.replace(study, seed=seed))  # seeds=N: N runs sharing one point key
-                for seed in range(study.seed, study.seed + study.seeds)]
+    kwargs = dict(position=_position(), choices=choices, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
+                  label=label, placement=devices.placement(hc.launcher),
+                  parallel_jobs=jobs * (study.trainer.processes // world.nodes if world.size > 1 else 1))
+    outcomes = []
+    for seed in range(study.seed, study.seed + study.seeds):  # seeds=N: N runs sharing one point key
+        one = dataclasses.replace(study, seed=seed)
+        if study.trainer.processes > 1 and world.size == 1:  # this job starts the point's processes
+            outcomes.append(_launched(one, device, kwargs | {"parallel_jobs": jobs * study.trainer.processes}))
+        else:
+            outcomes.append(point_in_world(one, device, world, kwargs, echo=console.line))
+    if not world.main:
+        return outcomes
     handoff.write_outcomes(Path(hc.runtime.output_dir), outcomes)
     if multirun:
         console.point_ended(Path(hc.sweep.dir), hc.job.num, study.sweep)
     return outcomes
+
+
+def _world(study, multirun: bool) -> distributed.World:
+    """The processes this job is one of (torchrun, or a SLURM job's tasks), checked against
+    trainer.processes."""
+    world = distributed.current()
+    p = study.trainer.processes
+    if world.size > 1 and world.size != p:
+        raise ConfigError(f"trainer.processes={p}: this job is one of {world.size} processes (torchrun "
+                          f"--nproc-per-node, or hydra.launcher.tasks_per_node x nodes); set them equal")
+    if world.size > 1 and multirun and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError(f"trainer.processes={p} under torchrun trains one point: for a sweep, let each "
+                          "point start its processes (make sweep ARGS=\"trainer.processes=N\") or use "
+                          "hydra/launcher=slurm with hydra.launcher.tasks_per_node=N")
+    return world
+
+
+def point_in_world(study, device, world: distributed.World, kwargs: dict, echo=print) -> dict:
+    """Run one point as this process's part of `world`: rank 0 owns and records it, the others
+    follow (study.point)."""
+    device = distributed.device_for(device, world)
+    with distributed.joined(world, device):
+        if not world.main:
+            return follow_point(study, device=device, world=world, parallel_jobs=kwargs["parallel_jobs"])
+        t = study.tracking
+        tracker = mlflow_tracker(t.uri, study.sweep, t.artifact_root, t.retry_s)
+        placement = kwargs["placement"] | {"processes": str(world.size), "nodes": str(world.nodes)}
+        return run_point(study, tracker=tracker, device=device, echo=echo, world=world,
+                         **(kwargs | {"placement": placement}))
+
+
+def _launched(study, device, kwargs: dict) -> dict:
+    """Start the point's trainer.processes local processes (torch.distributed's elastic launcher)
+    and return rank 0's outcome; a process that fails ends the others and the point fails."""
+    try:
+        return distributed.launch(_spawned, (study, device, kwargs), study.trainer.processes)
+    except Exception as e:  # ChildFailedError: rank 0 recorded its run (KILLED or FAILED) with the reason
+        reason = distributed.failure(e)
+        print(f"{grid.display_name(study, kwargs['choices'])}  FAILED: {reason}", flush=True)
+        return {"name": grid.display_name(study, kwargs["choices"]), "point_key": grid.point_key(study),
+                "status": "FAILED", "reason": reason}
+
+
+def _spawned(study, device, kwargs: dict) -> dict:
+    return point_in_world(study, device, distributed.current(), kwargs)
 
 
 def _position() -> tuple[int, int]:

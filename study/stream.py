@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset
 
 from study import imagefiles
 from study.config import DataConfig
-from study.data import Batcher, Crops, Dataset, centre, stored_size
+from study.data import Batcher, Crops, Dataset, centre, share, stored_size
 from study.imagefiles import FileSplit
 
 log = logging.getLogger(__name__)
@@ -147,19 +147,22 @@ class StreamBatcher(Batcher):
         self.files = BatchFiles({"train": ds.train, "minival": ds.minival, "test": ds.test}, ds.stored_resolution,
                                 self.crops)
 
-    def train(self, split: FileSplit, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
+    def train(self, split: FileSplit, batch_size: int, generator: torch.Generator,
+              shard: tuple[int, int] = (0, 1)) -> Iterator[tuple]:
+        """shard=(rank, N): this process reads only the rank-th 1/N of each batch's files; their
+        crops are those one process draws (per image), RandAugment draws for the share."""
         epoch_seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
         perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(epoch_seed))
         name = self.names[id(split)]
-        tasks = [("train", name, epoch_seed, perm[i * batch_size:(i + 1) * batch_size].tolist())
+        tasks = [("train", name, epoch_seed, share(perm[i * batch_size:(i + 1) * batch_size], shard).tolist())
                  for i in range(self.steps_per_epoch(split, batch_size))]
         for x, y in self._batches(tasks):
             yield self.finish(x, generator), y
 
-    def evaluate(self, split: FileSplit, batch_size: int) -> Iterator[tuple]:
-        name = self.names[id(split)]
+    def evaluate(self, split: FileSplit, batch_size: int, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple]:
+        name, (rank, size) = self.names[id(split)], shard
         tasks = [("eval", name, 0, list(range(i, min(i + batch_size, len(split)))))
-                 for i in range(0, len(split), batch_size)]
+                 for i in range(rank * batch_size, len(split), size * batch_size)]
         for x, y in self._batches(tasks):
             yield self.normalise(x), y
 

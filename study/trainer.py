@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from study import compiling
+from study import compiling, distributed
 from study import recipe as recipes
 from study.checkpoint import Checkpoint, rng_state, set_rng_state
 from study.config import RecipeConfig, TrainerConfig
 from study.data import Batcher, Dataset, Split
+from study.distributed import ALONE, World
 
 GUARD_EVERY = 25  # steps between non-finite-loss checks (each check syncs the device)
 
@@ -54,12 +55,14 @@ def autocast(device: torch.device, precision: str):
 def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, settings: TrainerConfig,
         *, seed: int, sink: EpochSink, device: torch.device, evaluate_test: bool = True,
         checkpoint: Checkpoint | None = None, resume: dict | None = None,
-        run_id: str = "", label: str = "") -> FitResult:
+        run_id: str = "", label: str = "", world: World = ALONE) -> FitResult:
     """Train; with evaluate_test=False (tuning trials) the test split is never touched.
     `label` is shown in front of the step bar (a terminal only).
     With `checkpoint`, the whole training state is saved after every epoch but the last; `resume` (a
     loaded state) continues from its epoch with every RNG where it was, so the result equals
-    an uninterrupted run's in deterministic mode."""
+    an uninterrupted run's in deterministic mode. With a `world` of several processes the
+    steps run through DDP on each one's share of every batch, and evaluation is shared out
+    (study.distributed); only the caller's rank 0 passes a checkpoint and a recording sink."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = recipes.make_optimizer(model, recipe)
     steps = batcher.steps_per_epoch(ds.train, recipe.batch_size)
@@ -75,7 +78,8 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
         sink.log_epoch(done, history[-1], stamps[-1] if stamps else None)
     # the model the training steps run: compiled from an epoch on when study.compiling says so;
     # evaluation, the EMA and checkpoints use the eager `model`
-    stepping, compiled_from, note = model, None, "off: the run ends with its first (eager, timed) epoch"
+    stepping = distributed.wrap(model, world, device)
+    compiled_from, note = None, "off: the run ends with its first (eager, timed) epoch"
     decide_at = done + 1 if epoch_times or compiling.mode(settings.compile) != "auto" else 2
     loop_start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * steps, initial=done * steps, leave=False, unit="step", desc=label or None,
@@ -88,13 +92,15 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
                                             epoch_s=statistics.median(epoch_times) if epoch_times else None,
                                             epochs_left=recipe.epochs - epoch + 1)
                 if on:
-                    stepping, compiled_from = torch.compile(model), epoch
+                    stepping, compiled_from = torch.compile(stepping), epoch
             lr = schedule.get_last_lr()[0]
+            distributed.reseed(seed, epoch, world)
             t0 = time.perf_counter()
-            train_loss = train_epoch(stepping, batcher.train(ds.train, recipe.batch_size, generator),
-                                     optimizer, schedule, loss_fn, settings.precision, device, bar, ema)
+            batches = batcher.train(ds.train, recipe.batch_size, generator, shard=world.shard)
+            train_loss = train_epoch(stepping, batches, optimizer, schedule, loss_fn, settings.precision, device, bar,
+                                     ema, world)
             epoch_times.append(time.perf_counter() - t0)
-            val = evaluate(scored, batcher, ds.minival, settings)
+            val = evaluate(scored, batcher, ds.minival, settings, world)
             metrics = {"train/loss": train_loss, "val/top1": val["top1"], "val/top5": val["top5"],
                        "lr": lr, "epoch_time_s": epoch_times[-1]}
             history.append(metrics)
@@ -108,9 +114,9 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
         bar.close()
     loop_time = time.perf_counter() - loop_start
     warmup = {0} if compiled_from is None else {0, compiled_from - 1}  # epochs that warm up or compile
-    metrics = _final_metrics(scored, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test, warmup)
+    metrics = _final_metrics(scored, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test, warmup, world)
     if ema:
-        metrics["minival/top1_no_ema"] = evaluate(model, batcher, ds.minival, settings)["top1"]
+        metrics["minival/top1_no_ema"] = evaluate(model, batcher, ds.minival, settings, world)["top1"]
     if compiled_from is not None:
         metrics |= _compile_cost(epoch_times, compiled_from - 1)
     return FitResult(metrics, history, loop_time, note)
@@ -151,8 +157,10 @@ def _restore(state, model, optimizer, schedule, ema, generator) -> tuple[list, l
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,
-                precision: str, device: torch.device, bar, ema: recipes.WeightEma | None = None) -> float:
-    """One pass of SGD steps; returns the mean training loss. Raises DivergedError."""
+                precision: str, device: torch.device, bar, ema: recipes.WeightEma | None = None,
+                world: World = ALONE) -> float:
+    """One pass of SGD steps; returns the mean training loss (over every process's share).
+    Raises DivergedError (on every process at the same step)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     n = 0
@@ -168,27 +176,29 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, sch
         loss_sum += loss.detach().float()
         n += 1
         if n % GUARD_EVERY == 0:
-            _guard(loss_sum, n)
+            _guard(loss_sum, n, world)
         bar.update()
-    return _guard(loss_sum, n) / n
+    return _guard(loss_sum, n, world) / n
 
 
-def _guard(loss_sum: torch.Tensor, step: int) -> float:
-    value = loss_sum.item()
+def _guard(loss_sum: torch.Tensor, step: int, world: World = ALONE) -> float:
+    value = distributed.total(loss_sum.clone(), world).item() / world.size
     if not math.isfinite(value):
         raise DivergedError(f"training loss became {value} by step {step} of the epoch")
     return value
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: TrainerConfig) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of the model on a split."""
+def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: TrainerConfig,
+             world: World = ALONE) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of the model on a split (its batches shared out among a
+    world's processes, their counts summed)."""
     model.eval()
     device = batcher.device
     correct1 = torch.zeros((), device=device, dtype=torch.long)
     correct5 = torch.zeros((), device=device, dtype=torch.long)
     n = 0  # the images evaluated (a streamed split skips unreadable files)
-    for x, y in batcher.evaluate(split, settings.eval_batch_size):
+    for x, y in batcher.evaluate(split, settings.eval_batch_size, shard=world.shard):
         n += len(y)
         with autocast(device, settings.precision):
             logits = model(x)
@@ -197,19 +207,20 @@ def evaluate(model: nn.Module, batcher: Batcher, split: Split, settings: Trainer
         hit = top == y[:, None]
         correct1 += hit[:, 0].sum()
         correct5 += hit.any(dim=1).sum()
-    return {"top1": correct1.item() / n, "top5": correct5.item() / n}
+    counts = distributed.total(torch.stack([correct1, correct5, torch.tensor(n, device=device)]), world).tolist()
+    return {"top1": counts[0] / counts[2], "top5": counts[1] / counts[2]}
 
 
 def _final_metrics(model, batcher, ds, recipe, settings, epoch_times, steps, evaluate_test,
-                   warmup: set[int]) -> dict[str, float]:
-    minival = evaluate(model, batcher, ds.minival, settings)
+                   warmup: set[int], world: World) -> dict[str, float]:
+    minival = evaluate(model, batcher, ds.minival, settings, world)
     # Step time excludes the first epoch (warm-up of allocators and kernels) and the one that
     # compiled, when there are others.
     timed = [t for i, t in enumerate(epoch_times) if i not in warmup] or epoch_times
     step_s = sum(timed) / (len(timed) * steps)
     final = {}
     if evaluate_test:
-        test = evaluate(model, batcher, ds.test, settings)
+        test = evaluate(model, batcher, ds.test, settings, world)
         final = {"top1": test["top1"], "top5": test["top5"], "error": 1 - test["top1"]}
     return final | {
             "minival/top1": minival["top1"], "minival/top5": minival["top5"],
