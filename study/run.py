@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> list[dict]:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if not multirun:  # a sweep says it once, for all its points (study.sweep)
+    if not multirun and world.main:  # a sweep says it once, for all its points (study.sweep)
         print(f"data: {data_path}\n{precision}", flush=True)
     choices = grid.group_choices(list(hc.overrides.task), set(hc.sweeper.get("params") or {}))
     console = progress.Console()

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,20 @@ def test_a_killed_process_fails_the_point_cleanly_and_the_rerun_resumes(tmp_path
     assert f"resuming run {run.info.run_id[:8]}" in result.stdout
     (again,) = point_runs(tmp_path, "kill1")
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_point_as_the_processes_its_job_starts(tmp_path):
+    point = [*POINT, "recipe.epochs=2", "trainer.deterministic=true", "trainer.threads=1", "trainer.processes=2"]
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "-m", "study.run"]
+    env = dict(os.environ, STUDY_HOME=str(tmp_path))
+    wrong = subprocess.run([*torchrun, *point, "trainer.processes=4", "sweep=wrong"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0 and "trainer.processes=4: this job is one of 2 processes" in wrong.stderr
+    ran = subprocess.run([*torchrun, *point, "sweep=torchrun"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert run_cli(*point, "sweep=spawned", home=tmp_path).returncode == 0
+    (a,), (b,) = point_runs(tmp_path, "torchrun"), point_runs(tmp_path, "spawned")
+    assert a.data.tags["processes"] == b.data.tags["processes"] == "2"
+    assert {k: a.data.metrics[k] for k in ("top1", "minival/top1")} == {k: b.data.metrics[k] for k in ("top1", "minival/top1")}

@@ -190,3 +190,18 @@ def test_scancel_of_one_task_kills_only_that_point_and_a_rerun_trains_only_it(cl
     again = {r.info.run_name: r for r in point_runs(tmp_path, "cancel")}
     assert len(again) == 4 and all(r.info.status == "FINISHED" for r in again.values())
     assert again[cancelled.info.run_name].info.run_id == cancelled.info.run_id
+
+
+def test_a_point_on_two_slurm_tasks_trains_as_two_local_processes_do(cluster, tmp_path):
+    """hydra.launcher.tasks_per_node=2 with trainer.processes=2: the job's two tasks train the
+    point together (DDP over gloo, ranks and rendezvous from submitit), exactly as the two
+    processes a local job starts."""
+    point = [*POINT, "recipe.epochs=3", "data.synthetic_images=1000", "trainer.processes=2"]
+    code, out = _finish(_submit(tmp_path, cluster, *point, "hydra.launcher.tasks_per_node=2",
+                                "hydra.launcher.timeout_min=10", "sweep=tasks"))
+    assert code == 0, out[-3000:]
+    local = run_cli(*point, "sweep=local", home=tmp_path)
+    assert local.returncode == 0, local.stderr[-3000:]
+    (run,), (ref,) = point_runs(tmp_path, "tasks"), point_runs(tmp_path, "local")
+    assert run.info.status == "FINISHED" and run.data.tags["processes"] == "2" and run.data.tags["scheduler"] == "slurm"
+    assert {k: run.data.metrics[k] for k in COMPARED} == {k: ref.data.metrics[k] for k in COMPARED}
