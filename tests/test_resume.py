@@ -79,7 +79,7 @@ def test_sigterm_leaves_the_run_killed_with_the_reason_and_a_rerun_resumes_it(tm
     """scancel, a preemption or `kill` sends SIGTERM: the point's run is recorded KILLED with why,
     its checkpoint stays, the process ends by SIGTERM, and the rerun continues the same run."""
     point = ["data=synthetic", "data.synthetic_images=2000", "model.width=0.25", "model.depth=14", "data.resolution=12",
-             "recipe=resnet_rs", "recipe.epochs=20", "trainer.latency_repeats=2", "trainer.progress=false", "sweep=term"]
+             "recipe=resnet_rs", "recipe.epochs=8", "trainer.latency_repeats=2", "trainer.progress=false", "sweep=term"]
     env = dict(os.environ, STUDY_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "study.run", *point], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
