@@ -109,8 +109,14 @@ def follow_point(study: StudyConfig, *, device: torch.device, world: World, para
     ds = data.prepare(study.data)
     resume = PointFiles(study.sweep, grid.run_key(study)).checkpoint.load() if plan["resume"] else None
     memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
-    _train(study, ds=ds, device=device, memory_format=memory_format, workers=plan["workers"], sink=_Unrecorded(),
-           resume=resume, run_id=plan["run_id"], world=world)
+    try:
+        _train(study, ds=ds, device=device, memory_format=memory_format, workers=plan["workers"],
+               sink=_Unrecorded(), resume=resume, run_id=plan["run_id"], world=world)
+    except Exception as e:
+        if distributed.peer_lost(e, world):
+            raise
+        # every process meets a divergence or an injected fault at the same step: rank 0 records it
+        return {"status": "FAILED", "rank": world.rank, "reason": failure_reason(e)}
     return {"status": "FOLLOWED", "rank": world.rank}
 
 
