@@ -37,7 +37,8 @@ def main(cfg: DictConfig) -> list[dict]:
         precision = devices.precision_line(study.trainer.precision, device)
         study = devices.resolve(study, device)
         largest = handoff.read_grid(Path(hc.sweep.dir)).get("largest_stored") if multirun else None
-        study, data_path = stream.resolve(study, device, jobs, largest)
+        # each of a point's local processes holds its own copy of an in-memory set
+        study, data_path = stream.resolve(study, device, jobs * study.trainer.processes, largest)
         world = _world(study, multirun)
         check_reachable(study.tracking.uri)
     except ConfigError as e:
