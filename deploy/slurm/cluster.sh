@@ -9,8 +9,9 @@
 #
 # DIR defaults to /tmp/study-slurm. Needs root (the daemons run as root) and Debian's packages
 #   apt-get install slurm-wlm slurmdbd munge mariadb-server
-# One node (this host, its cores and memory), one partition `debug`, requeue allowed, nodes
-# returned to service on their own. Ports: SLURM_PORT_BASE (6817: slurmctld, +1 slurmd,
+# One node (this host, its cores and memory), one partition `debug`, requeue allowed (a requeued
+# job may start again 10 s later: cred_expire, 120 s by default), nodes returned to service on
+# their own. Ports: SLURM_PORT_BASE (6817: slurmctld, +1 slurmd,
 # +2 slurmdbd) and MARIADB_PORT (3316).
 set -euo pipefail
 cmd=${1:-}; DIR=$(realpath -m "${2:-/tmp/study-slurm}")
@@ -43,6 +44,7 @@ SlurmdPort=$((BASE + 1))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
