@@ -104,13 +104,31 @@ def joined(world: World, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def plan(world: World, value: Any = None) -> Any:
+def tell(world: World, value: Any = None) -> Any:
     """Rank 0 tells the others what to do (its `value`); every rank returns it."""
     if world.size == 1:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class Plan:
+    """What rank 0 tells a point's other processes, once: what to train (the study as tuned,
+    whether to resume from the checkpoint, the run, the loader's workers), or None."""
+
+    def __init__(self, world: World) -> None:
+        self.world, self.told = world, world.size == 1
+
+    def tell(self, plan: dict | None) -> None:
+        if self.told:
+            return
+        self.told = True
+        try:
+            tell(self.world, plan)
+        except Exception:
+            if plan is not None:
+                raise  # the others are gone before training: the point fails
 
 
 def total(x: torch.Tensor, world: World) -> torch.Tensor:

@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import threading
 import time
 import traceback
-from contextlib import contextmanager
 from functools import partial
 from typing import Any, Callable
 
@@ -43,6 +39,7 @@ from study import device as devices
 from study.checkpoint import CorruptCheckpoint
 from study.config import StudyConfig
 from study.distributed import ALONE, World
+from study.interrupt import PEER_ENDED, terminated_as_interrupt
 from study.pointfiles import PointFiles
 from study.redaction import redact
 from study.tracking import Tracker
@@ -65,7 +62,7 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     prefix = f"[{position[0]}/{position[1]}] {name}"
     files = PointFiles(study.sweep, run_key)
     outcome = {"name": name, "point_key": grid.point_key(study)}
-    plan = Plan(world)
+    plan = distributed.Plan(world)
     if owner := files.acquire():
         echo(f"{prefix}  skipped: being trained right now by {owner}")
         plan.tell(None)
@@ -80,35 +77,17 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     return outcome | said | {"seconds": time.perf_counter() - start}
 
 
-class Plan:
-    """What rank 0 tells a point's other processes, once: what to train (the study as tuned,
-    whether to resume from the checkpoint, the run, the loader's workers), or None."""
-
-    def __init__(self, world: World) -> None:
-        self.world, self.told = world, world.size == 1
-
-    def tell(self, plan: dict | None) -> None:
-        if self.told:
-            return
-        self.told = True
-        try:
-            distributed.plan(self.world, plan)
-        except Exception:
-            if plan is not None:
-                raise  # the others are gone before training: the point fails
-
-
 def follow_point(study: StudyConfig, *, device: torch.device, world: World, parallel_jobs: int = 1) -> dict:
     """A rank > 0 of a point on several processes: train what rank 0 plans, from the checkpoint
     it resumes, recording nothing (rank 0 records, checkpoints and measures)."""
-    plan = distributed.plan(world)
+    plan = distributed.tell(world)
     if plan is None:
         return {"status": "FOLLOWED", "rank": world.rank}
     study = plan["study"]
     devices.configure(study, parallel_jobs)
     ds = data.prepare(study.data)
     resume = PointFiles(study.sweep, grid.run_key(study)).checkpoint.load() if plan["resume"] else None
-    memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
+    memory_format = _memory_format(study)
     try:
         _train(study, ds=ds, device=device, memory_format=memory_format, workers=plan["workers"],
                sink=_Unrecorded(), resume=resume, run_id=plan["run_id"], world=world)
@@ -125,45 +104,12 @@ class _Unrecorded:
         pass
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived while a point ran."""
-
-
-TERMINATED = "SIGTERM: cancelled (scancel), preempted or requeued by the scheduler, or killed"
-PEER_ENDED = "another of the point's {} processes ended"
-TERMINATED_IN_WORLD = "; or " + PEER_ENDED + ", and its launcher stopped the rest"
-
-
-@contextmanager
-def terminated_as_interrupt(world: World = ALONE):
-    """While a point runs, SIGTERM raises Terminated (so its run is recorded KILLED with the
-    reason, its checkpoint kept); after the point's files are released the process ends by
-    SIGTERM. Under submitit this replaces its ignoring of SIGTERM for the point's duration:
-    its own signal for time limits (USR2) still checkpoints and requeues the job."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def raise_terminated(_signum, _frame):
-        raise Terminated(TERMINATED + (TERMINATED_IN_WORLD.format(world.size) if world.size > 1 else ""))
-
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    except Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise  # not reached: SIGTERM ends the process
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _say(echo: Echo, prefix: str, text: str) -> None:
     echo(f"{prefix}  {text}")
 
 
 def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config, say, label,
-               placement, plan: Plan) -> dict:
+               placement, plan: distributed.Plan) -> dict:
     start = time.perf_counter()
     run_key, key = files.run_key, grid.point_key(study)
     if (legacy := grid.legacy_run_key(study)) and legacy != run_key and (n := tracker.migrate(legacy, run_key, key)):
@@ -184,7 +130,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
     tags = {"point_key": key, "run_key": run_key, "key_version": str(grid.KEY_VERSION), "device": str(device),
             "threads": str(threads), **data_tags(study, ds, workers), **placement, **provenance.tags()}
     run_id, resume = _open_run(study, files, tracker, name, params, tags, say)
-    memory_format = torch.channels_last if study.trainer.channels_last else torch.contiguous_format
+    memory_format = _memory_format(study)
     train = partial(_train, ds=ds, device=device, memory_format=memory_format, workers=workers,
                     label=f"{label} | {prefix}" if label else prefix, world=plan.world)
     ckpt = files.checkpoint if study.trainer.checkpoints else None
@@ -404,6 +350,10 @@ def _tune(study: StudyConfig, train, tracker: Tracker, say) -> tuple[StudyConfig
     say(f"best trial {result.best_trial}: minival top1={result.best_value:.4f} {tune.trained_values(best)}; "
         f"importances {result.importances}")
     return best, dataclasses.asdict(result)
+
+
+def _memory_format(study: StudyConfig) -> torch.memory_format:
+    return torch.channels_last if study.trainer.channels_last else torch.contiguous_format
 
 
 def _build(study: StudyConfig, ds: data.Dataset) -> torch.nn.Module:

@@ -91,7 +91,7 @@ def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, s
                                             device=device.type, model=model,
                                             epoch_s=statistics.median(epoch_times) if epoch_times else None,
                                             epochs_left=recipe.epochs - epoch + 1)
-                on, note = distributed.plan(world, (on, note))  # rank 0's timing decides for all
+                on, note = distributed.tell(world, (on, note))  # rank 0's timing decides for all
                 if on:
                     stepping, compiled_from = torch.compile(stepping), epoch
             lr = schedule.get_last_lr()[0]
