@@ -23,10 +23,10 @@ DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch")
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_task=0", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=1"]
 # deterministic, one thread: its metrics do not depend on where or in how many attempts it ran
-POINT = ["data=synthetic", "model.width=0.25", "model.depth=14", "data.resolution=12", "recipe=resnet_rs",
-         "trainer.deterministic=true", "trainer.threads=1", "trainer.latency_repeats=2", "trainer.progress=false"]
+EXACT = ["recipe=resnet_rs", "trainer.deterministic=true", "trainer.threads=1", "trainer.latency_repeats=2",
+         "trainer.progress=false"]
+POINT = ["data=synthetic", "model.width=0.25", "model.depth=14", "data.resolution=12", *EXACT]
 COMPARED = ("top1", "top5", "minival/top1", "minival/top1_no_ema")
-
 
 def _unavailable() -> str | None:
     if os.geteuid() != 0:
@@ -79,17 +79,20 @@ def _epochs_logged(home: Path, sweep: str) -> dict[str, int]:
     return {r.info.run_name: len(client.get_metric_history(r.info.run_id, "val/top1")) for r in runs}
 
 
-def _task_of(env: dict, name_has: str, home: Path, sweep: str, epochs: int, timeout: float = 240) -> str:
-    """The SLURM job id (array_task form) of the running point whose name contains `name_has`,
-    once it has logged `epochs` epochs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        logged = {k: v for k, v in _epochs_logged(home, sweep).items() if name_has in k}
-        if logged and max(logged.values()) >= epochs:
-            (run,) = [r for r in point_runs(home, sweep) if name_has in r.info.run_name]
-            return run.data.tags["job_id"]
+def _act_when_logged(home: Path, sweep: str, env: dict, actions: dict, timeout: float = 300) -> dict:
+    """Run each action {point name part: (epochs, command...)} on the SLURM job of the point
+    whose name contains that part, once it has logged that many epochs; returns {part: job id}."""
+    done, deadline = {}, time.monotonic() + timeout
+    while len(done) < len(actions):
+        assert time.monotonic() < deadline, f"points {set(actions) - set(done)} of {sweep} never got that far"
+        logged = _epochs_logged(home, sweep)
+        for part, (epochs, *command) in actions.items():
+            if part not in done and any(part in name and n >= epochs for name, n in logged.items()):
+                (run,) = [r for r in point_runs(home, sweep) if part in r.info.run_name]
+                done[part] = run.data.tags["job_id"]
+                _slurm(env, *command, done[part])
         time.sleep(0.5)
-    raise AssertionError(f"no point {name_has!r} of {sweep} logged {epochs} epoch(s) in {timeout}s")
+    return done
 
 
 def _wait_idle(env: dict, timeout: float = 240) -> None:
@@ -99,83 +102,92 @@ def _wait_idle(env: dict, timeout: float = 240) -> None:
         time.sleep(1)
 
 
-def _reference(home: Path, epochs: int, images: int = 1000) -> dict:
+def _reference(home: Path, *point: str) -> dict:
     """The point trained uninterrupted, in one process, outside SLURM (its own store: it may run
     while the drill's sweep creates its store)."""
     home = home / "reference"
     home.mkdir()
-    result = run_cli(*POINT, f"recipe.epochs={epochs}", f"data.synthetic_images={images}", "sweep=reference",
-                     home=home)
+    result = run_cli(*point, "sweep=reference", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = point_runs(home, "reference")
     return run.data.metrics
 
 
-def test_the_smoke_sweep_runs_as_a_slurm_array(cluster, tmp_path):
-    code, out = _finish(_submit(tmp_path, cluster, "--config-dir", "sweeps", "--config-name", "smoke",
-                                "model.depth=14", "data.synthetic_images=400", "trainer.latency_repeats=2",
-                                "trainer.progress=false", "hydra.launcher.timeout_min=10", "sweep=array"))
+# The smoke sweep at depth 14 (4 points: width 0.25,0.5 x resolution 12,16), deterministic, as one
+# array. One module-scoped run serves three drills, each asserted by its own test: while it runs,
+# one task is preempted (`scontrol requeue`) and another cancelled (`scancel`); then the sweep is
+# run again, as a user would after a cancel.
+SMOKE = ["--config-dir", "sweeps", "--config-name", "smoke", "model.depth=14", *EXACT, "recipe.epochs=8",
+         "data.synthetic_images=1000"]
+PREEMPTED, CANCELLED = "w=0.5 d=14 r=16", "w=0.5 d=14 r=12"
+
+
+@pytest.fixture(scope="module")
+def drills(cluster, tmp_path_factory):
+    home = tmp_path_factory.mktemp("drills")
+    proc = _submit(home, cluster, *SMOKE, "hydra.launcher.timeout_min=10", "sweep=drills")
+    jobs = _act_when_logged(home, "drills", cluster, {PREEMPTED: (2, "scontrol", "requeue"),
+                                                     CANCELLED: (1, "scancel")})
+    reference = _reference(home, *SMOKE, "model.width=0.5", "data.resolution=16")  # PREEMPTED
+    first = _finish(proc)
+    _wait_idle(cluster)  # the sweep's launcher reports the cancelled task; the others go on
+    runs = {r.info.run_name: r for r in point_runs(home, "drills")}
+    rerun = _finish(_submit(home, cluster, *SMOKE, "hydra.launcher.timeout_min=10", "sweep=drills"))
+    return {"home": home, "first": first, "runs": runs, "jobs": jobs, "reference": reference, "rerun": rerun,
+            "again": {r.info.run_name: r for r in point_runs(home, "drills")}}
+
+
+def _named(runs: dict, part: str):
+    (name,) = [n for n in runs if part in n]
+    return runs[name]
+
+
+def test_the_smoke_sweep_runs_as_a_slurm_array(cluster, drills):
+    runs, again = drills["runs"], drills["again"]
+    assert len(runs) == 4 and len({r.data.tags["point_key"] for r in runs.values()}) == 4, "each point recorded once"
+    array_ids = {r.data.tags["array_job_id"] for r in runs.values()}
+    assert len(array_ids) == 1 and {r.data.tags["array_task_id"] for r in runs.values()} == {"0", "1", "2", "3"}
+    assert {r.data.tags["scheduler"] for r in runs.values()} == {"slurm"}
+    assert {r.data.tags["launcher"] for r in runs.values()} == {"submitit_slurm"}
+    finished = [n for n, r in runs.items() if CANCELLED not in n]
+    assert [runs[n].info.status for n in finished] == ["FINISHED"] * 3, drills["first"][1][-3000:]
+    states = _slurm(cluster, "sacct", "-n", "-X", "-j", array_ids.pop(), "-o", "JobID%20,State%20").splitlines()
+    by_task = {line.split()[0].rsplit("_", 1)[1]: line.split()[1] for line in states if line.strip()}
+    cancelled_task = _named(runs, CANCELLED).data.tags["array_task_id"]
+    assert by_task == {t: "CANCELLED" if t == cancelled_task else "COMPLETED" for t in "0123"}, states
+    assert len(again) == 4 and all(r.info.status == "FINISHED" for r in again.values())  # after the rerun
+
+
+def test_a_preempted_point_scontrol_requeue_resumes_in_the_same_run(drills):
+    run = _named(drills["runs"], PREEMPTED)
+    assert run.info.status == "FINISHED" and run.data.tags.get("restarts") == "1", run.data.tags
+    assert run.data.tags["job_id"] == drills["jobs"][PREEMPTED]
+    assert {k: run.data.metrics[k] for k in COMPARED} == {k: drills["reference"][k] for k in COMPARED}
+
+
+def test_scancel_of_one_task_kills_only_that_point_and_a_rerun_trains_only_it(drills):
+    cancelled = _named(drills["runs"], CANCELLED)
+    assert cancelled.info.status == "KILLED" and "SIGTERM" in cancelled.data.tags["status_reason"], \
+        drills["first"][1][-3000:]
+    code, out = drills["rerun"]
     assert code == 0, out[-3000:]
-    assert "4 points: 4 finished, 0 skipped, 0 failed" in out
-    runs = point_runs(tmp_path, "array")
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
-    assert len({r.data.tags["point_key"] for r in runs}) == 4, "each point recorded once"
-    array_ids = {r.data.tags["array_job_id"] for r in runs}
-    assert len(array_ids) == 1 and {r.data.tags["array_task_id"] for r in runs} == {"0", "1", "2", "3"}
-    assert {r.data.tags["scheduler"] for r in runs} == {"slurm"} and {r.data.tags["launcher"] for r in runs} == \
-        {"submitit_slurm"}
-    states = _slurm(cluster, "sacct", "-n", "-X", "-j", array_ids.pop(), "-o", "State%20").split()
-    assert states == ["COMPLETED"] * 4
+    assert "4 points: 1 finished, 3 skipped, 0 failed" in out
+    assert _named(drills["again"], CANCELLED).info.run_id == cancelled.info.run_id
 
 
 def test_a_point_past_its_time_limit_is_requeued_and_resumes_in_the_same_run(cluster, tmp_path):
     """timeout_min=2 with the signal 60 s before: SLURM signals the job 30-60 s in (its time-limit
     check runs every 30 s), submitit checkpoints and requeues it, and the point resumes from its
     last epoch inside the same MLflow run, ending where an uninterrupted run ends."""
-    epochs = 40  # about 1.5 s an epoch, 60 s in all: longer than the 30-60 s before the signal
-    proc = _submit(tmp_path, cluster, *POINT, f"recipe.epochs={epochs}", "data.synthetic_images=8000",
-                   "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60",
+    point = [*POINT, "recipe.epochs=40", "data.synthetic_images=8000"]  # ~1.5 s an epoch: past the signal
+    proc = _submit(tmp_path, cluster, *point, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60",
                    "hydra.launcher.max_num_timeout=6", "sweep=timeout")
-    reference = _reference(tmp_path, epochs, images=8000)  # meanwhile, on the other core
+    reference = _reference(tmp_path, *point)  # meanwhile, on the other core
     code, out = _finish(proc)
     assert code == 0, out[-3000:]
     (run,) = point_runs(tmp_path, "timeout")
     assert run.info.status == "FINISHED" and int(run.data.tags.get("restarts", 0)) >= 1, (run.data.tags, out[-2000:])
     assert {k: run.data.metrics[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}, run.data.tags
-
-
-def test_a_preempted_point_scontrol_requeue_resumes_in_the_same_run(cluster, tmp_path):
-    epochs = 12
-    proc = _submit(tmp_path, cluster, *POINT, f"recipe.epochs={epochs}", "data.synthetic_images=1000",
-                   "hydra.launcher.timeout_min=10", "sweep=preempt")
-    job = _task_of(cluster, "", tmp_path, "preempt", epochs=2)
-    _slurm(cluster, "scontrol", "requeue", job)
-    reference = _reference(tmp_path, epochs)
-    code, out = _finish(proc)
-    assert code == 0, out[-3000:]
-    (run,) = point_runs(tmp_path, "preempt")
-    assert run.info.status == "FINISHED" and run.data.tags.get("restarts") == "1", run.data.tags
-    assert {k: run.data.metrics[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}
-
-
-def test_scancel_of_one_task_kills_only_that_point_and_a_rerun_trains_only_it(cluster, tmp_path):
-    sweep = [*POINT, "model.width=0.25,0.5", "data.resolution=12,16", "recipe.epochs=6",
-             "data.synthetic_images=600", "hydra.launcher.timeout_min=10", "sweep=cancel"]
-    proc = _submit(tmp_path, cluster, *sweep)
-    job = _task_of(cluster, "w=0.5 d=14 r=16", tmp_path, "cancel", epochs=1)
-    _slurm(cluster, "scancel", job)
-    code, out = _finish(proc)
-    _wait_idle(cluster)  # the sweep's launcher reports the cancelled task; the others go on
-    runs = {r.info.run_name: r for r in point_runs(tmp_path, "cancel")}
-    cancelled = runs.pop(next(n for n in runs if "w=0.5 d=14 r=16" in n))
-    assert cancelled.info.status == "KILLED" and "SIGTERM" in cancelled.data.tags["status_reason"], out[-3000:]
-    assert [r.info.status for r in runs.values()] == ["FINISHED"] * 3
-    code, out = _finish(_submit(tmp_path, cluster, *sweep))
-    assert code == 0, out[-3000:]
-    assert "4 points: 1 finished, 3 skipped, 0 failed" in out
-    again = {r.info.run_name: r for r in point_runs(tmp_path, "cancel")}
-    assert len(again) == 4 and all(r.info.status == "FINISHED" for r in again.values())
-    assert again[cancelled.info.run_name].info.run_id == cancelled.info.run_id
 
 
 def test_a_point_on_two_slurm_tasks_trains_as_two_local_processes_do(cluster, tmp_path):
