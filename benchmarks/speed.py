@@ -5,13 +5,14 @@ median of 5 alternated repeats, printed with its min-max. bf16 rows run where tr
 picks bf16 (a CPU with native bf16: study.device), and are then the rows of `auto`."""
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import replace
 
 import torch
 
-from study import data, measure, models, recipe as recipes, trainer
+from study import data, measure, models, trainer
 from study import device as devices
 from study.config import DataConfig, RecipeConfig, TrainerConfig
 
@@ -169,8 +170,6 @@ def _hand_ceiling(studies: list, precision: str) -> dict[str, list[float]]:
     """What bf16 can give these models whoever writes the loop: the summed step time of a bare
     hand-written loop (no EMA, no schedule) over one epoch of each point's own batches, in fp32 and
     in `precision`, alternated, 3 repeats. Each loop starts from the same initial weights."""
-    import copy
-
     from study import point
 
     cases = []
