@@ -128,8 +128,8 @@ class RecipeConfig:
 class TrainerConfig:
     device: str = "auto"            # one of DEVICES; auto = cuda when available
     precision: str = "auto"         # one of PRECISIONS; bf16 = autocast; auto = bf16 on a CUDA GPU
-                                    # with bf16 or a CPU with native bf16 (avx512_bf16, amx_bf16),
-                                    # else fp32 (study.device); keyed as resolved
+                                    # with bf16, else fp32; bf16 on a CPU is refused (not sound in
+                                    # torch 2.14.1's oneDNN: study.device); keyed as resolved
     channels_last: bool = True      # NHWC memory format (1.2x on this 2-core AVX2 CPU, 1.4x on AVX-512)
     compile: str = "auto"           # torch.compile the training steps: true, false, or auto = after the
                                     # first epoch, where the expected saving exceeds the compile time

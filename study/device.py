@@ -2,11 +2,16 @@
 launcher, host and scheduler ids it ran under (`placement`, tags of its run).
 
 Defaults by device (documented in study/config.py, TrainerConfig):
-- precision `auto`: bf16 autocast on a CUDA GPU that supports bf16 (Ampere and newer) and on
-  an x86 CPU with native bf16 instructions (the `avx512_bf16` or `amx_bf16` flag), fp32
-  elsewhere: on a CPU without them bf16 is emulated and slower than fp32. It reads the CPU's
-  flags, not a timing, because the resolved precision is part of the point key (it can change
-  accuracy) and must not flip with a noisy measurement.
+- precision `auto`: bf16 autocast on a CUDA GPU that supports bf16 (Ampere and newer), fp32 on
+  every CPU. Right before fast: in the oneDNN that torch 2.14.1 bundles, bf16 training on a CPU
+  is broken on every x86 kind that runs it natively. On AMX its matmul leaks NaN across rows
+  when K % 32 != 0 (oneDNN issue #5717); on AVX-512 BF16 the backward of a convolution gives
+  non-finite weight gradients in a few percent of steps, even with oneDNN capped below its
+  bf16 kernels (ONEDNN_MAX_CPU_ISA=AVX512_CORE), and never with oneDNN off (then bf16 runs
+  several times slower than fp32). `make bench ARGS="--only precision"` counts those steps on
+  the machine at hand. Where bf16 is sound it bought 1.09x on the default study. The resolved
+  precision is part of the point key; it reads no timing, so it never flips with noise.
+- An explicit `trainer.precision=bf16` on a CPU is refused before anything runs, naming why.
 - threads `0`: the cores this process may run on, shared evenly among the jobs that run in
   parallel on this machine (Hydra's joblib launcher `n_jobs`), at least one each.
 """
@@ -49,28 +54,48 @@ def cpu() -> tuple[str, frozenset[str]]:
     return model, flags
 
 
+def cpu_bf16(flags: frozenset[str] | None = None) -> str:
+    """What bf16 is on this CPU, by its flags: why a CPU trains in fp32."""
+    flags = cpu()[1] if flags is None else flags
+    if "amx_bf16" in flags:
+        return ("AMX: oneDNN's AMX bf16 matmul in torch 2.14.1 leaks NaN across rows when K % 32 != 0 "
+                "(oneDNN issue #5717)")
+    if "avx512_bf16" in flags:
+        return ("AVX-512 BF16: oneDNN's bf16 convolution backward in torch 2.14.1 gives non-finite weight "
+                "gradients in a few percent of steps")
+    return "no native bf16: it would be emulated, slower than fp32"
+
+
 def resolve_precision(name: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """`auto` made concrete: bf16 on a CUDA GPU with bf16, fp32 elsewhere. bf16 on a CPU is
+    refused (ConfigError), whatever its flags (`cpu_bf16` says why)."""
+    if device.type == "cpu" and name == "bf16":
+        raise ConfigError(f"trainer.precision=bf16 on a CPU: refused, bf16 training is not sound on this CPU "
+                          f"({cpu_bf16(flags)}); use trainer.precision=fp32 or auto (fp32 on CPUs)")
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    flags = cpu()[1] if flags is None else flags
-    return "bf16" if device.type == "cpu" and any(f in flags for f in NATIVE_BF16) else "fp32"
+    return "fp32"
+
+
+def precision_why(name: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """Why the point trains in the precision `name` resolves to (the `precision_reason` tag)."""
+    resolved = resolve_precision(name, device, flags)
+    if name != "auto":
+        return f"trainer.precision={name}"
+    if device.type == "cuda":
+        return f"auto is {resolved} on this CUDA device" + ("" if resolved == "bf16" else " (no bf16 support)")
+    return f"auto is fp32 on every CPU; here: {cpu_bf16(flags)}"
 
 
 def precision_line(name: str, device: torch.device) -> str:
     """The line a sweep (or a single point) prints about its precision."""
-    resolved = resolve_precision(name, device)
-    if name != "auto":
-        return f"precision: {resolved} (trainer.precision={name})"
-    if device.type != "cpu":
-        return f"precision: auto is {resolved} on this {device.type} device"
-    if resolved == "fp32":
-        return "precision: auto is fp32 on this CPU (no native bf16)"
-    flags = ", ".join(f for f in NATIVE_BF16 if f in cpu()[1])
-    return (f"precision: auto is bf16 on this CPU ({flags}); the precision is part of the point key, so points "
-            "recorded in fp32 (on a CPU without native bf16, or before auto read the CPU) are other points: "
-            "trainer.precision=fp32 continues them")
+    line = f"precision: {resolve_precision(name, device)} ({precision_why(name, device)})"
+    if name == "auto" and device.type == "cpu" and any(f in cpu()[1] for f in NATIVE_BF16):
+        line += ("; points recorded in bf16 by an earlier version on this CPU are other points (the precision is "
+                 "in the point key): this one trains them again in fp32")
+    return line
 
 
 LAUNCHERS = {"BasicLauncher": "basic", "JoblibLauncher": "joblib", "SlurmLauncher": "submitit_slurm",

@@ -51,11 +51,12 @@ OUTCOME_METRICS = ("top1", "flops", "params", "latency_ms", "train_img_per_s")
 def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
               position: tuple[int, int] = (1, 1), parallel_jobs: int = 1, resolved_config: str = "",
               choices: list[str] = (), echo: Echo = print, label: str = "", placement: dict | None = None,
-              world: World = ALONE) -> dict:
+              world: World = ALONE, rerun: str = "") -> dict:
     """Own, train, measure and record one validated grid point (its `auto` settings resolved by
     study.device.resolve); returns its outcome (status FINISHED, SKIPPED, FAILED, BUSY or
     UNRECORDED, with the run id and headline metrics). `placement`: tags saying how it ran
-    (study.device.placement). In a `world` of several processes this is rank 0: it tells the
+    (study.device.placement). `rerun`: the command that reruns the point as it is (a failed
+    point names it, changed to rerun it another way). In a `world` of several processes this is rank 0: it tells the
     others (follow_point) what to train, or that there is nothing to train."""
     start = time.perf_counter()
     name, run_key = grid.display_name(study, choices), grid.run_key(study)
@@ -70,7 +71,7 @@ def run_point(study: StudyConfig, *, tracker: Tracker, device: torch.device,
     with terminated_as_interrupt(world):  # outermost: the lease is released before SIGTERM ends the process
         try:
             said = _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config,
-                              partial(_say, echo, prefix), label, placement or {}, plan)
+                              partial(_say, echo, prefix), label, placement or {}, plan, rerun)
         finally:
             files.release()
             plan.tell(None)  # rank 0 trained nothing (skipped, failed before training): the others stop
@@ -95,7 +96,7 @@ def follow_point(study: StudyConfig, *, device: torch.device, world: World, para
         if distributed.peer_lost(e, world):
             raise
         # every process meets a divergence or an injected fault at the same step: rank 0 records it
-        return {"status": "FAILED", "rank": world.rank, "reason": failure_reason(e)}
+        return {"status": "FAILED", "rank": world.rank, "reason": failure_reason(e, study.trainer.precision)}
     return {"status": "FOLLOWED", "rank": world.rank}
 
 
@@ -109,7 +110,7 @@ def _say(echo: Echo, prefix: str, text: str) -> None:
 
 
 def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resolved_config, say, label,
-               placement, plan: distributed.Plan) -> dict:
+               placement, plan: distributed.Plan, rerun: str = "") -> dict:
     start = time.perf_counter()
     run_key, key = files.run_key, grid.point_key(study)
     if (legacy := grid.legacy_run_key(study)) and legacy != run_key and (n := tracker.migrate(legacy, run_key, key)):
@@ -150,13 +151,13 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
             reason = PEER_ENDED.format(plan.world.size) + f" ({_brief(e)[:150]})"
             _quietly(lambda: tracker.fail_point(f"interrupted: {reason}", status="KILLED"), say)
             raise
-        reason = failure_reason(e)
-        _quietly(lambda: tracker.fail_point(reason), say)
+        reason, again = failure_reason(e, study.trainer.precision), another_way(e, study, rerun)
+        _quietly(lambda: tracker.fail_point(reason, rerun=again), say)
         files.checkpoint.remove()  # a failed point is retried from scratch
-        say(f"FAILED: {reason}")
+        say(f"FAILED: {reason}" + (f"\n    to rerun it {again}" if again else ""))
         if not isinstance(e, (trainer.DivergedError, torch.OutOfMemoryError, MemoryError)):
             traceback.print_exc()
-        return {"status": "FAILED", "run_id": run_id, "reason": reason}
+        return {"status": "FAILED", "run_id": run_id, "reason": reason, "rerun": again}
     except BaseException as e:  # interrupted: the checkpoint stays, a rerun resumes
         _quietly(lambda: tracker.fail_point(f"interrupted: {e or type(e).__name__}", status="KILLED"), say)
         raise
@@ -309,13 +310,36 @@ def _brief(e: BaseException) -> str:
     return redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300]
 
 
-def failure_reason(e: BaseException) -> str:
-    """The `status_reason` tag of a failed point: what happened, in one line."""
+def failure_reason(e: BaseException, precision: str) -> str:
+    """The `status_reason` tag of a failed point: what happened, in one line; a divergence
+    names the precision it trained in."""
     if isinstance(e, trainer.DivergedError):
-        return f"diverged: {e}"
+        return f"diverged in {precision}: {e}"
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
         return f"out of memory: {e}"
     return f"error: {type(e).__name__}: {e}"
+
+
+def another_way(e: BaseException, study: StudyConfig, rerun: str) -> str:
+    """How to rerun a failed point another way (the `rerun_command` tag): a divergence in bf16
+    in fp32, one in fp32 at half the learning rate, an out-of-memory at half the batch (each
+    another point); else as it is. Empty when the command is not known."""
+    if not rerun:
+        return ""
+    r = study.recipe
+    if isinstance(e, trainer.DivergedError):
+        change = ("in fp32", "trainer.precision=fp32") if study.trainer.precision == "bf16" else \
+            ("at half the learning rate (another point)", f"recipe.lr_per_256={r.lr_per_256 / 2:g}")
+    elif isinstance(e, (torch.OutOfMemoryError, MemoryError)) and r.batch_size > 1:
+        change = ("at half the batch (another point)", f"recipe.batch_size={r.batch_size // 2}")
+    else:
+        return f"as it is: {rerun}"
+    return f"{change[0]}: {_with(rerun, change[1])}"
+
+
+def _with(command: str, override: str) -> str:
+    """`command` with one more override, inside its POINT="..." when it has one."""
+    return f'{command[:-1]} {override}"' if command.endswith('"') else f"{command} {override}"
 
 
 def _train(study: StudyConfig, *, ds: data.Dataset, device: torch.device, memory_format, sink,

@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> list[dict]:
         study = config.validate(cfg)
         device = devices.resolve_device(study.trainer.device)
         precision = devices.precision_line(study.trainer.precision, device)
+        why = {"precision_reason": devices.precision_why(study.trainer.precision, device)}
         study = devices.resolve(study, device)
         largest = handoff.read_grid(Path(hc.sweep.dir)).get("largest_stored") if multirun else None
         # each of a point's local processes holds its own copy of an in-memory set
@@ -52,11 +53,14 @@ def main(cfg: DictConfig) -> list[dict]:
         study = dataclasses.replace(study, trainer=dataclasses.replace(study.trainer, progress=False))
     label = console.label(Path(hc.sweep.dir), study.sweep) if multirun else ""
     kwargs = dict(position=_position(), choices=choices, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
-                  label=label, placement=devices.placement(hc.launcher),
-                  parallel_jobs=jobs * (study.trainer.processes // world.nodes if world.size > 1 else 1))
+                  label=label, placement=devices.placement(hc.launcher) | why,
+                  parallel_jobs=jobs * (study.trainer.processes // world.nodes if world.size > 1 else 1),
+                  rerun=rerun_command(hc.job.config_name, list(hc.overrides.task)))
     outcomes = []
     for seed in range(study.seed, study.seed + study.seeds):  # seeds=N: N runs sharing one point key
         one = dataclasses.replace(study, seed=seed)
+        if study.seeds > 1:  # one run of the seeds names its own seed
+            kwargs["rerun"] = rerun_command(hc.job.config_name, [*hc.overrides.task, f"seed={seed}"])
         if study.trainer.processes > 1 and world.size == 1:  # this job starts the point's processes
             outcomes.append(_launched(one, device, kwargs | {"parallel_jobs": jobs * study.trainer.processes}))
         else:
@@ -67,6 +71,16 @@ def main(cfg: DictConfig) -> list[dict]:
     if multirun:
         console.point_ended(Path(hc.sweep.dir), hc.job.num, study.sweep)
     return outcomes
+
+
+def rerun_command(config_name: str, overrides: list[str]) -> str:
+    """The command that reruns one point of a job as it is: `make point` for a sweep file,
+    else study.run itself."""
+    last_seed = [o for o in overrides if o.startswith("seed=")][-1:]
+    point = " ".join(o for o in overrides if o.split("=")[0] not in ("force", "seeds", "seed") or o in last_seed)
+    if config_name == "config":
+        return f"python -m study.run force=true {point}".rstrip()
+    return f'make point SWEEP={config_name} POINT="{point}"'
 
 
 def _world(study, multirun: bool) -> distributed.World:

@@ -25,6 +25,7 @@ class SweepCallback(Callback):
         jobs = grid.expand(params, list(config.hydra.overrides.task))
         studies = validate_grid(config, jobs)
         first = studies[0]
+        precision = precision_line(studies)
         largest = max(stored_size(s.data) for s in studies)
         handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs), [progress.weight(s) for s in studies],
                            largest_stored=largest)
@@ -46,7 +47,7 @@ class SweepCallback(Callback):
         self.study = first
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
         print(f"data: {data_path(first, config, largest)}", flush=True)
-        print(devices.precision_line(first.trainer.precision, devices.resolve_device(first.trainer.device)), flush=True)
+        print(precision, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from study.redaction import redact_hydra_output
@@ -56,6 +57,8 @@ class SweepCallback(Callback):
         results = handoff.read_outcomes(sweep_dir)
         progress.Console().end()
         print(summary_table(results), flush=True)
+        if failures := failed_groups(results, config.hydra.job.config_name, list(config.hydra.overrides.task)):
+            print(failures, flush=True)
         failed = any(r["status"] in ("FAILED", "UNRECORDED") for r in results)
         self.tracker.close_sweep(failed)
         if self.study.trainer.measure_alone:  # the jobs have ended: the machine is the phase's alone
@@ -79,6 +82,19 @@ def data_path(study: config.StudyConfig, sweep_cfg: DictConfig, largest_stored: 
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def precision_line(studies: list[config.StudyConfig]) -> str:
+    """The precision line of the sweep's first point, once every point's precision is known to
+    run on this machine; exits 2 naming the setting otherwise (bf16 on a CPU), before anything
+    is recorded."""
+    try:
+        lines = [devices.precision_line(s.trainer.precision, devices.resolve_device(s.trainer.device))
+                 for s in studies]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return lines[0]
 
 
 def _report(study: config.StudyConfig) -> list[str]:
@@ -196,4 +212,32 @@ def summary_table(results: list[dict]) -> str:
     if counts["UNRECORDED"]:
         lines.append(f"{counts['UNRECORDED']} point(s) trained but could not be recorded (the store failed): "
                      "their results are kept on disk; run the sweep again to record them")
+    return "\n".join(lines)
+
+
+def failure_kind(reason: str) -> str:
+    """What a failure reason says before its details: 'diverged in bf16', 'out of memory',
+    'error: ValueError'."""
+    head, _, rest = reason.partition(": ")
+    return f"{head}: {rest.partition(':')[0]}" if head == "error" else head
+
+
+def failed_groups(results: list[dict], config_name: str, task_overrides: list[str]) -> str:
+    """The failed points grouped by what failed them, with the command that reruns only them
+    (the sweep again: finished points are skipped) and, for each, the one that reruns it
+    another way. Empty when none failed."""
+    failed = [r for r in results if r["status"] == "FAILED"]
+    if not failed:
+        return ""
+    groups: dict[str, list[dict]] = {}
+    for r in failed:
+        groups.setdefault(failure_kind(r.get("reason", "unknown")), []).append(r)
+    lines = [f"{len(failed)} point(s) failed:"]
+    for kind, points in sorted(groups.items(), key=lambda g: -len(g[1])):
+        lines.append(f"  {len(points)} {kind} (e.g. {points[0].get('reason', 'unknown')[len(kind) + 2:]}): "
+                     + ", ".join(p["name"] for p in points))
+        lines += [f"      {p['name']}: rerun it {p['rerun']}" for p in points if p.get("rerun")]
+    args = " ".join(o for o in task_overrides if not o.startswith("hydra"))
+    lines.append(f"rerun only the failed points (finished ones are skipped): make sweep SWEEP={config_name}"
+                 + (f' ARGS="{args}"' if args else ""))
     return "\n".join(lines)

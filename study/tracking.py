@@ -38,7 +38,7 @@ class Tracker(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None: ...
     def finish_point(self, metrics: dict[str, float], artifacts: dict[str, Any],
                      epochs: list = ()) -> None: ...
-    def fail_point(self, reason: str, status: str = "FAILED") -> None: ...
+    def fail_point(self, reason: str, status: str = "FAILED", rerun: str = "") -> None: ...
     def resume_point(self, run_id: str, run_key: str) -> bool: ...
     def adopt_orphan(self, run_key: str) -> str | None: ...
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "ChildRun": ...
@@ -87,8 +87,8 @@ class NullTracker:
         run.update(metrics=dict(metrics), artifacts=dict(artifacts), status="FINISHED")
         self.finished[run["tags"]["run_key"]] = str(len(self.runs))
 
-    def fail_point(self, reason, status="FAILED") -> None:
-        self.runs[-1].update(status=status, reason=reason)
+    def fail_point(self, reason, status="FAILED", rerun="") -> None:
+        self.runs[-1].update(status=status, reason=reason, rerun=rerun)
 
     def resume_point(self, run_id, run_key) -> bool:
         i = int(run_id) - 1
@@ -210,8 +210,10 @@ class MlflowTracker:
                 self.client.log_dict(self.run_id, redact_values(content), path)
         self.client.set_terminated(self.run_id, "FINISHED")
 
-    def fail_point(self, reason: str, status: str = "FAILED") -> None:
+    def fail_point(self, reason: str, status: str = "FAILED", rerun: str = "") -> None:
         self.client.set_tag(self.run_id, "status_reason", redact(reason)[:5000])
+        if rerun:
+            self.client.set_tag(self.run_id, "rerun_command", redact(rerun)[:5000])
         self.client.set_terminated(self.run_id, status)
 
     def resume_point(self, run_id: str, run_key: str) -> bool:
