@@ -25,8 +25,20 @@ def test_injected_faults_fail_their_points_while_the_others_finish(tmp_path):
     runs = {r.data.tags["mlflow.runName"]: r for r in _point_runs(tmp_path)}
     reasons = {name: r.data.tags.get("status_reason", "") for name, r in runs.items()}
     assert reasons["w=0.25 d=14 r=12 e=1"].startswith("error: RuntimeError: injected fault")
-    assert reasons["w=0.25 d=14 r=12 e=2"].startswith("diverged:")
+    assert reasons["w=0.25 d=14 r=12 e=2"].startswith("diverged in fp32:")  # the precision it ran in
     assert reasons["w=0.5 d=14 r=12 e=1"].startswith("out of memory:")
+    # each failed point's record and line name the command that reruns it another way
+    point = 'make point SWEEP=smoke POINT="model.width=0.25 model.depth=14 data.resolution=12 recipe.epochs=2'
+    rerun = runs["w=0.25 d=14 r=12 e=2"].data.tags["rerun_command"]
+    assert rerun.startswith(f"at half the learning rate (another point): {point}") and "recipe.lr_per_256=" in rerun
+    assert f"to rerun it {rerun}" in first.stdout
+    assert "recipe.batch_size=" in runs["w=0.5 d=14 r=12 e=1"].data.tags["rerun_command"]
+    # the sweep's end groups them by reason and says how to rerun only them
+    assert "3 point(s) failed:" in first.stdout
+    for group in ("1 error: RuntimeError (e.g. injected fault", "1 diverged in fp32 (e.g. training loss became nan",
+                  "1 out of memory (e.g. simulated out of memory"):
+        assert group in first.stdout
+    assert "rerun only the failed points (finished ones are skipped): make sweep SWEEP=smoke ARGS=" in first.stdout
     assert runs["w=0.5 d=14 r=12 e=2"].info.status == "FINISHED"
     assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FAILED", "FAILED", "FINISHED"]
 
