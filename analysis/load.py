@@ -28,6 +28,19 @@ class Runs:
     excluded: dict[str, int]      # why runs were left out -> how many: their status (FAILED, RUNNING,
                                   # KILLED), or `rerun` (an older FINISHED run of a run key rerun later)
     latency: str = ""             # what the `latency_ms` column holds (LATENCY_ALONE or LATENCY_IN_JOB)
+    missing: tuple = ()           # run keys with no FINISHED run: the latest run of each (`missing_point`)
+
+
+def missing_point(run) -> dict:
+    """A point that did not finish, as the report names it: its name, grid axes, status and reason."""
+    p, tags = run.data.params, run.data.tags
+    axes = {k: pd.to_numeric(p.get(f"{group}.{k}"), errors="coerce") for group, k in AXIS_PARAMS}
+    return {"name": tags.get("mlflow.runName", run.info.run_id[:8]), **axes, "status": run.info.status,
+            "reason": tags.get("status_reason", "") or ("still running or killed without a reason"
+                                                        if run.info.status == "RUNNING" else run.info.status)}
+
+
+AXIS_PARAMS = (("recipe", "epochs"), ("model", "width"), ("model", "depth"), ("data", "resolution"))
 
 
 def find_experiment(client, sweep: str):
@@ -53,10 +66,13 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> 
         raise LookupError(f"no sweep named {sweep!r} in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], "tags.point_key != ''", max_results=50000)
     excluded: dict[str, int] = {}
-    latest = {}
+    latest, unfinished = {}, {}
     for run in runs:
         if run.info.status != "FINISHED":
             excluded[run.info.status] = excluded.get(run.info.status, 0) + 1
+            key = run.data.tags.get("run_key", run.info.run_id)
+            if key not in unfinished or run.info.start_time > unfinished[key].info.start_time:
+                unfinished[key] = run
             continue
         key = run.data.tags.get("run_key", run.info.run_id)
         if key in latest:
@@ -64,18 +80,22 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> 
         if key not in latest or run.info.start_time > latest[key].info.start_time:
             latest[key] = run
     chosen = list(latest.values())
+    missing = tuple(missing_point(run) for key, run in sorted(unfinished.items(), key=lambda kv: kv[1].info.start_time)
+                    if key not in latest)
+    if not chosen:
+        return Runs(pd.DataFrame(), excluded, LATENCY_IN_JOB.format(sweep=sweep), missing)
     table = _typed(pd.DataFrame([_row(run) for run in chosen]))
     found = [measurements(run) for run in chosen]
     name, others = machine(found, measured_on)
     if name is None:  # no machine measured every run: no mixing of machines' figures
         table = table.drop(columns=[m for m in ALONE_METRICS if m in table])
-        return Runs(table, excluded, LATENCY_IN_JOB.format(sweep=sweep))
+        return Runs(table, excluded, LATENCY_IN_JOB.format(sweep=sweep), missing)
     for metric in ALONE_METRICS:  # the chosen machine's figures, whatever was measured last
         table[metric] = [m[name].get(metric, float("nan")) for m in found]
     # the paper's latency, for every run: what every rule, plot and budget reads
     table["latency_ms"], table["latency_batch"] = table["step_latency_ms"], table["step_batch"]
     also = f"; also measured on {', '.join(others)} (--measured-on picks one)" if others else ""
-    return Runs(table, excluded, LATENCY_ALONE.format(machine=name) + also)
+    return Runs(table, excluded, LATENCY_ALONE.format(machine=name) + also, missing)
 
 
 def measurements(run) -> dict[str, dict[str, float]]:

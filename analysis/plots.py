@@ -57,7 +57,7 @@ def depth_vs_width(configs: pd.DataFrame, out: Path, n_bands: int = 100) -> Path
             line = rules.axis_line(regime, axis)
             ax.plot(line["compute"], line["error"], "o-", c=colour, label=f"{axis} scaling (base resolution)")
             curves = _bootstrap_lines(regime, axis, n_bands)
-            if len(curves):
+            if curves.size:  # none when the surface cannot be fitted or the line has no point
                 lo, hi = np.nanquantile(curves, [0.05, 0.95], axis=0)
                 ax.fill_between(line["compute"], lo, hi, color=colour, alpha=0.2)
         ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="test error",
@@ -134,10 +134,20 @@ def parity(decisions: dict, out: Path) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
+    for ax in fig.axes:  # a panel whose points all failed: said, on linear axes (log ones need data)
+        if not _drawn(ax):
+            ax.set(xscale="linear", yscale="linear")
+            ax.text(0.5, 0.5, "no finished points to draw", transform=ax.transAxes, ha="center", color="grey")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _drawn(ax) -> bool:
+    """Whether a panel has any point drawn (lines, or scattered points with positive values)."""
+    lines = any(len(line.get_xdata()) for line in ax.get_lines())
+    return lines or any(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
 
 
 def decide_trace(trace: pd.DataFrame, out: Path) -> Path:

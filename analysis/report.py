@@ -35,21 +35,35 @@ CONFIG_COLUMNS = ["epochs", "width", "depth", "resolution", "n_seeds", "error", 
 
 def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int = 0, log: bool = True,
           runs=None) -> dict:
+    """Fit what finished and write the report; points that did not finish are named in it, and
+    each decision that stands on fewer points says so. With no finished point the report says
+    only what is missing."""
     runs = load_runs(sweep, tracking_uri) if runs is None else runs
+    if runs.table.empty and not runs.missing:
+        raise LookupError(f"sweep {sweep!r} has no point runs in {tracking_uri}")
+    out.mkdir(parents=True, exist_ok=True)
     if runs.table.empty:
-        raise LookupError(f"sweep {sweep!r} has no FINISHED point runs in {tracking_uri}")
+        return _write(sweep, tracking_uri, out, log, {"configurations": 0, "regimes": [], "bootstrap_replicates": 0,
+                                                      "missing": missing_summary(runs.missing, None),
+                                                      "excluded_runs": runs.excluded}, [], pd.DataFrame())
     configs = rules.tidy(by_configuration(runs.table))
     decisions = rules.decide(configs, replicates, seed)
     fits = decisions.pop("_fits")
     decisions["excluded_runs"] = runs.excluded
     decisions["latency"] = runs.latency
-    out.mkdir(parents=True, exist_ok=True)
+    decisions["missing"] = missing_summary(runs.missing, configs)
     figures = [plots.error_vs_cost(configs, out), plots.depth_vs_width(configs, out),
                plots.resolution(configs, decisions, out), plots.latency(configs, out), plots.edf(configs, out),
                plots.parity(decisions, out)]
     configs[[c for c in CONFIG_COLUMNS if c in configs]].to_csv(out / "configurations.csv", index=False)
     runs.table.to_csv(out / "runs.csv", index=False)
     fits.to_csv(out / "scaling_fits.csv", index=False)
+    return _write(sweep, tracking_uri, out, log, decisions, figures, configs)
+
+
+def _write(sweep: str, tracking_uri: str, out: Path, log: bool, decisions: dict, figures: list[Path],
+           configs: pd.DataFrame) -> dict:
+    pd.DataFrame(decisions["missing"]["points"]).to_csv(out / "missing.csv", index=False)
     (out / "rules.json").write_text(json.dumps(_clean(decisions), indent=2))
     (out / "report.md").write_text(_markdown(sweep, decisions, figures))
     (out / "report.html").write_text(_html(sweep, decisions, figures, configs))
@@ -62,13 +76,13 @@ def after_sweep(sweep: str, tracking_uri: str, out: Path, replicates: int, seed:
     """The report a sweep makes by itself when it ends (analysis.auto): its console lines, the
     report's path first; one line, and no report, when the sweep is too small to decide anything."""
     runs = load_runs(sweep, tracking_uri)
-    if runs.table.empty:
-        return [f"report: not made: sweep {sweep!r} has no finished points yet"]
-    if reason := too_small(rules.tidy(by_configuration(runs.table))):
-        return [f"report: not made: the sweep is too small to decide depth vs width ({reason}); "
-                f"make analyze SWEEP={sweep} writes the figures anyway"]
+    if runs.table.empty and not runs.missing:
+        return [f"report: not made: sweep {sweep!r} has no points yet"]
+    small = too_small(rules.tidy(by_configuration(runs.table))) if not runs.table.empty else None
     decisions = build(sweep, tracking_uri, out, replicates, seed, True, runs)
-    return [f"report: {out / 'report.html'} (also on the sweep's parent run, under report/)", *summary(decisions)]
+    return [f"report: {out / 'report.html'} (also on the sweep's parent run, under report/)",
+            *([f"report: the sweep is too small to decide depth vs width ({small})"] if small else []),
+            *summary(decisions)]
 
 
 def too_small(configs: pd.DataFrame) -> str | None:
@@ -86,31 +100,88 @@ def too_small(configs: pd.DataFrame) -> str | None:
     return "; ".join(reasons) or "no configurations"
 
 
+def missing_summary(missing, configs: pd.DataFrame | None) -> dict:
+    """The points that did not finish (analysis.load.missing_point), counted by epoch regime
+    beside the configurations that did."""
+    points = [dict(m) for m in missing]
+    finished = configs.groupby("epochs").size() if configs is not None and len(configs) else pd.Series(dtype=int)
+    by_regime: dict = {}
+    for m in points:
+        e = int(m["epochs"]) if pd.notna(m.get("epochs")) else "unknown"
+        by_regime.setdefault(e, {"missing": 0, "finished_configurations": int(finished.get(e, 0))})["missing"] += 1
+    statuses: dict[str, int] = {}
+    for m in points:
+        statuses[m["status"]] = statuses.get(m["status"], 0) + 1
+    return {"count": len(points), "statuses": statuses, "by_regime": by_regime, "points": points}
+
+
+def lost_data(decisions: dict, epochs=None) -> str:
+    """'' when the decision of regime `epochs` (every regime: None) stands on every point, else
+    what it lost."""
+    by_regime = decisions.get("missing", {}).get("by_regime", {})
+    n = sum(v["missing"] for e, v in by_regime.items() if epochs is None or e == int(epochs))
+    return f"lost data: {n} point run(s) did not finish" if n else ""
+
+
+def _undecidable(decisions: dict) -> dict:
+    """Regimes with no depth-vs-width decision, and why: every point failed, or too few finished."""
+    decided = set(decisions.get("depth_vs_width", {}).get("by_regime", {}))
+    regimes = set(decisions.get("regimes", [])) | {e for e in decisions["missing"]["by_regime"] if e != "unknown"}
+    out = {}
+    for e in sorted(regimes - decided):
+        lost = decisions["missing"]["by_regime"].get(e, {"missing": 0})["missing"]
+        out[e] = (f"all {lost} point run(s) of this regime did not finish" if e not in decisions.get("regimes", [])
+                  else "too few finished configurations to fit its surface"
+                  + (f"; {lost_data(decisions, e)}" if lost else ""))
+    return out
+
+
 def decision_rows(decisions: dict) -> list[dict]:
-    """The report's opening table: each question, its answer, decided or not, and the
-    probability it stands on."""
+    """The report's opening table: each question, its answer, decided or not, the probability
+    it stands on, and whether it lost data (points that did not finish)."""
     rows = []
-    dvw = decisions["depth_vs_width"]
+    dvw = decisions.get("depth_vs_width", {"by_regime": {}, "flip": {}})
     for e, d in dvw["by_regime"].items():
         rows.append(_row(f"Depth or width scaling, {_epochs(e)}", d["winner"], "P(depth better)",
-                         d["p_depth_better"]))
+                         d["p_depth_better"], lost_data(decisions, e)))
         for r, x in d["by_resolution"].items():
             rows.append(_row(f"Depth or width scaling, {_epochs(e)}, at {r} px", x["winner"], "P(depth better)",
-                             x["p_depth_better"]))
+                             x["p_depth_better"], lost_data(decisions, e)))
+    for e, why in _undecidable(decisions).items():
+        rows.append({"question": f"Depth or width scaling, {_epochs(e)}", "answer": "no decision",
+                     "status": "undecided", "probability": "-", "data": why})
     flip = dvw["flip"]
     if "winners" in flip:
         answer = {True: "flips", False: "does not flip", None: "undecided"}[flip["flips"]]
-        rows.append(_row("Does the winner flip between epoch budgets?", answer, "P(flip)", flip["p_flip"]))
-    for e, d in decisions["resolution_scaling"]["by_regime"].items():
+        rows.append(_row("Does the winner flip between epoch budgets?", answer, "P(flip)", flip["p_flip"],
+                         lost_data(decisions)))
+    for e, d in decisions.get("resolution_scaling", {"by_regime": {}})["by_regime"].items():
         answer = d["slower_than_efficientnet"].replace("_", " ")
         rows.append(_row(f"Resolution scaling slower than EfficientNet's C^0.214, {_epochs(e)}", answer,
-                         "P(slower)", d["p_slower_than_efficientnet"]))
+                         "P(slower)", d["p_slower_than_efficientnet"], lost_data(decisions, e)))
     return rows
 
 
-def _row(question: str, answer: str, p_name: str, p: float) -> dict:
+def _row(question: str, answer: str, p_name: str, p: float, lost: str = "") -> dict:
     return {"question": question, "answer": answer.replace("_", " "),
-            "status": "undecided" if answer == "undecided" else "decided", "probability": f"{p_name} = {p:.2f}"}
+            "status": "undecided" if answer == "undecided" else "decided", "probability": f"{p_name} = {p:.2f}",
+            "data": lost or "complete"}
+
+
+def missing_lines(decisions: dict, shown: int = 10) -> list[str]:
+    """What did not finish, in a sentence (the first `shown` points named; every one in the report)."""
+    m = decisions["missing"]
+    if not m["count"]:
+        return []
+    kinds: dict[str, int] = {}
+    for p in m["points"]:  # what a reason says before its details: 'diverged in fp32', 'out of memory'
+        kind = p["reason"].split(": ")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    named = ", ".join(p["name"] for p in m["points"][:shown])
+    more = f" and {m['count'] - shown} more (the report lists each with its reason)" if m["count"] > shown else ""
+    return [f"Missing: {m['count']} point run(s) did not finish ({why}), left out of every fit: {named}{more}. "
+            "Decisions that stand on fewer points say 'lost data'."]
 
 
 def all_warnings(decisions: dict) -> list[dict]:
@@ -124,11 +195,16 @@ def all_warnings(decisions: dict) -> list[dict]:
 
 
 def summary(decisions: dict) -> list[str]:
-    """The decisions in plain sentences: 'wins' only for a decided rule."""
+    """The decisions in plain sentences: 'wins' only for a decided rule; first, what did not
+    finish, and each decision that lost data says so."""
+    lines = missing_lines(decisions)
+    lines += [f"{_epochs(e)}: no depth-vs-width decision: {why}." for e, why in _undecidable(decisions).items()]
+    if "depth_vs_width" not in decisions:
+        return lines
     dvw = decisions["depth_vs_width"]
-    lines = [_regime_sentence(e, d) for e, d in dvw["by_regime"].items()]
+    lines += [_regime_sentence(e, d) + _lost_mark(decisions, e) for e, d in dvw["by_regime"].items()]
     if (flip := _flip_sentence(dvw["flip"])):
-        lines.append(flip)
+        lines.append(flip + _lost_mark(decisions))
     for e, d in decisions["resolution_scaling"]["by_regime"].items():
         a = d["a_resolution"]
         verdict = {"slower": "slower than EfficientNet's 0.214", "not_slower": "not slower than EfficientNet's 0.214",
@@ -139,13 +215,17 @@ def summary(decisions: dict) -> list[str]:
         lines.append(f"{_epochs(e)}: on the minival frontier resolution grows as C^{a['estimate']:.3f} (90% interval "
                      f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]): {verdict} "
                      f"(P(slower) = {d['p_slower_than_efficientnet']:.2f}); depth C^{d['a_depth']['estimate']:.3f}, "
-                     f"width C^{d['a_width']['estimate']:.3f}.")
+                     f"width C^{d['a_width']['estimate']:.3f}." + _lost_mark(decisions, e))
     for e, d in decisions["extrapolation"]["by_regime"].items():
         lines.append(f"{_epochs(e)}: a {d['form']} law fitted on the {d['fit_configurations']} smallest configurations "
                      f"predicts the {d['held_out']} largest with mean |log error| {d['mean_abs_log_error']:.3f}, "
                      f"bias {d['bias_log']:+.3f}; {d['prediction_interval_coverage']:.0%} of them fall in its 90% "
-                     "prediction interval.")
+                     "prediction interval." + _lost_mark(decisions, e))
     return lines
+
+
+def _lost_mark(decisions: dict, epochs=None) -> str:
+    return f" [{lost}]" if (lost := lost_data(decisions, epochs)) else ""
 
 
 def _epochs(e) -> str:
@@ -193,8 +273,8 @@ def _left_out(excluded: dict[str, int]) -> list[str]:
 
 def _decisions_markdown(decisions: dict) -> str:
     """The decisions table, then the decisions in sentences."""
-    table = ["| question | answer | decided? | probability |", "|---|---|---|---|",
-             *[f"| {r['question']} | {r['answer']} | {r['status']} | {r['probability']} |"
+    table = ["| question | answer | decided? | probability | data |", "|---|---|---|---|---|",
+             *[f"| {r['question']} | {r['answer']} | {r['status']} | {r['probability']} | {r['data']} |"
                for r in decision_rows(decisions)]]
     return "\n".join([*table, "", *[f"- {s}" for s in summary(decisions)]])
 
@@ -205,30 +285,47 @@ def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
              f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",
              *_left_out(decisions.get("excluded_runs", {})),
              *([f"Latency: {decisions['latency']}."] if decisions.get("latency") else []), "",
-             "## Decisions", _decisions_markdown(decisions), "", "## Figures",
+             "## Decisions", _decisions_markdown(decisions), "", *_missing_markdown(decisions), "## Figures",
              *[f"![{p.stem}]({p.name})\n\n*{CAPTIONS.get(p.stem, p.stem)}*\n" for p in figures], "",
              "## Warnings", *warnings, "",
-             "Tables: `configurations.csv`, `runs.csv`, `scaling_fits.csv`; every decision: `rules.json`."]
+             "Tables: `configurations.csv`, `runs.csv`, `scaling_fits.csv`, `missing.csv`; every decision: `rules.json`."]
     return "\n".join(parts) + "\n"
+
+
+MISSING_COLUMNS = ("name", "epochs", "width", "depth", "resolution", "status", "reason")
+
+
+def _missing_markdown(decisions: dict) -> list[str]:
+    points = decisions["missing"]["points"]
+    if not points:
+        return ["## Missing points", "none: every point run finished", ""]
+    return [f"## Missing points ({len(points)})", "", "| " + " | ".join(MISSING_COLUMNS) + " |",
+            "|" + "---|" * len(MISSING_COLUMNS),
+            *[("| " + " | ".join(str(p.get(c, "")) for c in MISSING_COLUMNS) + " |") for p in points], ""]
 
 
 def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFrame) -> str:
     images = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
                      f'alt="{p.stem}"><figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>'
                      for p in figures)
-    cells = lambda r: "".join(f"<td>{html.escape(r[k])}</td>" for k in ("question", "answer", "status", "probability"))  # noqa: E731
+    cells = lambda r: "".join(f"<td>{html.escape(r[k])}</td>"  # noqa: E731
+                              for k in ("question", "answer", "status", "probability", "data"))
     rows = "".join(f'<tr class="{r["status"]}">{cells(r)}</tr>' for r in decision_rows(decisions))
     items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
     warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
     table = configs[[c for c in CONFIG_COLUMNS if c in configs]].to_html(index=False, float_format="%.4g")
+    points = decisions["missing"]["points"]
+    missing = (pd.DataFrame(points, columns=list(MISSING_COLUMNS)).to_html(index=False, float_format="%.4g")
+               if points else "<p>none: every point run finished</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep)} scaling report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
             "tr.decided td:nth-child(2){font-weight:bold}tr.undecided td{color:#777}"
             "figcaption{font-size:13px;color:#333;margin-bottom:1.5em}</style>"
             f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1><h2>Decisions</h2>"
-            f'<table id="decisions"><tr><th>question</th><th>answer</th><th>decided?</th><th>probability</th></tr>'
-            f"{rows}</table><ul>{items(summary(decisions))}</ul><h2>Figures</h2>{images}"
+            f'<table id="decisions"><tr><th>question</th><th>answer</th><th>decided?</th><th>probability</th><th>data</th></tr>'
+            f"{rows}</table><ul>{items(summary(decisions))}</ul>"
+            f'<h2 id="missing">Missing points ({len(points)})</h2>{missing}<h2>Figures</h2>{images}'
             f"<h2>Warnings</h2><ul>{items(warnings)}</ul>"
             f"<h2>Configurations</h2>{table}<h2>rules.json</h2><pre>"
             f"{html.escape(json.dumps(_clean(decisions), indent=1))}</pre></body></html>")

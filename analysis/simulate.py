@@ -130,8 +130,9 @@ METRICS = ("error", "top1", "minival/top1", "flops", "params", "activations", "l
 
 def record(table: pd.DataFrame, tracking_uri: str, sweep: str, artifact_root: str) -> None:
     """Write a simulated table into an MLflow store as a sweep's run record (a parent run, one
-    FINISHED child per row; artifacts, such as the report, under `artifact_root`), so it can be
-    analysed like a real sweep: `python -m analysis`."""
+    child per row; artifacts, such as the report, under `artifact_root`), so it can be analysed
+    like a real sweep: `python -m analysis`. A row's `status` (FINISHED when absent or empty)
+    and `reason` make it a point that failed or was killed: its params and reason, no metrics."""
     import hashlib
 
     from mlflow.entities import Metric, Param, RunTag
@@ -144,12 +145,16 @@ def record(table: pd.DataFrame, tracking_uri: str, sweep: str, artifact_root: st
     parent = client.create_run(exp, run_name=sweep, tags={"role": "parent", "sweep": sweep}).info.run_id
     for row in table.to_dict("records"):
         key = hashlib.sha256(str([row[p] for p in PARAMS if p != "seed"]).encode()).hexdigest()[:16]
-        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "sweep": sweep, "point_key": key,
-                                           "run_key": f"{key}-s{row['seed']}"}).info.run_id
-        client.log_batch(run, metrics=[Metric(m, float(row[m]), 0, 0) for m in METRICS],
+        name = f"w={row['model.width']:g} d={row['model.depth']} r={row['data.resolution']} e={row['recipe.epochs']}"
+        run = client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parent, "sweep": sweep,
+                                                          "point_key": key, "run_key": f"{key}-s{row['seed']}"}).info.run_id
+        status = row.get("status") or "FINISHED"
+        finished = status == "FINISHED"
+        client.log_batch(run, metrics=[Metric(m, float(row[m]), 0, 0) for m in METRICS if finished],
                          params=[Param(p, str(row[p])) for p in PARAMS] + [Param("point_key", key)],
-                         tags=[RunTag("simulated", "true")])
-        client.set_terminated(run, "FINISHED")
+                         tags=[RunTag("simulated", "true")]
+                         + ([] if finished else [RunTag("status_reason", str(row.get("reason") or status))]))
+        client.set_terminated(run, status)
     client.set_terminated(parent, "FINISHED")
 
 

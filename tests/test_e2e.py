@@ -53,9 +53,10 @@ def test_sweep_prints_a_line_per_point_and_a_summary(swept):
     # not on a terminal: the progress as plain lines, the last one when the sweep is done
     assert "sweep smoke [########################] 2/2 points (2 finished, 0 skipped, 0 failed), done in" \
         in first.stdout
-    # too small for any decision: one line instead of a report
-    assert "report: not made: the sweep is too small to decide depth vs width" in first.stdout
-    assert not (home / "reports" / "smoke").exists()
+    # too small for any decision: the report is made all the same, and says so
+    assert "report: the sweep is too small to decide depth vs width" in first.stdout
+    assert "no depth-vs-width decision: too few finished configurations" in first.stdout
+    assert (home / "reports" / "smoke" / "report.html").exists()
     experiment = find_experiment(_client(home), "smoke")
     assert f"browse: make ui, then open http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" \
            "?workflowType=machine_learning" in first.stdout
