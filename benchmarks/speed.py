@@ -1,14 +1,12 @@
 """Training speed against the hardware: the trainer's images/s against a plain fp32 NCHW
 hand-written loop and the best hand-written loop of the same run, and the achieved model FLOP/s
 (3 x forward FLOPs x images/s) over the matmul peak measured in the same repeat. Each figure is the
-median of 5 alternated repeats, printed with its min-max. bf16 rows run where trainer.precision=auto
-picks bf16 (a CPU with native bf16: study.device), and are then the rows of `auto`."""
+median of 5 alternated repeats, printed with its min-max. `--only precision`: why
+trainer.precision=auto is fp32 on CPUs (bf16's soundness and speed on the machine at hand)."""
 from __future__ import annotations
 
-import copy
 import statistics
 import time
-from dataclasses import replace
 
 import torch
 
@@ -78,8 +76,8 @@ def _ratio_row(label: str, case: str, ours: list[float], base: list[float], targ
 
 def bench_speed(args) -> list[tuple]:
     """Every figure a median of REPEATS alternated repeats. The baseline of each repeat is the
-    best hand-written loop of that repeat: of plain NCHW fp32 and channels_last fp32, and for
-    bf16 (where auto picks it: native units) channels_last bf16."""
+    best hand-written fp32 loop of that repeat: plain NCHW or channels_last (CPUs train in fp32:
+    study.device)."""
     width, depth, res, batch = 0.5, 26, 32, 128
     steps = 13
     ds = data.prepare(DataConfig(name="synthetic", synthetic_size=res, resolution=res,
@@ -89,45 +87,18 @@ def bench_speed(args) -> list[tuple]:
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch, 3, res, res, generator=g), torch.randint(0, 10, (batch,), generator=g))
                for _ in range(steps)]
-    native_bf16 = devices.resolve_precision("auto", CPU) == "bf16"
-    runs = {k: [] for k in ("plain", "tuned", "tuned16", "ours", "ours16", "peak", "peak16")}
+    runs = {k: [] for k in ("plain", "tuned", "ours", "peak")}
     for _ in range(REPEATS):  # alternated: drift in the machine's speed hits every figure alike
         runs["plain"].append(_hand_loop(fresh(), batches, channels_last=False, bf16=False))
         runs["tuned"].append(_hand_loop(fresh(), batches, channels_last=True, bf16=False))
         runs["ours"].append(_trainer(ds, width, depth, batch, "fp32"))
         runs["peak"].append(matmul_gflops(torch.float32, 2048))
-        if native_bf16:
-            runs["tuned16"].append(_hand_loop(fresh(), batches, channels_last=True, bf16=True))
-            runs["ours16"].append(_trainer(ds, width, depth, batch, "bf16"))
-            runs["peak16"].append(matmul_gflops(torch.bfloat16, 2048))
     case = f"w={width} d={depth} r={res} b={batch}"
     best32 = [max(p, t) for p, t in zip(runs["plain"], runs["tuned"])]
     achieved = [3 * flops * o / 1e9 for o in runs["ours"]]
-    rows = [_ratio_row("trainer fp32 / plain NCHW loop", case, runs["ours"], runs["plain"], ">= 1.35"),
-            _ratio_row("trainer fp32 / best fp32 loop", "best of NCHW, channels_last", runs["ours"], best32,
-                       ">= 0.97"),
+    return [_ratio_row("trainer fp32 / plain NCHW loop", case, runs["ours"], runs["plain"], ">= 1.35"),
+            _ratio_row("trainer fp32 / best fp32 loop", "best of NCHW, channels_last", runs["ours"], best32, ">= 0.97"),
             _ratio_row("model GFLOP/s / fp32 matmul peak", "fp32", achieved, runs["peak"], ">= 0.5")]
-    if not native_bf16:
-        rows.append(("bf16 rows skipped", "no native bf16: auto is fp32", None, None, None, ""))
-        return rows
-    best = [max(b, t) for b, t in zip(best32, runs["tuned16"])]
-    achieved16 = [3 * flops * o / 1e9 for o in runs["ours16"]]
-    return rows + [
-        _ratio_row("trainer auto=bf16 / plain NCHW", case, runs["ours16"], runs["plain"], ">= 1.8"),
-        _ratio_row("trainer auto=bf16 / best loop", "best of fp32 loops, channels_last bf16", runs["ours16"], best,
-                   ">= 0.97"),
-        _ratio_row("trainer bf16 / trainer fp32", "what bf16 buys here", runs["ours16"], runs["ours"], ""),
-        _ratio_row("model GFLOP/s / bf16 matmul peak", "bf16", achieved16, runs["peak16"], "")]
-
-
-def _default_study(overrides: list[str]) -> list:
-    """The default study's points (sweeps/default.yaml), composed and validated as a sweep does."""
-    from study import grid
-    from study.decide import compose_sweep
-    from study.sweep import validate_grid
-
-    return compose_sweep("default", overrides, within=lambda cfg: validate_grid(
-        cfg, grid.expand(dict(cfg.hydra.sweeper.params or {}), overrides)))
 
 
 # (width, depth, resolution): every width x depth pair of the default study once, each resolution 3 times
@@ -135,54 +106,62 @@ LATIN_SQUARE = {(0.125, 14, 12), (0.125, 26, 28), (0.125, 38, 20), (0.25, 14, 28
                 (0.5, 14, 20), (0.5, 26, 12), (0.5, 38, 28)}
 
 
+PROBE_STEPS = 30  # steps per model and variant (oneDNN off, several times slower: a third of them)
+
+
 def bench_precision(args) -> list[tuple]:
-    """trainer.precision=auto against fp32 on the default study: a Latin square of its points (each
-    of the 9 depth x width pairs once, each resolution 3 times) at 2 epochs, trained through the
-    point's own code (data, model, batcher, trainer); each repeat all 9 in fp32 then in auto's
-    precision, alternated; the ratio of summed training time, median of 3 repeats with min-max."""
-    from study import point
+    """Why trainer.precision=auto is fp32 on CPUs, measured on this machine: the default study's
+    Latin square (9 of its models, each of the 9 depth x width pairs once, each resolution 3 times),
+    forward and backward passes on one fixed batch of 128 each (MNIST's 1 channel, channels_last, no
+    update): fp32 and bf16 autocast on 1 thread (a point's share under JOBS=2) and on all of them,
+    and bf16 with oneDNN off. A sound path gives finite gradients at every step; the time is the
+    summed step time against fp32's on as many threads."""
+    flags = devices.cpu()[1]
+    if not any(f in flags for f in devices.NATIVE_BF16):
+        return [("bf16 on this CPU", devices.cpu_bf16(flags), None, None, None, "")]
+    cores = devices.usable_cores()
+    # name -> (bf16, oneDNN on, threads, steps)
+    variants = {"fp32, 1 thread": (False, True, 1, PROBE_STEPS), "bf16, 1 thread": (True, True, 1, PROBE_STEPS),
+                f"fp32, {cores} threads": (False, True, cores, PROBE_STEPS),
+                f"bf16, {cores} threads": (True, True, cores, PROBE_STEPS),
+                "fp32, oneDNN off": (False, False, cores, PROBE_STEPS // 3),
+                "bf16, oneDNN off": (True, False, cores, PROBE_STEPS // 3)}
+    bad, seconds = {v: 0 for v in variants}, {v: 0.0 for v in variants}
+    threads = torch.get_num_threads()
+    try:
+        for width, depth, res in sorted(LATIN_SQUARE):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(128, 1, res, res, generator=g).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (128,), generator=g)
+            for name, (bf16, onednn, n_threads, steps) in variants.items():  # each from the same initial weights
+                torch.set_num_threads(n_threads)
+                torch.manual_seed(0)
+                model = models.build_model(depth, width, num_classes=10, in_chans=1)
+                with torch.backends.mkldnn.flags(enabled=onednn):
+                    b, t = _probe(model.to(memory_format=torch.channels_last), x, y, bf16, steps)
+                bad[name] += b
+                seconds[name] += t
+    finally:
+        torch.set_num_threads(threads)
+    print(f"precision probe: {devices.cpu_bf16(flags)}")
+    rows = [(f"{name}: non-finite", f"steps of {len(LATIN_SQUARE)} models", bad[name],
+             len(LATIN_SQUARE) * variants[name][3], bad[name] / (len(LATIN_SQUARE) * variants[name][3]), "0")
+            for name in variants]
+    pairs = [(f"bf16, {n}", f"fp32, {n}") for n in ("1 thread", f"{cores} threads", "oneDNN off")]
+    return rows + [(f"{half} / fp32", "summed step time", seconds[half], seconds[full], seconds[half] / seconds[full], "")
+                   for half, full in pairs]
 
-    auto = devices.resolve_precision("auto", CPU)
-    if auto == "fp32":
-        return [("precision auto / fp32", "no native bf16: auto is fp32", None, None, None, "")]
-    studies = [s for s in _default_study(["recipe.epochs=2", "trainer.progress=false"])
-               if (s.model.width, s.model.depth, s.data.resolution) in LATIN_SQUARE]
-    times = {"fp32": [], auto: []}
-    for _ in range(3):
-        for precision in times:
-            total = 0.0
-            for study in studies:
-                study = replace(study, trainer=replace(study.trainer, precision=precision))
-                ds = data.prepare(study.data)
-                _, fitted = point._train(study, ds=ds, device=CPU, memory_format=torch.channels_last, sink=_Sink())
-                total += fitted.metrics["train_time_s"]
-            times[precision].append(total)
-    hand = _hand_ceiling(studies, auto)
-    return [_ratio_row(f"default study: auto={auto} / fp32", f"{len(studies)} points (a Latin square), 2 epochs; "
-                       "1 / summed train_time_s", [1 / t for t in times[auto]], [1 / t for t in times["fp32"]],
-                       ">= 1.2"),
-            _ratio_row(f"hand loop, same models: {auto} / fp32", "the ceiling of the row above: a bare channels_last "
-                       "SGD loop on each point's model and drawn batches (1 epoch); 1 / summed step time",
-                       [1 / t for t in hand[auto]], [1 / t for t in hand["fp32"]], "(what any loop gets)")]
 
-
-def _hand_ceiling(studies: list, precision: str) -> dict[str, list[float]]:
-    """What bf16 can give these models whoever writes the loop: the summed step time of a bare
-    hand-written loop (no EMA, no schedule) over one epoch of each point's own batches, in fp32 and
-    in `precision`, alternated, 3 repeats. Each loop starts from the same initial weights."""
-    from study import point
-
-    cases = []
-    for study in studies:
-        ds, r = data.prepare(study.data), study.recipe
-        torch.manual_seed(study.seed)
-        model = point._build(study, ds).to(memory_format=torch.channels_last)
-        batcher = data.batcher(ds, study.data, device=CPU, memory_format=torch.channels_last, workers=0,
-                               randaugment=(r.randaugment_ops, r.randaugment_magnitude))
-        cases.append((model, list(batcher.train(ds.train, r.batch_size, torch.Generator().manual_seed(0)))))
-    times = {"fp32": [], precision: []}
-    for _ in range(3):
-        for p in times:
-            times[p].append(sum((len(b) - WARMUP_STEPS) * len(b[0][1]) / _hand_loop(
-                copy.deepcopy(m), b, channels_last=True, bf16=p == "bf16") for m, b in cases))
-    return times
+def _probe(model, x, y, bf16: bool, steps: int) -> tuple[int, float]:
+    """Steps whose gradients are not all finite, and the time of the steps after a warm-up."""
+    bad, t0 = 0, 0.0
+    for step in range(steps + WARMUP_STEPS):
+        if step == WARMUP_STEPS:
+            t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        bad += step >= WARMUP_STEPS and not all(torch.isfinite(p.grad).all() for p in model.parameters()
+                                                 if p.grad is not None)
+    return bad, time.perf_counter() - t0

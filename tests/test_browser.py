@@ -130,10 +130,11 @@ def test_the_report_shows_its_decisions_and_every_figure(swept, browser, shots, 
     assert all(complete and width > 0 for _, complete, width in images), images
     rows = browser.find_element(By.ID, "decisions").find_elements(By.TAG_NAME, "tr")
     assert [c.text for c in rows[0].find_elements(By.TAG_NAME, "th")] == ["question", "answer", "decided?",
-                                                                          "probability"]
+                                                                          "probability", "data"]
     first = [c.text for c in rows[1].find_elements(By.TAG_NAME, "td")]
     assert first[0] == "Depth or width scaling, 1 epoch" and first[2] in ("decided", "undecided")
-    assert first[3].startswith("P(depth better) = ")
+    assert first[3].startswith("P(depth better) = ") and first[4] == "complete"  # every point finished
+    assert browser.find_element(By.ID, "missing").text == "Missing points (0)"
     captions = [c.text for c in browser.find_elements(By.TAG_NAME, "figcaption")]
     assert captions == [CAPTIONS[alt] for alt, _, _ in images]
     # the table comes before the figures

@@ -17,8 +17,8 @@ SMOKE_POINT = ["model.width=0.25", "model.depth=14", "data.resolution=12", "reci
 
 
 def point(name: str = "config", overrides: list[str] = ()) -> config.StudyConfig:
-    """The point as it trains on an AVX2 CPU, where precision auto is fp32 (the golden keys were
-    typed there; on a CPU with native bf16, auto is the bf16 point)."""
+    """The point as it trains on a CPU, where precision auto is fp32 (the golden keys were typed on
+    an AVX2 one; since then auto is fp32 on every CPU)."""
     study = config.validate(compose_cfg(name, list(overrides)))
     precision = devices.resolve_precision(study.trainer.precision, torch.device("cpu"), frozenset({"avx2"}))
     return replace(study, trainer=replace(study.trainer, precision=precision))
