@@ -115,10 +115,15 @@ def missing_summary(missing, configs: pd.DataFrame | None) -> dict:
     return {"count": len(points), "statuses": statuses, "by_regime": by_regime, "points": points}
 
 
+def _missing(decisions: dict) -> dict:
+    """The decisions' missing points (none when built from a table, not a store)."""
+    return decisions.get("missing") or missing_summary((), None)
+
+
 def lost_data(decisions: dict, epochs=None) -> str:
     """'' when the decision of regime `epochs` (every regime: None) stands on every point, else
     what it lost."""
-    by_regime = decisions.get("missing", {}).get("by_regime", {})
+    by_regime = _missing(decisions)["by_regime"]
     n = sum(v["missing"] for e, v in by_regime.items() if epochs is None or e == int(epochs))
     return f"lost data: {n} point run(s) did not finish" if n else ""
 
@@ -126,10 +131,10 @@ def lost_data(decisions: dict, epochs=None) -> str:
 def _undecidable(decisions: dict) -> dict:
     """Regimes with no depth-vs-width decision, and why: every point failed, or too few finished."""
     decided = set(decisions.get("depth_vs_width", {}).get("by_regime", {}))
-    regimes = set(decisions.get("regimes", [])) | {e for e in decisions["missing"]["by_regime"] if e != "unknown"}
+    regimes = set(decisions.get("regimes", [])) | {e for e in _missing(decisions)["by_regime"] if e != "unknown"}
     out = {}
     for e in sorted(regimes - decided):
-        lost = decisions["missing"]["by_regime"].get(e, {"missing": 0})["missing"]
+        lost = _missing(decisions)["by_regime"].get(e, {"missing": 0})["missing"]
         out[e] = (f"all {lost} point run(s) of this regime did not finish" if e not in decisions.get("regimes", [])
                   else "too few finished configurations to fit its surface"
                   + (f"; {lost_data(decisions, e)}" if lost else ""))
@@ -170,7 +175,7 @@ def _row(question: str, answer: str, p_name: str, p: float, lost: str = "") -> d
 
 def missing_lines(decisions: dict, shown: int = 10) -> list[str]:
     """What did not finish, in a sentence (the first `shown` points named; every one in the report)."""
-    m = decisions["missing"]
+    m = _missing(decisions)
     if not m["count"]:
         return []
     kinds: dict[str, int] = {}
@@ -296,7 +301,7 @@ MISSING_COLUMNS = ("name", "epochs", "width", "depth", "resolution", "status", "
 
 
 def _missing_markdown(decisions: dict) -> list[str]:
-    points = decisions["missing"]["points"]
+    points = _missing(decisions)["points"]
     if not points:
         return ["## Missing points", "none: every point run finished", ""]
     return [f"## Missing points ({len(points)})", "", "| " + " | ".join(MISSING_COLUMNS) + " |",
@@ -314,7 +319,7 @@ def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFram
     items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
     warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
     table = configs[[c for c in CONFIG_COLUMNS if c in configs]].to_html(index=False, float_format="%.4g")
-    points = decisions["missing"]["points"]
+    points = _missing(decisions)["points"]
     missing = (pd.DataFrame(points, columns=list(MISSING_COLUMNS)).to_html(index=False, float_format="%.4g")
                if points else "<p>none: every point run finished</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep)} scaling report</title>"

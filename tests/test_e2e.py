@@ -173,8 +173,8 @@ def test_diverging_point_is_recorded_failed_with_its_reason(tmp_path):
                      home=tmp_path)
     runs = point_runs(tmp_path, "diverge")
     assert len(runs) == 1 and runs[0].info.status == "FAILED", result.stdout[-2000:]
-    assert runs[0].data.tags["status_reason"].startswith("diverged:")
-    assert "FAILED: diverged" in result.stdout
+    assert runs[0].data.tags["status_reason"].startswith("diverged in fp32:")
+    assert "FAILED: diverged in fp32" in result.stdout
 
 
 def test_analysis_loads_the_record_as_typed_tables(swept):
