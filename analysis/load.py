@@ -43,6 +43,13 @@ def missing_point(run) -> dict:
 AXIS_PARAMS = (("recipe", "epochs"), ("model", "width"), ("model", "depth"), ("data", "resolution"))
 
 
+def failure_kind(reason: str) -> str:
+    """What a failure reason (the `status_reason` tag) says before its details: 'diverged in
+    bf16', 'out of memory', 'error: ValueError'."""
+    head, _, rest = reason.partition(": ")
+    return f"{head}: {rest.partition(':')[0]}" if head == "error" else head
+
+
 def find_experiment(client, sweep: str):
     """The sweep's experiment: the one tagged `sweep=<name>`; a store no version since has
     opened keeps it under the bare sweep name. None when there is none."""
@@ -66,19 +73,15 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> 
         raise LookupError(f"no sweep named {sweep!r} in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], "tags.point_key != ''", max_results=50000)
     excluded: dict[str, int] = {}
-    latest, unfinished = {}, {}
+    latest, unfinished = {}, {}  # run key -> its latest FINISHED run; its latest run of another status
     for run in runs:
-        if run.info.status != "FINISHED":
-            excluded[run.info.status] = excluded.get(run.info.status, 0) + 1
-            key = run.data.tags.get("run_key", run.info.run_id)
-            if key not in unfinished or run.info.start_time > unfinished[key].info.start_time:
-                unfinished[key] = run
-            continue
-        key = run.data.tags.get("run_key", run.info.run_id)
-        if key in latest:
-            excluded["rerun"] = excluded.get("rerun", 0) + 1
-        if key not in latest or run.info.start_time > latest[key].info.start_time:
-            latest[key] = run
+        finished, key = run.info.status == "FINISHED", run.data.tags.get("run_key", run.info.run_id)
+        if not finished or key in latest:
+            why = run.info.status if not finished else "rerun"
+            excluded[why] = excluded.get(why, 0) + 1
+        kept = latest if finished else unfinished
+        if key not in kept or run.info.start_time > kept[key].info.start_time:
+            kept[key] = run
     chosen = list(latest.values())
     missing = tuple(missing_point(run) for key, run in sorted(unfinished.items(), key=lambda kv: kv[1].info.start_time)
                     if key not in latest)

@@ -145,7 +145,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _drawn(ax) -> bool:
-    """Whether a panel has any point drawn (lines, or scattered points with positive values)."""
+    """Whether a panel has any point drawn (a line or scattered points)."""
     lines = any(len(line.get_xdata()) for line in ax.get_lines())
     return lines or any(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots, rules
-from analysis.load import by_configuration, find_experiment, load_runs
+from analysis.load import by_configuration, failure_kind, find_experiment, load_runs
 
 # One line under each figure: what to look for in it.
 CAPTIONS = {
@@ -179,9 +179,8 @@ def missing_lines(decisions: dict, shown: int = 10) -> list[str]:
     if not m["count"]:
         return []
     kinds: dict[str, int] = {}
-    for p in m["points"]:  # what a reason says before its details: 'diverged in fp32', 'out of memory'
-        kind = p["reason"].split(": ")[0]
-        kinds[kind] = kinds.get(kind, 0) + 1
+    for p in m["points"]:
+        kinds[failure_kind(p["reason"])] = kinds.get(failure_kind(p["reason"]), 0) + 1
     why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
     named = ", ".join(p["name"] for p in m["points"][:shown])
     more = f" and {m['count'] - shown} more (the report lists each with its reason)" if m["count"] > shown else ""

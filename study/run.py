@@ -54,13 +54,12 @@ def main(cfg: DictConfig) -> list[dict]:
     label = console.label(Path(hc.sweep.dir), study.sweep) if multirun else ""
     kwargs = dict(position=_position(), choices=choices, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
                   label=label, placement=devices.placement(hc.launcher) | why,
-                  parallel_jobs=jobs * (study.trainer.processes // world.nodes if world.size > 1 else 1),
-                  rerun=rerun_command(hc.job.config_name, list(hc.overrides.task)))
+                  parallel_jobs=jobs * (study.trainer.processes // world.nodes if world.size > 1 else 1))
     outcomes = []
     for seed in range(study.seed, study.seed + study.seeds):  # seeds=N: N runs sharing one point key
         one = dataclasses.replace(study, seed=seed)
-        if study.seeds > 1:  # one run of the seeds names its own seed
-            kwargs["rerun"] = rerun_command(hc.job.config_name, [*hc.overrides.task, f"seed={seed}"])
+        own_seed = [f"seed={seed}"] if study.seeds > 1 else []  # one of several seeds names its own
+        kwargs["rerun"] = rerun_command(hc.job.config_name, [*hc.overrides.task, *own_seed])
         if study.trainer.processes > 1 and world.size == 1:  # this job starts the point's processes
             outcomes.append(_launched(one, device, kwargs | {"parallel_jobs": jobs * study.trainer.processes}))
         else:

@@ -215,17 +215,12 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def failure_kind(reason: str) -> str:
-    """What a failure reason says before its details: 'diverged in bf16', 'out of memory',
-    'error: ValueError'."""
-    head, _, rest = reason.partition(": ")
-    return f"{head}: {rest.partition(':')[0]}" if head == "error" else head
-
-
 def failed_groups(results: list[dict], config_name: str, task_overrides: list[str]) -> str:
     """The failed points grouped by what failed them, with the command that reruns only them
     (the sweep again: finished points are skipped) and, for each, the one that reruns it
     another way. Empty when none failed."""
+    from analysis.load import failure_kind
+
     failed = [r for r in results if r["status"] == "FAILED"]
     if not failed:
         return ""
