@@ -14,7 +14,7 @@ LAUNCH := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jo
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sweep decide point tune ui server analyze recommend measure prepare-data test test-quick bench clean
+.PHONY: help setup sweep decide point tune ui server user-add user-grant user-remove analyze recommend measure prepare-data test test-quick bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,8 +42,17 @@ tune: setup ## tune one point on its minival split (Optuna, TRIALS=20), then tra
 ui: setup ## browse results: MLflow UI on http://127.0.0.1:5000 (PORT=...) over the default store; prints each sweep's link
 	$(PY) -m study.ui --store sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
-server: setup ## shared tracking server: MLflow on 127.0.0.1:5001 over PostgreSQL (127.0.0.1:5433); sweeps use tracking=server
-	$(PY) -m study.server --home $(STORE_DIR)
+server: setup ## shared tracking server with users: MLflow on 127.0.0.1:5001 (ARGS="--host 0.0.0.0") over PostgreSQL on 127.0.0.1:5433; sweeps use tracking=server
+	$(PY) -m study.server --home $(STORE_DIR) $(ARGS)
+
+user-add: setup ## a user of make server: make user-add NAME=alice (random password in $(STORE_DIR)/users/alice.env, mode 600)
+	$(PY) -m study.server user --home $(STORE_DIR) add $(NAME)
+
+user-grant: setup ## a user's permission on a sweep: make user-grant NAME=bob SWEEP=default PERMISSION=EDIT (READ, EDIT, MANAGE or NONE)
+	$(PY) -m study.server user --home $(STORE_DIR) grant $(NAME) $(SWEEP) $(PERMISSION)
+
+user-remove: setup ## remove a user of make server: make user-remove NAME=alice
+	$(PY) -m study.server user --home $(STORE_DIR) remove $(NAME)
 
 analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEEP/ and on the sweep parent run; ARGS="--measured-on MACHINE" reads that machine's latency
 	$(PY) -m analysis --sweep $(SWEEP) $(ARGS)

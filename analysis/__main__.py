@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     _measured_on(p)
     a = p.parse_args(argv)
     from analysis import report
-    from analysis.load import load_runs
+    from analysis.load import load_runs, refused
 
     out = a.out or Path(os.environ.get("STUDY_HOME") or ROOT) / "reports" / a.sweep
     try:
@@ -44,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if (why := refused(e)) is None:
+            raise
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     print("\n".join(report.summary(decisions)))
+    if "not_logged" in decisions:
+        print(decisions["not_logged"])
     warnings = report.all_warnings(decisions)
     print(f"{len(warnings)} warnings; report in {out}/report.html")
     return 0

@@ -50,6 +50,18 @@ def failure_kind(reason: str) -> str:
     return f"{head}: {rest.partition(':')[0]}" if head == "error" else head
 
 
+def refused(error: BaseException) -> str | None:
+    """What a tracking server's refusal means for this user (HTTP 401: who are you; 403: not
+    yours to change), or None when the error is another."""
+    text = str(error)
+    if "error code 401" in text or "401 Client Error" in text:
+        return ("the tracking server refused the credentials: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to a user of the server")
+    if "error code 403" in text or "403 Client Error" in text:
+        return "the sweep belongs to another user, who has not granted you EDIT on it"
+    return None
+
+
 def find_experiment(client, sweep: str):
     """The sweep's experiment: the one tagged `sweep=<name>`; a store no version since has
     opened keeps it under the bare sweep name. None when there is none."""

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     from analysis.load import find_experiment
+    from study.config import ConfigError
+    from study.tracking import check_store
 
     p = argparse.ArgumentParser(prog="python -m study.alone", description=__doc__.splitlines()[0])
     p.add_argument("--sweep", required=True)
@@ -99,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="measure every run again, on this machine")
     a = p.parse_args(argv)
+    try:
+        check_store(a.store, a.sweep)  # it tags the sweep's runs
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     client = MlflowClient(a.store)
     experiment = find_experiment(client, a.sweep)
     if experiment is None:

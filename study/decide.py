@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             settings.check()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        from study.tracking import check_reachable
+        from study.tracking import check_store
 
-        check_reachable(first.tracking.uri)
+        check_store(first.tracking.uri, first.sweep)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -145,7 +145,6 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
         plan.tell({"study": study, "resume": resume is not None, "run_id": run_id, "workers": workers})
         model, fitted = train(study, sink=epochs, checkpoint=ckpt, resume=resume, run_id=run_id)
         metrics = _measure(model, ds, study, fitted, device, memory_format)
-        tracker.annotate({}, {"compile": fitted.compile})
     except Exception as e:  # the training failed: the point fails, the sweep goes on
         if distributed.peer_lost(e, plan.world):  # interrupted: the checkpoint stays, a rerun resumes
             reason = PEER_ENDED.format(plan.world.size) + f" ({_brief(e)[:150]})"
@@ -170,7 +169,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
         say(f"{len(ds.unreadable)} unreadable image(s) skipped, listed in the run's unreadable.json")
     artifacts["record.json"] = {"params": params, "metrics": metrics, "epochs": fitted.epoch_history}
     record = {"run_id": run_id, "name": name, "params": params, "tags": tags, "epochs": epochs.pending,
-              "metrics": metrics, "artifacts": artifacts}
+              "metrics": metrics, "artifacts": artifacts, "late_tags": {"compile": fitted.compile}}
     return _record(record, study, files, tracker, say)
 
 
@@ -256,6 +255,7 @@ def _record(record: dict, study: StudyConfig, files: PointFiles, tracker: Tracke
     training kept for the next run."""
     files.save_record(record)
     try:
+        tracker.annotate({}, record["late_tags"])  # learned in training: sent with the record
         tracker.finish_point(record["metrics"], record["artifacts"], record["epochs"])
     except Exception as e:
         say(f"NOT RECORDED: the store failed ({_brief(e)}); the training is kept in {files.record_path} "
@@ -277,7 +277,7 @@ def _record_kept(study: StudyConfig, files: PointFiles, tracker: Tracker, say) -
             return None
         if not tracker.resume_point(record["run_id"], files.run_key):
             record["run_id"] = tracker.start_point(record["name"], record["params"], record["tags"])
-        tracker.annotate({}, {"recorded_late": "true"})
+        tracker.annotate({}, record.get("late_tags", {}) | {"recorded_late": "true"})
         tracker.finish_point(record["metrics"], record["artifacts"], record["epochs"])
     except Exception as e:
         say(f"NOT RECORDED: the store still fails ({_brief(e)}); the training stays kept in {files.record_path}")
@@ -307,7 +307,11 @@ def _quietly(call: Callable[[], None], say: Echo) -> None:
 
 
 def _brief(e: BaseException) -> str:
-    return redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300]
+    """One line; a tracking server's refusal (credentials that stopped working) says so first."""
+    from analysis.load import refused
+
+    line = redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300]
+    return f"{why}; {line}" if (why := refused(e)) else line
 
 
 def failure_reason(e: BaseException, precision: str) -> str:

@@ -21,7 +21,7 @@ from study import device as devices
 from study.config import ConfigError
 from study.point import follow_point, run_point
 from study.redaction import redact, redact_hydra_output
-from study.tracking import check_reachable, mlflow_tracker
+from study.tracking import check_store, mlflow_tracker
 
 config.register()
 
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> list[dict]:
         # each of a point's local processes holds its own copy of an in-memory set
         study, data_path = stream.resolve(study, device, jobs * study.trainer.processes, largest)
         world = _world(study, multirun)
-        check_reachable(study.tracking.uri)
+        check_store(study.tracking.uri, study.sweep)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -30,12 +30,12 @@ class SweepCallback(Callback):
         handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs), [progress.weight(s) for s in studies],
                            largest_stored=largest)
         from study.redaction import redact, redact_logs
-        from study.tracking import check_reachable, mlflow_tracker
+        from study.tracking import check_store, mlflow_tracker
 
         redact_logs()  # Hydra echoes each job's overrides
 
         try:
-            check_reachable(first.tracking.uri)
+            check_store(first.tracking.uri, first.sweep)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -382,6 +382,61 @@ def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
                           f"{host}:{port} ({e.strerror or e}); start it (make server) or use tracking=local") from e
 
 
+CREDENTIALS = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (`set -a; . NAME.env; set +a` with the "
+               "file `make user-add` wrote) or write them in ~/.mlflow/credentials")
+
+
+def check_store(uri: str, sweep: str | None = None, write: bool = True) -> bool:
+    """Raise ConfigError, in seconds and before anything trains, when nobody answers at `uri`,
+    when a tracking server refuses this user's credentials (MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD, or MLflow's credentials file), or, with `write`, when `sweep`
+    belongs to another user who granted this one no EDIT. Returns whether this user may write
+    the sweep (False only when `write` is off and the sweep is another's)."""
+    check_reachable(uri)
+    if not uri.startswith(("http://", "https://")):
+        return True
+    from study.config import ConfigError
+
+    user = _user(uri)
+    status, body = _call(uri, "GET", "/api/2.0/mlflow/experiments/get-by-name",
+                         params={"experiment_name": experiment_name(sweep or "")})
+    if status == 401:
+        what = (f"refused the credentials of user {user!r} (a wrong password, or no such user)" if user
+                else "asks who you are: no credentials were given")
+        raise ConfigError(f"invalid settings:\n  tracking.uri={redact(uri)!r}: the tracking server {what}; {CREDENTIALS}")
+    if sweep is None or status != 200:  # 404: a new sweep, this user's to create
+        return True
+    experiment = body["experiment"]
+    status, _ = _call(uri, "POST", "/api/2.0/mlflow/experiments/set-experiment-tag",  # the same value: a no-op write
+                      json={"experiment_id": experiment["experiment_id"], "key": "sweep", "value": sweep})
+    if status != 403:
+        return True
+    if not write:
+        return False
+    raise ConfigError(f"invalid settings:\n  sweep={sweep}: this sweep on {redact(uri)} belongs to another user; "
+                      f"{user!r} may read it but not record into it. Use another sweep=NAME, or ask its owner or the "
+                      f"server's admin: make user-grant NAME={user} SWEEP={sweep} PERMISSION=EDIT")
+
+
+def _user(uri: str) -> str | None:
+    from mlflow.utils.credentials import get_default_host_creds
+
+    return get_default_host_creds(uri).username
+
+
+def _call(uri: str, method: str, endpoint: str, **kwargs) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of one request with this user's credentials, not retried."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    response = http_request(get_default_host_creds(uri), endpoint, method, max_retries=0, timeout=10,
+                            raise_on_status=False, **kwargs)
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, {}
+
+
 @lru_cache(maxsize=4)
 def mlflow_tracker(uri: str, sweep: str, artifact_root: str | None, retry_s: float = RETRY_FOR_S) -> MlflowTracker:
     """One tracker per store and sweep in a process: the store is opened once per sweep."""
