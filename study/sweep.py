@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from study import config, grid, handoff, progress
+from study import config, grid, handoff, progress, view
 from study import device as devices
 from study.config import ConfigError
 from study.data import stored_size
@@ -45,6 +45,7 @@ class SweepCallback(Callback):
         if params:  # a declared grid (make decide's rounds declare none: it describes its own)
             self.tracker.describe(description(first, config.hydra.job.config_name, axes(jobs), len(jobs)))
         self.study = first
+        view.install(self.tracker.client, self.tracker.experiment_id)
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
         print(f"data: {data_path(first, config, largest)}", flush=True)
         print(precision, flush=True)
@@ -61,6 +62,7 @@ class SweepCallback(Callback):
             print(failures, flush=True)
         failed = any(r["status"] in ("FAILED", "UNRECORDED") for r in results)
         self.tracker.close_sweep(failed)
+        view.install(self.tracker.client, self.tracker.experiment_id)  # the new runs' log10 FLOPs and colours
         if self.study.trainer.measure_alone:  # the jobs have ended: the machine is the phase's alone
             from study import alone
 
@@ -111,7 +113,7 @@ def _report(study: config.StudyConfig) -> list[str]:
 
 def browse_hint(uri: str, experiment_id: str) -> str:
     """The link to the sweep's runs, and what serves it."""
-    from study.tracking import runs_link, ui_base
+    from study.view import runs_link, ui_base
 
     link = runs_link(ui_base(uri), experiment_id)
     return link if uri.startswith("http") else f"make ui, then open {link}"

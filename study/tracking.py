@@ -296,23 +296,6 @@ def experiment_name(sweep: str) -> str:
     return EXPERIMENT_PREFIX + sweep
 
 
-def ui_base(uri: str, port: int = 5000) -> str:
-    """Where the UI of a store is: a tracking server serves its own; `make ui` serves a
-    file store on 127.0.0.1:PORT."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):
-        return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
-    return f"http://127.0.0.1:{port}"
-
-
-def runs_link(base: str, experiment_id: str) -> str:
-    """The link that opens an experiment's runs in MLflow 3's "Model training" mode; without
-    the query the UI opens in its GenAI mode, on a traces overview."""
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
 def is_transient(error: BaseException) -> bool:
     return any(m in str(error).lower() for m in TRANSIENT_MARKERS)
 

@@ -2,9 +2,10 @@
 
     python -m study.ui --store sqlite:///mlflow.db --port 5000
 
-MLflow 3's UI opens an experiment in its GenAI mode, on a traces overview; the printed links
-carry the query that opens the "Model training" runs table instead. Experiments recorded by
-earlier versions (named after the bare sweep) are renamed and tagged first, as a sweep would.
+Each printed link opens the sweep on the study's saved view (study.view: its columns, groups
+and charts) in MLflow 3's "Model training" runs table, not its GenAI overview of traces.
+Experiments recorded by earlier versions (named after the bare sweep) are renamed and tagged
+first, as a sweep would, and get the view; a store this user may not write keeps what it has.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from study.tracking import PARENT_ROLE, mlflow_tracker, runs_link
+from study import view
+from study.tracking import PARENT_ROLE, mlflow_tracker
 
 
 def sweep_links(uri: str, base: str) -> list[tuple[str, int, str]]:
@@ -32,8 +34,18 @@ def sweep_links(uri: str, base: str) -> list[tuple[str, int, str]]:
             sweep = exp.name
             mlflow_tracker(uri, sweep, None)  # renames and tags it
         points = len(client.search_runs([exp.experiment_id], "tags.point_key != ''", max_results=50000))
-        found.append((sweep, points, runs_link(base, exp.experiment_id)))
+        _install(client, exp.experiment_id, sweep)
+        found.append((sweep, points, view.runs_link(base, exp.experiment_id)))
     return sorted(found)
+
+
+def _install(client, experiment_id: str, sweep: str) -> None:
+    """The study's view on a sweep's experiment; a store that refuses the write (another
+    user's sweep on a server) is left as it is, and the link still opens its runs."""
+    try:
+        view.install(client, experiment_id)
+    except Exception as e:
+        print(f"note: sweep {sweep!r} keeps the view it has ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     db = a.store.removeprefix("sqlite:///")
     links = sweep_links(a.store, base) if not a.store.startswith("sqlite:") or Path(db).exists() else []
     if links:
-        print("Open a sweep's runs (MLflow's 'Model training' view):")
+        print("Open a sweep's runs (the study's view in MLflow's 'Model training' runs table):")
         for sweep, points, link in links:
             print(f"  {sweep:<20} {points:>5} point runs  {link}")
     else:
