@@ -63,6 +63,7 @@ def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int =
 
 def _write(sweep: str, tracking_uri: str, out: Path, log: bool, decisions: dict, figures: list[Path],
            configs: pd.DataFrame) -> dict:
+    decisions["runs_link"] = runs_link(sweep, tracking_uri)
     pd.DataFrame(decisions["missing"]["points"]).to_csv(out / "missing.csv", index=False)
     (out / "rules.json").write_text(json.dumps(_clean(decisions), indent=2))
     (out / "report.md").write_text(_markdown(sweep, decisions, figures))
@@ -75,6 +76,22 @@ def _write(sweep: str, tracking_uri: str, out: Path, log: bool, decisions: dict,
                 raise
             decisions["not_logged"] = f"the report was not logged on the sweep's run: {why}"
     return decisions
+
+
+def runs_link(sweep: str, tracking_uri: str) -> str:
+    """The link that opens the sweep's runs on the study's view in MLflow's UI (a local store:
+    `make ui` serves it)."""
+    from mlflow.tracking import MlflowClient
+
+    from study.view import runs_link as link, ui_base
+
+    exp = find_experiment(MlflowClient(tracking_uri=tracking_uri), sweep)
+    return link(ui_base(tracking_uri), exp.experiment_id) if exp else ""
+
+
+def _browse(decisions: dict) -> str:
+    return f"Runs in MLflow's UI (`make ui` serves a local store): {decisions['runs_link']}" \
+        if decisions.get("runs_link") else ""
 
 
 def after_sweep(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int = 0) -> list[str]:
@@ -293,7 +310,7 @@ def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
     parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
              f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",
              *_left_out(decisions.get("excluded_runs", {})),
-             *([f"Latency: {decisions['latency']}."] if decisions.get("latency") else []), "",
+             *([f"Latency: {decisions['latency']}."] if decisions.get("latency") else []), "", _browse(decisions), "",
              "## Decisions", _decisions_markdown(decisions), "", *_missing_markdown(decisions), "## Figures",
              *[f"![{p.stem}]({p.name})\n\n*{CAPTIONS.get(p.stem, p.stem)}*\n" for p in figures], "",
              "## Warnings", *warnings, "",
@@ -331,13 +348,19 @@ def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFram
             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
             "tr.decided td:nth-child(2){font-weight:bold}tr.undecided td{color:#777}"
             "figcaption{font-size:13px;color:#333;margin-bottom:1.5em}</style>"
-            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1><h2>Decisions</h2>"
+            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1>{_browse_html(decisions)}<h2>Decisions</h2>"
             f'<table id="decisions"><tr><th>question</th><th>answer</th><th>decided?</th><th>probability</th><th>data</th></tr>'
             f"{rows}</table><ul>{items(summary(decisions))}</ul>"
             f'<h2 id="missing">Missing points ({len(points)})</h2>{missing}<h2>Figures</h2>{images}'
             f"<h2>Warnings</h2><ul>{items(warnings)}</ul>"
             f"<h2>Configurations</h2>{table}<h2>rules.json</h2><pre>"
             f"{html.escape(json.dumps(_clean(decisions), indent=1))}</pre></body></html>")
+
+
+def _browse_html(decisions: dict) -> str:
+    link = html.escape(decisions.get("runs_link", ""))
+    return (f'<p id="runs">Runs in MLflow\'s UI (<code>make ui</code> serves a local store): '
+            f'<a href="{link}">{link}</a></p>') if link else ""
 
 
 def _clean(obj):

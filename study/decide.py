@@ -33,9 +33,9 @@ from analysis import adaptive
 from analysis.fit import training_compute
 from analysis.load import load_runs
 from analysis.rules import COLUMNS
-from study import config, grid
+from study import config, grid, view
 from study.config import ConfigError
-from study.sweep import axes, description, validate_grid
+from study.sweep import axes, browse_hint, description, validate_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 AXES = {k: COLUMNS[k] for k in ("recipe.epochs", "model.depth", "model.width", "data.resolution")}  # -> analysis names
@@ -275,6 +275,7 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
 
     uri = first.tracking.uri
     tracker = mlflow_tracker(uri, first.sweep, first.tracking.artifact_root, first.tracking.retry_s)
+    view.install(tracker.client, tracker.experiment_id, decide=True)
     home = Path(config.project_root())
     out = home / "reports" / first.sweep
     trace = Trace(out / "decide", tracker.experiment_id)
@@ -305,6 +306,7 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
             names = write_points(proposal.batch, folder)
             rc = train_round(round_args(a.sweep, names, folder, settings.jobs, overrides))
             failures = failures + 1 if rc else 0
+            _tag_round(tracker, proposal.batch, n)
         trace.add({"round": n, "spent_share": spent / grid_cost, "trained": int(len(proposal.batch)),
                    "seconds": time.time() - t0, "stop": proposal.stop or "",
                    "p_depth_better": {r.name: r.p_depth_better for r in proposal.rules},
@@ -326,7 +328,16 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
     print(f"{len(report.all_warnings(decisions))} warnings; report in {out}/report.html; "
           f"rounds in {out}/decide/trace.csv")
     print(f"make decide stopped: {proposal.stop or f'after --max-rounds {a.max_rounds} rounds'}")
+    print(f"browse: {browse_hint(uri, tracker.experiment_id)}")
     return 0
+
+
+def _tag_round(tracker, batch: pd.DataFrame, n: int) -> None:
+    """The round that proposed each run, as the tag the study's view shows in a column."""
+    points = {(float(c.width), int(c.depth), int(c.resolution), int(c.epochs), int(c.seed))
+              for c in batch.itertuples()}
+    view.tag_round(tracker.client, tracker.experiment_id, points, n)
+    view.install(tracker.client, tracker.experiment_id, decide=True)
 
 
 def overhead_flops(tracker, runs: pd.DataFrame) -> float:

@@ -1,7 +1,8 @@
 """What the user sees, in a real browser: a sweep ends with its report made by itself; `make ui`
-prints the link that opens the sweep on MLflow's "Model training" runs view (not its GenAI
-overview) with the parent run and, expanded, its points; the report shows its decisions
-table and every figure. Chromium is Debian's (`chromium`, `chromium-driver`: .ci/run installs
+prints the link that opens the sweep on the study's view (study.view) in MLflow's "Model
+training" runs table (not its GenAI overview): every point in its epoch budget's group, the
+metric columns with numbers in them, and the study's charts drawn; the report shows its
+decisions table and every figure. Chromium is Debian's (`chromium`, `chromium-driver`: .ci/run installs
 them), headless, driven by Selenium through chromedriver.
 
 Screenshots go to a temporary folder (their paths are printed), or to $STUDY_SCREENSHOTS:
@@ -79,7 +80,7 @@ def test_the_sweep_ends_with_its_report_and_the_link_to_its_runs(swept):
     assert f"report: {report} (also on the sweep's parent run, under report/)" in out
     assert "1 epoch: " in out.split("report: ")[1]  # the headline decisions follow the path
     assert re.search(r"browse: make ui, then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?"
-                     r"workflowType=machine_learning\n", out)
+                     r"viewStateShareKey=scaling-study&workflowType=machine_learning\n", out)
     client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
     experiment = find_experiment(client, SWEEP)
     parent = client.search_runs([experiment.experiment_id], "tags.role = 'parent'")[0]
@@ -89,8 +90,9 @@ def test_the_sweep_ends_with_its_report_and_the_link_to_its_runs(swept):
     assert "| Depth or width scaling, 1 epoch |" in parent.data.tags["mlflow.note.content"]
 
 
-def test_make_ui_opens_on_the_runs_of_the_sweep(swept, browser, shots, capsys):
+def test_make_ui_opens_the_sweep_on_the_studys_view(swept, browser, shots, capsys):
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     home, _ = swept
@@ -102,18 +104,35 @@ def test_make_ui_opens_on_the_runs_of_the_sweep(swept, browser, shots, capsys):
         _wait_for_http(f"http://127.0.0.1:{port}/", ui)
         browser.get(link)
         body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
-        WebDriverWait(browser, 60).until(lambda d: "Run Name" in body() and f"\n{SWEEP}\n" in body())
+        points = _point_names(home)
+        # every point is shown without a click, in its epoch budget's group
+        WebDriverWait(browser, 60).until(lambda d: "Run Name" in body() and all(name in body() for name in points))
         assert "/runs" in browser.current_url and "workflowType=machine_learning" in browser.current_url
         for genai in ("Token Usage", "Detect Issues", "Tool calls"):  # the GenAI overview's panels
             assert genai not in body()
         assert f"Scaling sweep {SWEEP}" in body()  # the experiment's description
-        points = _point_names(home)
-        assert not any(name in body() for name in points)  # collapsed under the parent run
-        browser.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()
-        WebDriverWait(browser, 30).until(lambda d: all(name in body() for name in points))
+        assert "Group by: recipe.epochs" in body()
+        WebDriverWait(browser, 30).until(lambda d: _metric_columns(d)[:6] == [
+            "top1", "minival/top1", "flops", "params", "train_step_ms", "peak_mem_mb"])  # the view's order
+        top1 = [c.text for c in browser.find_elements(By.CSS_SELECTOR, '.ag-row [col-id="metrics.`top1`"]')]
+        values = [float(t) for t in top1 if re.fullmatch(r"[0-9.e-]+", t)]  # a group's row adds "(average)"
+        assert len(values) >= len(points) and all(0 <= v <= 1 for v in values), top1
         for close in browser.find_elements(By.CSS_SELECTOR, "button[data-component-id$='assistant.chat_panel.close']"):
             close.click()  # MLflow's assistant panel: more room for the runs in the picture
         _save(browser, shots / "ui_runs.png", capsys)
+        browser.execute_script("arguments[0].click()",
+                               browser.find_element(By.CSS_SELECTOR, "input[name='runs-view-mode'][value='CHART']"))
+        svg = lambda css: browser.find_elements(By.CSS_SELECTOR, css)  # noqa: E731
+        drawn = lambda: {"section": "Scaling study" in body(), "parallel": len(svg(".parcoords")),  # noqa: E731
+                         "contour": len(svg("g.contourlevel")), "points": len(svg("path.point"))}
+        try:
+            WebDriverWait(browser, 60).until(lambda d: all(drawn().values()) and drawn()["points"] >= 2 * len(points))
+        except TimeoutException:
+            _save(browser, shots / "ui_charts_failed.png", capsys)
+            raise AssertionError(f"the study's charts were not drawn: {drawn()} ({len(points)} points)") from None
+        assert all(title in body() for title in ("log10_flops vs. top1", "model.width vs. model.depth",
+                                                 "Parallel Coordinates", "val/top1"))
+        _save(browser, shots / "ui_charts.png", capsys)
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(30)
@@ -135,12 +154,24 @@ def test_the_report_shows_its_decisions_and_every_figure(swept, browser, shots, 
     assert first[0] == "Depth or width scaling, 1 epoch" and first[2] in ("decided", "undecided")
     assert first[3].startswith("P(depth better) = ") and first[4] == "complete"  # every point finished
     assert browser.find_element(By.ID, "missing").text == "Missing points (0)"
+    runs = browser.find_element(By.CSS_SELECTOR, "#runs a").get_attribute("href")  # the link to the study's view
+    assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?viewStateShareKey=scaling-study&"
+                        r"workflowType=machine_learning", runs), runs
     captions = [c.text for c in browser.find_elements(By.TAG_NAME, "figcaption")]
     assert captions == [CAPTIONS[alt] for alt, _, _ in images]
     # the table comes before the figures
     assert browser.execute_script("return document.getElementById('decisions').getBoundingClientRect().top") < \
         browser.execute_script("return document.images[0].getBoundingClientRect().top")
     _save(browser, shots / "report.png", capsys)
+
+
+def _metric_columns(browser) -> list[str]:
+    """The metric columns of the runs table, left to right."""
+    from selenium.webdriver.common.by import By
+
+    cells = browser.find_elements(By.CSS_SELECTOR, ".ag-header-cell[col-id^='metrics.']")
+    ordered = sorted(cells, key=lambda c: int(c.get_attribute("aria-colindex") or 0))
+    return [c.get_attribute("col-id").split("`")[1] for c in ordered]
 
 
 def _point_names(home: Path) -> list[str]:

@@ -10,8 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from analysis.load import find_experiment, load_runs
 from study import handoff, progress
-from study.tracking import MlflowTracker, runs_link, ui_base
+from study.tracking import MlflowTracker
 from study.ui import sweep_links
+from study.view import VIEW_TAG, runs_link, ui_base
 from tests.conftest import compose_cfg
 
 
@@ -121,15 +122,18 @@ def test_make_ui_lists_every_sweep_with_the_link_to_its_runs(tmp_path):
     client.create_run(old, run_name="adhoc", tags={"role": "parent", "sweep": "adhoc"})
     new = MlflowTracker(uri, "smoke").experiment_id
     links = sweep_links(uri, "http://127.0.0.1:5999")
-    assert links == [("adhoc", 0, f"http://127.0.0.1:5999/#/experiments/{old}/runs?workflowType=machine_learning"),
-                     ("smoke", 0, f"http://127.0.0.1:5999/#/experiments/{new}/runs?workflowType=machine_learning")]
+    query = "viewStateShareKey=scaling-study&workflowType=machine_learning"
+    assert links == [("adhoc", 0, f"http://127.0.0.1:5999/#/experiments/{old}/runs?{query}"),
+                     ("smoke", 0, f"http://127.0.0.1:5999/#/experiments/{new}/runs?{query}")]
     assert client.get_experiment(old).name == "sweep/adhoc"  # renamed on the way
+    assert VIEW_TAG in client.get_experiment(old).tags  # and given the study's view
 
 
 def test_a_tracking_servers_link_is_its_own_without_credentials():
     assert ui_base("http://alice:s3cret@mlflow.lab:5001/") == "http://mlflow.lab:5001"
     assert ui_base("sqlite:////x/mlflow.db", 5055) == "http://127.0.0.1:5055"
-    assert runs_link("http://h:1", "7") == "http://h:1/#/experiments/7/runs?workflowType=machine_learning"
+    assert runs_link("http://h:1", "7") == \
+        "http://h:1/#/experiments/7/runs?viewStateShareKey=scaling-study&workflowType=machine_learning"
 
 
 def test_the_automatic_report_is_settled_before_training_and_never_keys_a_point():

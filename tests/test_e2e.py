@@ -59,7 +59,7 @@ def test_sweep_prints_a_line_per_point_and_a_summary(swept):
     assert (home / "reports" / "smoke" / "report.html").exists()
     experiment = find_experiment(_client(home), "smoke")
     assert f"browse: make ui, then open http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" \
-           "?workflowType=machine_learning" in first.stdout
+           "?viewStateShareKey=scaling-study&workflowType=machine_learning" in first.stdout
 
 
 def test_the_experiment_opens_in_mlflows_model_training_mode(swept):
