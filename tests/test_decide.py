@@ -2,6 +2,7 @@
 machinery, checks its input before training, and survives a kill mid-round."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -113,6 +114,15 @@ def test_decide_trains_proposals_in_parallel_and_ends_with_the_reports_statement
     logged = {f.path for f in client.list_artifacts(parent, "decide")}
     assert {"decide/trace.csv", "decide/trace.png"} <= logged
     assert any(f.path == "report/report.html" for f in client.list_artifacts(parent, "report"))
+    # each run carries the round that proposed it, a column of the study's view
+    from study import view
+
+    rounds = [r.data.tags.get(view.ROUND_TAG) for r in client.search_runs([exp.experiment_id], "tags.run_key != ''")]
+    assert set(rounds) <= {str(n) for n in trace["round"]} and "1" in rounds, rounds
+    shown = json.loads(client.get_experiment(exp.experiment_id).tags[view.VIEW_TAG])["selectedColumns"]
+    assert f"tags.`{view.ROUND_TAG}`" in shown
+    assert f"browse: make ui, then open http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?" \
+           "viewStateShareKey=scaling-study" in out
 
 
 @pytest.mark.slow
