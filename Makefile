@@ -40,7 +40,7 @@ tune: setup ## tune one point on its minival split (Optuna, TRIALS=20), then tra
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true tune.trials=$(TRIALS) $(POINT)
 
 ui: setup ## browse results: MLflow UI on http://127.0.0.1:5000 (PORT=...) over the default store; prints each sweep's link
-	$(PY) -m study.ui --store sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+	$(PY) -m study.record.ui --store sqlite:///$(STORE_DIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 server: setup ## shared tracking server with users: MLflow on 127.0.0.1:5001 (ARGS="--host 0.0.0.0") over PostgreSQL on 127.0.0.1:5433; sweeps use tracking=server
 	$(PY) -m study.server --home $(STORE_DIR) $(ARGS)
@@ -61,10 +61,10 @@ recommend: setup ## best depth/width/resolution in a budget: make recommend EPOC
 	$(PY) -m analysis recommend --sweep $(SWEEP) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS)) $(if $(MEASURED_ON),--measured-on $(MEASURED_ON))
 
 measure: setup ## measure a finished sweep's points alone (training step at batch <= 128): make measure SWEEP=default [DEVICE=cuda] [FORCE=1: again, on this machine]
-	$(PY) -m study.alone --sweep $(SWEEP) --store $(or $(STORE),sqlite:///$(STORE_DIR)/mlflow.db) --device $(or $(DEVICE),auto) $(if $(FORCE),--force)
+	$(PY) -m study.measure.alone --sweep $(SWEEP) --store $(or $(STORE),sqlite:///$(STORE_DIR)/mlflow.db) --device $(or $(DEVICE),auto) $(if $(FORCE),--force)
 
 prepare-data: setup ## resized copy of an image folder: make prepare-data SRC=/data/imagenet DST=/data/imagenet_small SWEEP=resnet_rs_paper (or SIDE=296)
-	$(PY) -m study.prepare --source $(SRC) --dest $(DST) $(if $(SIDE),--side $(SIDE),--sweep $(SWEEP)) $(ARGS)
+	$(PY) -m study.sweep.prepare --source $(SRC) --dest $(DST) $(if $(SIDE),--side $(SIDE),--sweep $(SWEEP)) $(ARGS)
 
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)

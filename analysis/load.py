@@ -1,6 +1,6 @@
 """Load a sweep's run record from MLflow (any tracking URI) into tidy pandas tables.
 
-Reads only the run record documented in README.md: params, final metrics and tags of the
+Reads only the run record documented in docs/run-record.md: params, final metrics and tags of the
 child runs under the sweep's parent run. Nothing here imports the training package.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> 
 
 
 def measurements(run) -> dict[str, dict[str, float]]:
-    """A run's measurements alone (study.alone), by machine: `alone/<machine>/<metric>`. A run
+    """A run's measurements alone (study.measure.alone), by machine: `alone/<machine>/<metric>`. A run
     measured before machines were named has only its latest, under its `measure.machine` tag
     or `unnamed`."""
     out: dict[str, dict[str, float]] = {}

@@ -83,7 +83,7 @@ def runs_link(sweep: str, tracking_uri: str) -> str:
     `make ui` serves it)."""
     from mlflow.tracking import MlflowClient
 
-    from study.view import runs_link as link, ui_base
+    from study.record.view import runs_link as link, ui_base
 
     exp = find_experiment(MlflowClient(tracking_uri=tracking_uri), sweep)
     return link(ui_base(tracking_uri), exp.experiment_id) if exp else ""

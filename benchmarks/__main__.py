@@ -19,7 +19,7 @@ this one run, on this machine, so it is comparable across machines.
 8. stream (benchmarks/stream_bench.py): the streaming input pipeline's images/s against the
    training step's on CIFAR-10's JPEG folders, and the decode rate.
 9. latency (benchmarks/latency_bench.py): the latency a JOBS=2 sweep records against a JOBS=1
-   sweep's for the same points, in-job and measured alone (study.alone).
+   sweep's for the same points, in-job and measured alone (study.measure.alone).
 10. compile (benchmarks/compile_bench.py): torch.compile's compile time and steady saving per
    step for small and large points, and what trainer.compile=auto decides for them.
 """
@@ -37,11 +37,14 @@ from pathlib import Path
 
 import torch
 
-from study import config, data, measure, models, recipe as recipes, trainer
-from study import device as devices
-from study.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
-from study.point import run_point
-from study.tracking import MlflowTracker
+from study.data import batches, sets
+from study.measure import costs
+from study.point.lifecycle import run_point
+from study.record.tracking import MlflowTracker
+from study.settings import config, hardware
+from study.settings.config import DataConfig, ModelConfig, RecipeConfig, StudyConfig, TrackingConfig, TrainerConfig
+from study.train import models, trainer
+from study.train import recipe as recipes
 from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_calibration
 from benchmarks.compile_bench import bench_compile
 from benchmarks.speed import bench_precision, bench_speed
@@ -58,10 +61,10 @@ class _Sink:
 
 
 def _setup(width: float, depth: int, resolution: int, batch: int):
-    ds = data.prepare(DataConfig(resolution=resolution))
+    ds = sets.prepare(DataConfig(resolution=resolution))
     model = models.build_model(depth, width, num_classes=ds.num_classes, in_chans=ds.in_chans)
     model = model.to(memory_format=torch.channels_last)
-    batcher = data.Batcher(ds, device=CPU, augment="crop", crop_padding=0.125)
+    batcher = batches.Batcher(ds, device=CPU, augment="crop", crop_padding=0.125)
     return ds, model, batcher, RecipeConfig(epochs=2, batch_size=batch, warmup_epochs=0.2)
 
 
@@ -180,9 +183,9 @@ def main(argv=None) -> None:
                "calibration": bench_calibration, "adaptive": bench_adaptive,
                "stream": bench_stream, "latency": bench_latency, "compile": bench_compile,
                "precision": bench_precision}
-    machine = measure.machine(CPU)
+    machine = costs.machine(CPU)
     print(f"torch {torch.__version__}, {machine['measure.cpu']} ({machine['measure.isa']}), "
-          f"{machine['measure.threads']} threads; trainer.precision=auto is {devices.resolve_precision('auto', CPU)} here")
+          f"{machine['measure.threads']} threads; trainer.precision=auto is {hardware.resolve_precision('auto', CPU)} here")
     print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
     for name in args.only or benches:
         for row in benches[name](args):

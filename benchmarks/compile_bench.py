@@ -1,4 +1,4 @@
-"""When torch.compile pays (study.compiling): for the smallest and the largest point of the
+"""When torch.compile pays (study.train.compiling): for the smallest and the largest point of the
 default study and a CIFAR-sized one, in the precision `auto` picks here, the compile time (the
 first compiled step over a steady compiled step) and the steady-state saving per step (median
 of 5 alternated repeats of 10 steps, eager against compiled, with min-max). From those: after
@@ -11,9 +11,10 @@ import time
 
 import torch
 
-from study import compiling, models, recipe as recipes
-from study import device as devices
-from study.config import RecipeConfig
+from study.settings import hardware
+from study.settings.config import RecipeConfig
+from study.train import compiling, models
+from study.train import recipe as recipes
 
 CPU = torch.device("cpu")
 POINTS = [  # (label, width, depth, resolution, images per epoch)
@@ -71,7 +72,7 @@ def _point(width: float, depth: int, res: int, bf16: bool) -> dict:
 def bench_compile(args) -> list[tuple]:
     import torch._inductor.config as inductor
 
-    precision = devices.resolve_precision("auto", CPU)
+    precision = hardware.resolve_precision("auto", CPU)
     rows = []
     for label, width, depth, res, images in POINTS:
         # a cold compile, as a point's first: inductor's on-disk caches would hide the cost

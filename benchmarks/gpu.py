@@ -15,8 +15,10 @@ import time
 
 import torch
 
-from study import data, measure, models, trainer
-from study.config import DataConfig, RecipeConfig, TrainerConfig
+from study.data import batches, sets
+from study.measure import costs
+from study.settings.config import DataConfig, RecipeConfig, TrainerConfig
+from study.train import models, trainer
 
 WARMUP_STEPS = 10
 
@@ -43,14 +45,14 @@ def trainer_img_per_s(ds, args, precision: str, channels_last: bool, compile_: b
     device = torch.device("cuda")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = models.build_model(args.depth, args.width, num_classes=ds.num_classes).to(device, memory_format=fmt)
-    batcher = data.Batcher(ds, device=device, augment="flip_crop", crop_padding=0.125, memory_format=fmt,
+    batcher = batches.Batcher(ds, device=device, augment="flip_crop", crop_padding=0.125, memory_format=fmt,
                            crop=args.crop)
     fitted = trainer.fit(model, ds, batcher,
                          RecipeConfig(epochs=args.epochs, batch_size=args.batch, warmup_epochs=0.2),
                          TrainerConfig(progress=False, precision=precision, eval_batch_size=1024,
                                        compile=str(compile_).lower()), seed=0,
                          sink=_Sink(), device=device)
-    if "compile_s" in fitted.metrics:  # what study.compiling's COMPILE_S["cuda"] estimates
+    if "compile_s" in fitted.metrics:  # what study.train.compiling's COMPILE_S["cuda"] estimates
         print(f"  compile: {fitted.metrics['compile_s']:.1f}s, saving {fitted.metrics.get('compile_gain', 0):.1%} "
               f"per epoch ({sum(1 for _ in model.modules())} modules)", flush=True)
     return fitted.metrics["train_img_per_s"]  # epochs after the first: compilation excluded
@@ -93,10 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         sys.exit("benchmarks.gpu needs a CUDA device")
     eval_crop = 0.875 if args.crop == "random_resized" else 1.0
-    ds = data.prepare(DataConfig(name="synthetic", synthetic_images=args.images, synthetic_size=args.resolution,
+    ds = sets.prepare(DataConfig(name="synthetic", synthetic_images=args.images, synthetic_size=args.resolution,
                                  resolution=args.resolution, minival_fraction=0.02, test_fraction=0.05,
                                  crop=args.crop, eval_crop=eval_crop))
-    flops = measure.complexity(models.build_model(args.depth, args.width, num_classes=10), args.resolution, 3)["flops"]
+    flops = costs.complexity(models.build_model(args.depth, args.width, num_classes=10), args.resolution, 3)["flops"]
     steps = len(ds.train) // args.batch
     variants = {"fp32 NCHW": ("fp32", False, False), "bf16 channels_last": ("bf16", True, False),
                 "bf16 channels_last compile": ("bf16", True, True)}

@@ -4,7 +4,7 @@ The same 4 points (w=0.25,0.5 x d=14,26 on MNIST at 28 px, one epoch) are swept 
 separate stores, with JOBS=1 and with JOBS=2 (two points training at once on this machine). For
 each point: the ratio of its recorded latency in the JOBS=2 sweep to the JOBS=1 sweep's, for the
 in-job inference latency (`latency_ms`, taken right after training, beside the other job) and for
-the measurement phase's training step (`step_latency_ms`, study.alone, taken when the sweep's jobs
+the measurement phase's training step (`step_latency_ms`, study.measure.alone, taken when the sweep's jobs
 have ended). A repeat is one pair of sweeps, its figure the median ratio over the 4 points;
 printed: the median of 5 alternated repeats with min-max; the target is |ratio - 1| < 10% for the
 measurement phase.

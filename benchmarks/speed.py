@@ -10,9 +10,11 @@ import time
 
 import torch
 
-from study import data, measure, models, trainer
-from study import device as devices
-from study.config import DataConfig, RecipeConfig, TrainerConfig
+from study.data import batches, sets
+from study.measure import costs
+from study.settings import hardware
+from study.settings.config import DataConfig, RecipeConfig, TrainerConfig
+from study.train import models, trainer
 
 CPU = torch.device("cpu")
 
@@ -57,7 +59,7 @@ class _Sink:
 def _trainer(ds, width, depth, batch, precision: str) -> float:
     model = models.build_model(depth, width, num_classes=ds.num_classes, in_chans=ds.in_chans)
     model = model.to(memory_format=torch.channels_last)
-    batcher = data.Batcher(ds, device=CPU, augment="flip_crop", crop_padding=0.125)
+    batcher = batches.Batcher(ds, device=CPU, augment="flip_crop", crop_padding=0.125)
     fitted = trainer.fit(model, ds, batcher, RecipeConfig(epochs=2, batch_size=batch, warmup_epochs=0.2),
                          TrainerConfig(progress=False, precision=precision), seed=0, sink=_Sink(), device=CPU)
     return fitted.metrics["train_img_per_s"]
@@ -77,12 +79,12 @@ def _ratio_row(label: str, case: str, ours: list[float], base: list[float], targ
 def bench_speed(args) -> list[tuple]:
     """Every figure a median of REPEATS alternated repeats. The baseline of each repeat is the
     best hand-written fp32 loop of that repeat: plain NCHW or channels_last (CPUs train in fp32:
-    study.device)."""
+    study.point.device)."""
     width, depth, res, batch = 0.5, 26, 32, 128
     steps = 13
-    ds = data.prepare(DataConfig(name="synthetic", synthetic_size=res, resolution=res,
+    ds = sets.prepare(DataConfig(name="synthetic", synthetic_size=res, resolution=res,
                                  synthetic_images=int(batch * steps / 0.72) + 1))
-    flops = measure.complexity(models.build_model(depth, width, num_classes=10), res, 3)["flops"]
+    flops = costs.complexity(models.build_model(depth, width, num_classes=10), res, 3)["flops"]
     fresh = lambda: models.build_model(depth, width, num_classes=ds.num_classes)  # noqa: E731
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch, 3, res, res, generator=g), torch.randint(0, 10, (batch,), generator=g))
@@ -116,10 +118,10 @@ def bench_precision(args) -> list[tuple]:
     update): fp32 and bf16 autocast on 1 thread (a point's share under JOBS=2) and on all of them,
     and bf16 with oneDNN off. A sound path gives finite gradients at every step; the time is the
     summed step time against fp32's on as many threads."""
-    flags = devices.cpu()[1]
-    if not any(f in flags for f in devices.NATIVE_BF16):
-        return [("bf16 on this CPU", devices.cpu_bf16(flags), None, None, None, "")]
-    cores = devices.usable_cores()
+    flags = hardware.cpu()[1]
+    if not any(f in flags for f in hardware.NATIVE_BF16):
+        return [("bf16 on this CPU", hardware.cpu_bf16(flags), None, None, None, "")]
+    cores = hardware.usable_cores()
     # name -> (bf16, oneDNN on, threads, steps)
     variants = {"fp32, 1 thread": (False, True, 1, PROBE_STEPS), "bf16, 1 thread": (True, True, 1, PROBE_STEPS),
                 f"fp32, {cores} threads": (False, True, cores, PROBE_STEPS),
@@ -143,7 +145,7 @@ def bench_precision(args) -> list[tuple]:
                 seconds[name] += t
     finally:
         torch.set_num_threads(threads)
-    print(f"precision probe: {devices.cpu_bf16(flags)}")
+    print(f"precision probe: {hardware.cpu_bf16(flags)}")
     rows = [(f"{name}: non-finite", f"steps of {len(LATIN_SQUARE)} models", bad[name],
              len(LATIN_SQUARE) * variants[name][3], bad[name] / (len(LATIN_SQUARE) * variants[name][3]), "0")
             for name in variants]

@@ -1,4 +1,4 @@
-"""The streaming input pipeline (study.stream) against the training step, on CIFAR-10's JPEG
+"""The streaming input pipeline (study.data.stream) against the training step, on CIFAR-10's JPEG
 folders (../shared/data; skipped where absent), at 32 px, with the loader workers a point gets
 by default on this machine.
 
@@ -8,7 +8,7 @@ by default on this machine.
   which run in the training process on either path;
 - step img/s: SGD steps (forward, backward, update) of the smallest and largest models of
   sweeps/cifar10_cpu.yaml on ready batches;
-- decode img/s: study.imagefiles.decode alone, one thread; the whole worker task (decode + crop
+- decode img/s: study.data.imagefiles.decode alone, one thread; the whole worker task (decode + crop
   + flip), one thread.
 Each ratio is the median of 5 alternated repeats, printed with its min-max.
 """
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from study import data, imagefiles, models, stream
-from study import device as devices
-from study.config import DataConfig
+from study.data import imagefiles, loader, sets
+from study.settings import hardware
+from study.settings.config import DataConfig
+from study.train import models
 
 CPU = torch.device("cpu")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -33,7 +34,7 @@ REPEATS, IMAGES, BATCH = 5, 5000, 128
 
 
 def _input_img_per_s(ds, cfg, workers: int, randaugment: tuple[int, float] = (0, 0.0)) -> float:
-    batcher = data.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=randaugment,
+    batcher = loader.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=randaugment,
                            workers=workers)
     t0 = time.perf_counter()
     n = sum(len(y) for _, y in batcher.train(ds.train, BATCH, torch.Generator().manual_seed(0)))
@@ -81,8 +82,8 @@ def bench_stream(args) -> list[tuple]:
         cfg = DataConfig(name="image_folder", root=str(root), resolution=32, minival_fraction=0.02, augment="flip_crop",
                          crop="pad", eval_crop=1.0, crop_padding_mode="reflect", loader="stream",
                          max_train_images=IMAGES)
-        ds = data.prepare(cfg)
-        workers = stream.workers_for(None, CPU, devices.usable_cores())
+        ds = sets.prepare(cfg)
+        workers = sets.workers_for(None, CPU, hardware.usable_cores())
         nets = {m: models.build_model(m[1], m[0], num_classes=10).to(memory_format=torch.channels_last)
                 for m in MODELS}
         inputs, augmented, steps = [], [], {m: [] for m in MODELS}
@@ -94,7 +95,7 @@ def bench_stream(args) -> list[tuple]:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            files = data.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(0, 0.0),
+            files = loader.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(0, 0.0),
                                  workers=0).files
             decode = [_decode_img_per_s(ds.train, False, files) for _ in range(3)]
             task = [_decode_img_per_s(ds.train, True, files) for _ in range(3)]

@@ -20,41 +20,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis import adaptive
 from analysis.fit import training_compute
 from analysis.load import load_runs
 from analysis.rules import COLUMNS
-from study import config, grid, view
-from study.config import ConfigError
-from study.sweep import axes, browse_hint, description, validate_grid
+from study.record import view
+from study.settings import config, grid
+from study.settings.config import CODE_ROOT, ConfigError
+from study.sweep.callback import axes, browse_hint, description
+from study.sweep.compose import compose_sweep, validate_grid
 
-ROOT = Path(__file__).resolve().parents[1]
 AXES = {k: COLUMNS[k] for k in ("recipe.epochs", "model.depth", "model.width", "data.resolution")}  # -> analysis names
 GROUP = "decide_point"
 
 
 # --- the declared grid -------------------------------------------------------------------
-
-def compose_sweep(sweep_file: str, overrides: list[str], within=None):
-    """The sweep's composed config (with its hydra node); `within(cfg)`'s value instead when
-    given, called while Hydra is initialised (to compose its points)."""
-    from hydra import compose, initialize_config_dir
-
-    config.register()
-    with initialize_config_dir(config_dir=str(ROOT / "sweeps"), version_base="1.3"):
-        cfg = compose(config_name=sweep_file, overrides=[f"hydra.searchpath=[file://{ROOT}/conf]", *overrides],
-                      return_hydra_config=True)
-        return within(cfg) if within else cfg
-
 
 def declared_grid(cfg) -> pd.DataFrame:
     """The sweep's declared configurations (epochs, depth, width, resolution): its grid must
@@ -73,7 +60,7 @@ def declared_grid(cfg) -> pd.DataFrame:
 def flops_of(declared: pd.DataFrame, study: config.StudyConfig, num_classes: int, in_chans: int) -> pd.Series:
     """Forward FLOPs of one image of every configuration, counted on the meta device (no
     weights, no compute): what each point will record as `flops`."""
-    from study.progress import forward_flops
+    from study.sweep.progress import forward_flops
 
     m = study.model
     return pd.Series([forward_flops(int(d), float(w), int(r), m.se, m.se_ratio, m.resnet_d, num_classes, in_chans)
@@ -83,9 +70,9 @@ def flops_of(declared: pd.DataFrame, study: config.StudyConfig, num_classes: int
 
 def data_shape(study: config.StudyConfig) -> tuple[int, int, int]:
     """(training images, classes, channels) of the sweep's data."""
-    from study import data
+    from study.data import sets
 
-    ds = data.prepare(study.data)
+    ds = sets.prepare(study.data)
     return len(ds.train), ds.num_classes, ds.in_chans
 
 
@@ -138,7 +125,7 @@ def round_args(sweep_file: str, names: list[str], folder: Path, jobs: int, overr
     declared grid cleared and the proposed points as options of decide_point."""
     launch = [] if jobs == 1 or any(o.startswith("hydra/launcher=") for o in overrides) else \
         ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
-    return ["--multirun", "--config-dir", str(ROOT / "sweeps"), "--config-name", sweep_file,
+    return ["--multirun", "--config-dir", str(CODE_ROOT / "sweeps"), "--config-name", sweep_file,
             "hydra.sweeper.params=null", f"hydra.searchpath=[file://{folder}]", f"+{GROUP}={','.join(names)}",
             "analysis.auto=false", "trainer.measure_alone=false", *launch, *overrides]  # both once, at the end
 
@@ -243,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.check()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        from study.tracking import check_store
+        from study.record.tracking import check_store
 
         check_store(first.tracking.uri, first.sweep)
     except ConfigError as e:
@@ -259,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from study.tracking import mlflow_tracker
+    from study.record.tracking import mlflow_tracker
 
     t = first.tracking
     mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s).describe(
@@ -271,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_study(a, first, declared, grid_compute, kind, budget, settings, overrides) -> int:
     """The rounds, then the report and the trace; exit status 0, or 1 when rounds keep failing."""
     from analysis import report
-    from study.tracking import mlflow_tracker
+    from study.record.tracking import mlflow_tracker
 
     uri = first.tracking.uri
     tracker = mlflow_tracker(uri, first.sweep, first.tracking.artifact_root, first.tracking.retry_s)
@@ -318,7 +305,7 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
                   "(see the table above) and run make decide again", file=sys.stderr)
             return 1
     if first.trainer.measure_alone:
-        from study import alone
+        from study.measure import alone
 
         print(alone.after_sweep(tracker, first.trainer.device))
     decisions = report.build(first.sweep, uri, out, 1000, 0, True)

@@ -16,30 +16,33 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from study import config, distributed, grid, handoff, progress, stream
-from study import device as devices
-from study.config import ConfigError
-from study.point import follow_point, run_point
-from study.redaction import redact, redact_hydra_output
-from study.tracking import check_store, mlflow_tracker
+from study.data import sets
+from study.point import device as devices
+from study.point.lifecycle import follow_point, run_point
+from study.record.redaction import redact, redact_hydra_output
+from study.record.tracking import check_store, mlflow_tracker
+from study.settings import config, grid, hardware
+from study.settings.config import CODE_ROOT, ConfigError
+from study.sweep import handoff, progress
+from study.train import distributed
 
 config.register()
 
 
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CODE_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> list[dict]:
     hc = HydraConfig.get()
     redact_hydra_output(Path(hc.runtime.output_dir, hc.output_subdir or ".hydra"))
     jobs, multirun = devices.parallel_jobs(hc.launcher), hc.mode == RunMode.MULTIRUN
     try:
         study = config.validate(cfg)
-        device = devices.resolve_device(study.trainer.device)
-        precision = devices.precision_line(study.trainer.precision, device)
-        why = {"precision_reason": devices.precision_why(study.trainer.precision, device)}
+        device = hardware.resolve_device(study.trainer.device)
+        precision = hardware.precision_line(study.trainer.precision, device)
+        why = {"precision_reason": hardware.precision_why(study.trainer.precision, device)}
         study = devices.resolve(study, device)
         largest = handoff.read_grid(Path(hc.sweep.dir)).get("largest_stored") if multirun else None
         # each of a point's local processes holds its own copy of an in-memory set
-        study, data_path = stream.resolve(study, device, jobs * study.trainer.processes, largest)
+        study, data_path = sets.resolve(study, device, jobs * study.trainer.processes, largest)
         world = _world(study, multirun)
         check_store(study.tracking.uri, study.sweep)
     except ConfigError as e:

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from analysis.load import find_experiment
-from study import config
+from study.settings import config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF, SWEEPS = ROOT / "conf", ROOT / "sweeps"

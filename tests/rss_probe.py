@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from study import data
-from study.config import DataConfig
+from study.data import loader as loaders
+from study.data import sets
+from study.settings.config import DataConfig
 
 
 def _children(pid: int) -> list[int]:
@@ -50,8 +51,8 @@ def main(root: str, loader: str) -> None:
     sampler.start()
     cfg = DataConfig(name="image_folder", root=root, resolution=32, minival_fraction=0.02, test_fraction=0.1,
                      augment="flip_crop", crop="pad", eval_crop=1.0, crop_padding_mode="reflect", loader=loader)
-    ds = data.prepare(cfg)
-    batcher = data.batcher(ds, cfg, device=torch.device("cpu"), memory_format=torch.channels_last,
+    ds = sets.prepare(cfg)
+    batcher = loaders.batcher(ds, cfg, device=torch.device("cpu"), memory_format=torch.channels_last,
                            randaugment=(2, 10.0), workers=1)
     images = sum(len(y) for _, y in batcher.train(ds.train, 128, torch.Generator().manual_seed(0)))
     images += sum(len(y) for _, y in batcher.evaluate(ds.test, 256))

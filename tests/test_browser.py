@@ -1,12 +1,12 @@
 """What the user sees, in a real browser: a sweep ends with its report made by itself; `make ui`
-prints the link that opens the sweep on the study's view (study.view) in MLflow's "Model
+prints the link that opens the sweep on the study's view (study.record.view) in MLflow's "Model
 training" runs table (not its GenAI overview): every point in its epoch budget's group, the
 metric columns with numbers in them, and the study's charts drawn; the report shows its
 decisions table and every figure. Chromium is Debian's (`chromium`, `chromium-driver`: .ci/run installs
 them), headless, driven by Selenium through chromedriver.
 
 Screenshots go to a temporary folder (their paths are printed), or to $STUDY_SCREENSHOTS:
-`STUDY_SCREENSHOTS=docs make test ARGS=tests/test_browser.py` makes README's pictures.
+`STUDY_SCREENSHOTS=docs make test ARGS=tests/test_browser.py` makes the pictures of docs/ (the front page shows ui_charts.png).
 """
 from __future__ import annotations
 

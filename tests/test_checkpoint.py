@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import data, models, trainer
-from study.checkpoint import Checkpoint, CorruptCheckpoint
-from study.config import DataConfig, RecipeConfig, TrainerConfig
-from study.tracking import NullTracker
+from study.data import batches, sets
+from study.record.tracking import NullTracker
+from study.settings.config import DataConfig, RecipeConfig, TrainerConfig
+from study.train import models, trainer
+from study.train.checkpoint import Checkpoint, CorruptCheckpoint
 
 CPU = torch.device("cpu")
 # The full long-regime recipe, so every piece of state (EMA, RandAugment, dropout, stochastic
@@ -35,11 +36,11 @@ class DieAfter(NullTracker):
 
 
 def _fit(sink, checkpoint=None, resume=None):
-    ds = data.prepare(DataConfig(name="synthetic", resolution=12, synthetic_images=400))
+    ds = sets.prepare(DataConfig(name="synthetic", resolution=12, synthetic_images=400))
     torch.manual_seed(0)
     model = models.build_model(14, 0.25, num_classes=ds.num_classes, dropout=RECIPE.dropout,
                                stochastic_depth=RECIPE.stochastic_depth)
-    batcher = data.Batcher(ds, device=CPU, augment="flip_crop", crop_padding=0.125, randaugment=(2, 10))
+    batcher = batches.Batcher(ds, device=CPU, augment="flip_crop", crop_padding=0.125, randaugment=(2, 10))
     sink.start_point("t", {}, {"point_key": "k"})
     return trainer.fit(model, ds, batcher, RECIPE, TrainerConfig(progress=False, deterministic=True), seed=0,
                        sink=sink, device=CPU, checkpoint=checkpoint, resume=resume, run_id="run-1")

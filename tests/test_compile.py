@@ -6,7 +6,7 @@ import math
 import pytest
 from torch import nn
 
-from study import compiling
+from study.train import compiling
 from tests.test_trainer import _fit
 
 MODEL = nn.Sequential(*[nn.Linear(4, 4) for _ in range(9)])  # 10 modules

@@ -10,9 +10,10 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from study import config, grid
-from study.config import ConfigError
+from study.settings import config, grid
+from study.settings.config import ConfigError
 from tests.conftest import CONF, SWEEPS, TINY, compose_cfg, run_cli
+from study.sweep import compose as compose_mod
 
 GROUP_OPTIONS = [(g.name, f.stem) for g in sorted(CONF.iterdir()) if g.is_dir()
                  for f in sorted(g.glob("*.yaml"))]
@@ -40,9 +41,7 @@ def test_default_config_is_the_offline_mnist_sample():
 @pytest.fixture
 def sweep_compose(monkeypatch):
     """The sweep callback's Hydra composition, outside the CLI: through compose_cfg."""
-    from study import sweep
-
-    monkeypatch.setattr(sweep, "compose", lambda name, overrides: compose_cfg(name, overrides))
+    monkeypatch.setattr(compose_mod, "compose", lambda name, overrides: compose_cfg(name, overrides))
 
 
 @pytest.mark.parametrize("name", SWEEP_FILES)
@@ -53,7 +52,7 @@ def test_every_sweep_composes_and_every_point_validates(name, sweep_compose, tmp
     assert cfg.sweep == name, "a sweep file records under its own name"
     jobs = grid.expand(dict(cfg.hydra.sweeper.params), task)
     assert len(jobs) >= 1
-    from study.sweep import validate_grid
+    from study.sweep.compose import validate_grid
 
     keys = {grid.run_key(study) for study in validate_grid(cfg, jobs)}
     assert len(keys) == len(jobs), "every grid point must be distinct"
@@ -142,7 +141,7 @@ def test_schema_is_frozen_after_validation():
 def test_fast_point_config_equals_hydra_composition(name, sweep_compose):
     from omegaconf import open_dict
 
-    from study.sweep import point_config
+    from study.sweep.compose import point_config
 
     task = ["data.root=/tmp"] if compose_cfg(name).data.name in FOLDER_SETS else []
     sweep_cfg = compose_cfg(name, task, hydra_cfg=True)
@@ -156,17 +155,15 @@ def test_fast_point_config_equals_hydra_composition(name, sweep_compose):
 def test_group_choices_in_a_grid_use_full_composition_once_each(monkeypatch):
     from omegaconf import open_dict
 
-    from study import sweep
-
     base = compose_cfg("smoke", hydra_cfg=True).copy()
     with open_dict(base):
         del base["hydra"]
     calls = []
-    monkeypatch.setattr(sweep, "compose", lambda name, overrides: calls.append(overrides) or base.copy())
+    monkeypatch.setattr(compose_mod, "compose", lambda name, overrides: calls.append(overrides) or base.copy())
     composed = {}
     for job in (["data=mnist"], ["+extra=1"], ["model.width=0.5", "recipe=resnet_rs"],
                 ["model.width=1.0", "recipe=resnet_rs"]):
-        sweep.point_config(base, "smoke", job, composed)
+        compose_mod.point_config(base, "smoke", job, composed)
     assert calls == [["data=mnist"], ["+extra=1"], ["recipe=resnet_rs"]]
 
 
@@ -200,6 +197,6 @@ def test_tuned_values_are_cast_to_their_settings_types_and_validated():
     for bad in ({"recipe.randaugment_ops": 2.5}, {"recipe.nesterov": 0.3}, {"recipe.schedule": 1.0}):
         with pytest.raises(ConfigError):
             config.override(study, bad)
-    from study import tune
+    from study.train import tune
     with pytest.raises(ConfigError, match=re.escape("recipe.dropout=1.2: must be in [0, 1)")):
         tune.apply(study, {"recipe.dropout": 1.2})

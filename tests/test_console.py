@@ -9,10 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis.load import find_experiment, load_runs
-from study import handoff, progress
-from study.tracking import MlflowTracker
-from study.ui import sweep_links
-from study.view import VIEW_TAG, runs_link, ui_base
+from study.record.tracking import MlflowTracker
+from study.record.ui import sweep_links
+from study.record.view import VIEW_TAG, runs_link, ui_base
+from study.sweep import handoff, progress
 from tests.conftest import compose_cfg
 
 
@@ -55,7 +55,7 @@ def test_weights_follow_flops_epochs_and_seeds():
 
 
 def _study(*overrides):
-    from study import config
+    from study.settings import config
 
     return config.validate(compose_cfg("config", list(overrides)))
 
@@ -137,7 +137,8 @@ def test_a_tracking_servers_link_is_its_own_without_credentials():
 
 
 def test_the_automatic_report_is_settled_before_training_and_never_keys_a_point():
-    from study import config, grid
+    from study.settings import config
+    from study.settings import grid
 
     with pytest.raises(config.ConfigError, match=r"analysis.replicates=10: must be >= 1000"):
         config.validate(compose_cfg("config", ["analysis.replicates=10"]))

@@ -7,12 +7,13 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from study import data
-from study.config import DataConfig
+from study.data import sets
+from study.settings.config import DataConfig
 from tests.conftest import SHARED_DATA
+from study.data import batches
 
 
-def _key(split: data.Split) -> set[bytes]:
+def _key(split: sets.Split) -> set[bytes]:
     return {img.numpy().tobytes() for img in split.images}
 
 
@@ -20,46 +21,46 @@ MNIST = DataConfig(minival_fraction=0.1, crop="pad", eval_crop=1.0)  # conf/data
 
 
 def test_mnist_default_is_real_offline_digits_split_with_a_fixed_seed():
-    from study import config
+    from study.settings import config
     from tests.conftest import compose_cfg
 
     assert config.validate(compose_cfg()).data == MNIST
-    ds = data.prepare(MNIST)
+    ds = sets.prepare(MNIST)
     assert (len(ds.train), len(ds.minival), len(ds.test)) == (3600, 400, 1000)
     assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape[1:] == (1, 28, 28)
     assert ds.num_classes == 10 and set(ds.train.labels.tolist()) == set(range(10))
     assert not (_key(ds.train) & _key(ds.test)) and not (_key(ds.minival) & _key(ds.test))
-    again = data._load.__wrapped__(data._source_key(MNIST))  # bypass the cache
+    again = sets._load.__wrapped__(sets._source_key(MNIST))  # bypass the cache
     assert torch.equal(again.test.labels, ds.test.labels)
 
 
 def test_split_seed_changes_the_split():
-    a = data.prepare(DataConfig(name="synthetic", resolution=16))
-    b = data.prepare(DataConfig(name="synthetic", resolution=16, split_seed=1))
+    a = sets.prepare(DataConfig(name="synthetic", resolution=16))
+    b = sets.prepare(DataConfig(name="synthetic", resolution=16, split_seed=1))
     assert not torch.equal(a.test.labels, b.test.labels) or not torch.equal(a.test.images, b.test.images)
 
 
 def test_resize_is_done_once_per_resolution_and_antialiased():
-    small = data.prepare(DataConfig(resolution=14))
+    small = sets.prepare(DataConfig(resolution=14))
     assert small.train.images.shape[-2:] == (14, 14)
-    assert data.prepare(DataConfig(resolution=14)) is small  # cached, not resized again
-    native = data.prepare(DataConfig(resolution=28))
+    assert sets.prepare(DataConfig(resolution=14)) is small  # cached, not resized again
+    native = sets.prepare(DataConfig(resolution=28))
     box = native.train.images[:8].float().reshape(8, 1, 14, 2, 14, 2).mean(dim=(3, 5))
     assert (small.train.images[:8].float() - box).abs().mean() < 8  # close to area averaging
 
 
 def test_max_train_images_takes_a_subset():
-    ds = data.prepare(DataConfig(max_train_images=500))
+    ds = sets.prepare(DataConfig(max_train_images=500))
     assert len(ds.train) == 500 and len(ds.test) == 1000
 
 
 def test_training_batches_are_augmented_per_image_on_the_device():
-    ds = data.prepare(DataConfig(name="synthetic", resolution=16))
-    batcher = data.Batcher(ds, device=torch.device("cpu"), augment="flip_crop", crop_padding=0.25)
+    ds = sets.prepare(DataConfig(name="synthetic", resolution=16))
+    batcher = batches.Batcher(ds, device=torch.device("cpu"), augment="flip_crop", crop_padding=0.25)
     x, y = next(batcher.train(ds.train, 64, torch.Generator().manual_seed(0)))
     assert x.shape == (64, 3, 16, 16) and x.dtype == torch.float32 and y.shape == (64,)
     assert x.is_contiguous(memory_format=torch.channels_last)
-    plain = data.Batcher(ds, device=torch.device("cpu"), augment="none", crop_padding=0.25)
+    plain = batches.Batcher(ds, device=torch.device("cpu"), augment="none", crop_padding=0.25)
     x0, y0 = next(plain.train(ds.train, 64, torch.Generator().manual_seed(0)))
     assert torch.equal(y, y0)
     changed = (x - x0).abs().flatten(1).amax(1) > 1e-3
@@ -68,8 +69,8 @@ def test_training_batches_are_augmented_per_image_on_the_device():
 
 
 def test_normalisation_uses_training_statistics():
-    ds = data.prepare(DataConfig())
-    batcher = data.Batcher(ds, device=torch.device("cpu"), augment="none", crop_padding=0)
+    ds = sets.prepare(DataConfig())
+    batcher = batches.Batcher(ds, device=torch.device("cpu"), augment="none", crop_padding=0)
     x = torch.cat([b[0] for b in batcher.evaluate(ds.train, 1000)])
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
 
@@ -81,7 +82,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
         for i in range(20):
             img = torch.randint(0, 255, (3, 10 + (i % 2) * 2, 10), dtype=torch.uint8, generator=g)
             write_png(img, str(tmp_path / f"class{c}" / f"{i}.png"))
-    ds = data.prepare(DataConfig(name="image_folder", root=str(tmp_path), resolution=8,
+    ds = sets.prepare(DataConfig(name="image_folder", root=str(tmp_path), resolution=8,
                                  test_fraction=0.25, minival_fraction=0.1))
     assert ds.num_classes == 3 and ds.in_chans == 3
     assert len(ds.train) + len(ds.minival) + len(ds.test) == 60 and len(ds.test) == 15
@@ -94,7 +95,7 @@ def test_cifar10_jpeg_folder_loads_with_its_own_test_split(tmp_path):
     with tarfile.open(SHARED_DATA) as tar:
         tar.extractall(tmp_path, filter="data")
     root = next(p.parent for p in tmp_path.rglob("train") if p.is_dir())
-    ds = data.prepare(DataConfig(name="image_folder", root=str(root), resolution=32, minival_fraction=0.02))
+    ds = sets.prepare(DataConfig(name="image_folder", root=str(root), resolution=32, minival_fraction=0.02))
     assert (len(ds.train), len(ds.minival), len(ds.test)) == (49000, 1000, 10000)
     assert ds.num_classes == 10 and ds.train.images.shape[1:] == (3, 32, 32)
     counts = torch.bincount(ds.test.labels)
@@ -105,7 +106,7 @@ def test_random_resized_boxes_have_torchvisions_statistics():
     from torchvision.transforms import RandomResizedCrop
 
     n, size = 4000, 64
-    boxes = data.random_resized_boxes(n, size, size, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    boxes = batches.random_resized_boxes(n, size, size, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= size).all() and (boxes[:, 3] <= size).all()
     torch.manual_seed(0)
@@ -120,17 +121,17 @@ def test_random_resized_boxes_have_torchvisions_statistics():
     assert abs(centre_x.mean() - ref_centre_x.mean()) < 0.02 and abs(centre_x.std() - ref_centre_x.std()) < 0.02
 
 
-def _ramp_dataset(stored: int, resolution: int) -> data.Dataset:
+def _ramp_dataset(stored: int, resolution: int) -> sets.Dataset:
     """One image whose pixel (row, col) holds 15 x col in every channel (a horizontal ramp)."""
     value = (15 * torch.arange(stored)[None, :]).expand(stored, stored)
     images = value.to(torch.uint8).expand(1, 3, stored, stored).contiguous()
-    split = data.Split(images, torch.zeros(1, dtype=torch.long))
-    return data.Dataset("ramp", split, split, split, 2, (0.0,) * 3, (1 / 255,) * 3, stored, resolution)
+    split = sets.Split(images, torch.zeros(1, dtype=torch.long))
+    return sets.Dataset("ramp", split, split, split, 2, (0.0,) * 3, (1 / 255,) * 3, stored, resolution)
 
 
 def test_the_whole_image_at_scale_one_and_the_centre_crop_in_evaluation():
     ds = _ramp_dataset(16, 14)
-    whole = data.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0, crop="random_resized",
+    whole = batches.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0, crop="random_resized",
                          crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), memory_format=torch.contiguous_format)
     x = whole.crop(ds.train.images, torch.Generator().manual_seed(0))
     assert x.shape[-2:] == (14, 14)
@@ -144,9 +145,9 @@ def test_the_whole_image_at_scale_one_and_the_centre_crop_in_evaluation():
 
 def test_random_resized_crops_are_deterministic_and_stored_larger_for_the_centre_crop():
     cfg = DataConfig(name="synthetic", synthetic_images=200, resolution=14, crop="random_resized", eval_crop=0.875)
-    ds = data.prepare(cfg)
+    ds = sets.prepare(cfg)
     assert ds.stored_resolution == 16 and ds.resolution == 14
-    b = data.Batcher(ds, device=torch.device("cpu"), augment="flip_crop", crop_padding=0.125, crop="random_resized")
+    b = batches.Batcher(ds, device=torch.device("cpu"), augment="flip_crop", crop_padding=0.125, crop="random_resized")
     first = [x for x, _ in b.train(ds.train, 32, torch.Generator().manual_seed(3))]
     again = [x for x, _ in b.train(ds.train, 32, torch.Generator().manual_seed(3))]
     assert all(torch.equal(a, c) for a, c in zip(first, again)) and first[0].shape[-2:] == (14, 14)
@@ -157,11 +158,11 @@ def test_reflect_padding_mirrors_the_border_as_torch_pads():
 
     n, p = 7, 3
     expected = F.pad(torch.arange(n).float()[None, None, :], (p, p), mode="reflect")[0, 0].long()
-    assert torch.equal(data._reflect(torch.arange(-p, n + p), n), expected)
+    assert torch.equal(batches._reflect(torch.arange(-p, n + p), n), expected)
     ds = _ramp_dataset(8, 8)
-    ds = data.Dataset("bright", *(data.Split(s.images + 10, s.labels) for s in (ds.train, ds.minival, ds.test)),
+    ds = sets.Dataset("bright", *(sets.Split(s.images + 10, s.labels) for s in (ds.train, ds.minival, ds.test)),
                       2, (0.0,) * 3, (1 / 255,) * 3, 8, 8)
-    crops = {mode: data.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0.25,
+    crops = {mode: batches.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0.25,
                                 padding_mode=mode).crop(ds.train.images.expand(64, -1, -1, -1),
                                                               torch.Generator().manual_seed(0))
              for mode in ("zero", "reflect")}

@@ -16,8 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from analysis.load import find_experiment
-from study import config, decide, grid
-from study.config import ConfigError
+from study import decide
+from study.settings import config, grid
+from study.settings.config import ConfigError
 from tests.conftest import CONF, ROOT, SWEEPS
 
 SWEEP = "decide_smoke"
@@ -115,7 +116,7 @@ def test_decide_trains_proposals_in_parallel_and_ends_with_the_reports_statement
     assert {"decide/trace.csv", "decide/trace.png"} <= logged
     assert any(f.path == "report/report.html" for f in client.list_artifacts(parent, "report"))
     # each run carries the round that proposed it, a column of the study's view
-    from study import view
+    from study.record import view
 
     rounds = [r.data.tags.get(view.ROUND_TAG) for r in client.search_runs([exp.experiment_id], "tags.run_key != ''")]
     assert set(rounds) <= {str(n) for n in trace["round"]} and "1" in rounds, rounds

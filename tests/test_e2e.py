@@ -106,7 +106,7 @@ def test_every_field_of_the_run_record(swept):
 
 
 def test_every_point_is_measured_alone_when_the_sweep_ends(swept, tmp_path):
-    """The measurement phase (study.alone): the training step of each architecture, alone, on
+    """The measurement phase (study.measure.alone): the training step of each architecture, alone, on
     every finished point run; analysis reads it as the latency; make measure measures again."""
     from analysis.load import LATENCY_ALONE, load_runs
 
@@ -126,7 +126,7 @@ def test_every_point_is_measured_alone_when_the_sweep_ends(swept, tmp_path):
     loaded = load_runs("smoke", f"sqlite:///{home}/mlflow.db")
     assert loaded.latency == LATENCY_ALONE.format(machine=machine)
     assert (loaded.table["latency_ms"] == loaded.table["step_latency_ms"]).all()
-    again = subprocess.run([sys.executable, "-m", "study.alone", "--sweep", "smoke", "--store",
+    again = subprocess.run([sys.executable, "-m", "study.measure.alone", "--sweep", "smoke", "--store",
                             f"sqlite:///{home}/mlflow.db", "--force"], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "measured 1 architecture(s) of 2 point run(s) of smoke alone" in again.stdout
     assert f"--measured-on {machine}" in again.stdout

@@ -1,4 +1,4 @@
-"""The point-key contract (study/grid.py): golden keys, what changes a key and what never does,
+"""The point-key contract (study/settings/grid.py): golden keys, what changes a key and what never does,
 and the key-version-0 keys of stores written before the contract."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from study import config, grid
-from study import device as devices
-from study.config import RecipeConfig
+from study.settings import config, grid
+from study.settings.config import RecipeConfig
 from tests.conftest import TINY, compose_cfg
+from study.settings import hardware
 
 SMOKE_POINT = ["model.width=0.25", "model.depth=14", "data.resolution=12", "recipe.epochs=1",
                "data.synthetic_images=400", "trainer.latency_repeats=2"]
@@ -20,7 +20,7 @@ def point(name: str = "config", overrides: list[str] = ()) -> config.StudyConfig
     """The point as it trains on a CPU, where precision auto is fp32 (the golden keys were typed on
     an AVX2 one; since then auto is fp32 on every CPU)."""
     study = config.validate(compose_cfg(name, list(overrides)))
-    precision = devices.resolve_precision(study.trainer.precision, torch.device("cpu"), frozenset({"avx2"}))
+    precision = hardware.resolve_precision(study.trainer.precision, torch.device("cpu"), frozenset({"avx2"}))
     return replace(study, trainer=replace(study.trainer, precision=precision))
 
 

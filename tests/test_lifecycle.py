@@ -1,4 +1,4 @@
-"""The point lifecycle (study/point.py) in one process: ownership, per-sweep files, records
+"""The point lifecycle (study/point/lifecycle.py) in one process: ownership, per-sweep files, records
 that survive a failing store, provenance and redaction, stores written before key version 1."""
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import subprocess
 import pytest
 import torch
 
-from study import config, grid, provenance
-from study import device as devices
-from study.checkpoint import Checkpoint
-from study.point import run_point
-from study.pointfiles import PointFiles
-from study.tracking import MlflowTracker, NullTracker
+from study.point import device as devices
+from study.point.files import PointFiles
+from study.point.lifecycle import run_point
+from study.record import provenance
+from study.record.tracking import MlflowTracker, NullTracker
+from study.settings import config, grid
+from study.train.checkpoint import Checkpoint
 from tests.conftest import ROOT, TINY, compose_cfg, point_runs, run_cli
 
 CPU = torch.device("cpu")

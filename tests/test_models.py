@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from study import measure, models
+from study.measure import costs
+from study.settings import family
+from study.train import models
 
 PAPER_RS50_160 = {"params": 35.7e6, "flops": 4.6e9}  # Bello et al. 2021, Table 7
 
@@ -27,14 +29,14 @@ GOLDEN_GFLOPS = {"resnetrs50": 4.557, "resnetrs101": 8.357, "resnetrs101_192": 1
 def _counts_on_meta(build, resolution: int) -> dict[str, int]:
     with torch.device("meta"):
         model = build()
-    return measure.complexity(model, resolution, 3)
+    return costs.complexity(model, resolution, 3)
 
 
-@pytest.mark.parametrize("preset", sorted(models.PRESETS))
+@pytest.mark.parametrize("preset", sorted(family.PRESETS))
 def test_every_preset_is_the_released_model(preset):
     import timm
 
-    depth, resolution = models.PRESETS[preset]
+    depth, resolution = family.PRESETS[preset]
     ours = _counts_on_meta(lambda: models.build_model(depth, 1.0, num_classes=1000), resolution)
     reference = _counts_on_meta(lambda: timm.create_model(f"resnetrs{depth}", pretrained=False), resolution)
     assert ours["params"] == reference["params"] and ours["flops"] == reference["flops"]
@@ -43,13 +45,13 @@ def test_every_preset_is_the_released_model(preset):
         assert ours["params"] / 1e6 == pytest.approx(PUBLISHED_PARAMS_M[preset], rel=0.01)
 
 
-@pytest.mark.parametrize("preset", sorted(models.PRESETS))
+@pytest.mark.parametrize("preset", sorted(family.PRESETS))
 def test_every_preset_config_sets_depth_and_resolution(preset):
-    from study import config
+    from study.settings import config
     from tests.conftest import compose_cfg
 
     study = config.validate(compose_cfg("config", [f"model={preset}"]))
-    assert (study.model.depth, study.data.resolution) == models.PRESETS[preset]
+    assert (study.model.depth, study.data.resolution) == family.PRESETS[preset]
     assert study.model.se and study.model.se_ratio == 0.25 and study.model.resnet_d
 
 
@@ -64,7 +66,7 @@ def test_stochastic_depth_per_stage_as_released_or_per_block_as_timm():
 
 def test_resnetrs50_at_160_matches_the_paper_within_1_percent():
     model = models.build_model(50, 1.0, num_classes=1000)
-    counts = measure.complexity(model, 160, 3)
+    counts = costs.complexity(model, 160, 3)
     for key, paper in PAPER_RS50_160.items():
         assert abs(counts[key] - paper) / paper < 0.01, (key, counts[key])
 
@@ -74,12 +76,12 @@ def test_matches_timm_resnetrs50_exactly():
 
     ours = models.build_model(50, 1.0, num_classes=1000)
     reference = timm.create_model("resnetrs50", pretrained=False)
-    assert measure.complexity(ours, 160, 3) == measure.complexity(reference, 160, 3)
+    assert costs.complexity(ours, 160, 3) == costs.complexity(reference, 160, 3)
 
 
 
 
-@pytest.mark.parametrize("depth", sorted(models.BLOCKS_PER_STAGE))
+@pytest.mark.parametrize("depth", sorted(family.BLOCKS_PER_STAGE))
 def test_depth_table_matches_the_name(depth):
     blocks = models.blocks_per_stage(depth)
     assert len(blocks) == 4
@@ -109,26 +111,39 @@ def test_width_scales_the_stem_in_both_stem_variants(width):
 
 
 def test_se_and_resnet_d_are_switchable():
-    base = measure.complexity(models.build_model(50, 1.0, num_classes=1000), 160, 3)
-    no_se = measure.complexity(models.build_model(50, 1.0, num_classes=1000, se=False), 160, 3)
-    no_d = measure.complexity(models.build_model(50, 1.0, num_classes=1000, resnet_d=False), 160, 3)
+    base = costs.complexity(models.build_model(50, 1.0, num_classes=1000), 160, 3)
+    no_se = costs.complexity(models.build_model(50, 1.0, num_classes=1000, se=False), 160, 3)
+    no_d = costs.complexity(models.build_model(50, 1.0, num_classes=1000, resnet_d=False), 160, 3)
     assert no_se["params"] < base["params"]
     assert abs(no_se["params"] - 25.6e6) / 25.6e6 < 0.01  # the plain ResNet-50 count (+ResNet-D)
     assert no_d["params"] != base["params"]
 
 
 def test_flops_grow_with_depth_width_and_resolution():
-    f = lambda d, w, r: measure.complexity(models.build_model(d, w, num_classes=10), r, 3)["flops"]  # noqa
+    f = lambda d, w, r: costs.complexity(models.build_model(d, w, num_classes=10), r, 3)["flops"]  # noqa
     assert f(14, 0.5, 32) < f(26, 0.5, 32) < f(50, 0.5, 32)
     assert f(26, 0.25, 32) < f(26, 0.5, 32) < f(26, 1.0, 32)
     assert f(26, 0.5, 16) < f(26, 0.5, 32)
 
 
 def test_cli_prints_one_json_object(capsys):
-    models.main(["--depth", "50", "--width", "1.0", "--resolution", "160"])
+    from study.measure.__main__ import main
+
+    main(["--depth", "50", "--width", "1.0", "--resolution", "160"])
     record = json.loads(capsys.readouterr().out)
     assert {"params", "flops", "activations"} <= record.keys()
     assert abs(record["params"] - 35.7e6) / 35.7e6 < 0.01
+
+
+def test_the_older_cli_path_still_prints_it():
+    """`python -m study.models`, the path the docs gave before study.measure, prints the same."""
+    import subprocess
+    import sys
+
+    args = ["--depth", "14", "--width", "0.25", "--resolution", "16", "--num-classes", "10"]
+    old, new = (subprocess.run([sys.executable, "-m", m, *args], capture_output=True, text=True, check=True).stdout
+                for m in ("study.models", "study.measure"))
+    assert json.loads(old) == json.loads(new) and json.loads(old)["params"] > 0
 
 
 @pytest.mark.parametrize("depth,layout", [(300, (4, 36, 54, 4)), (400, (6, 48, 72, 6))])

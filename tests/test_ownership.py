@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.tracking import EPOCH_RETRY_S
+from study.record.tracking import EPOCH_RETRY_S
 from tests.conftest import ROOT, TINY, point_runs, run_cli
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Packing points onto GPUs (study.packing), on fake device lists: slots sized from memory
+"""Packing points onto GPUs (study.point.packing), on fake device lists: slots sized from memory
 figures, placement spread over the GPUs, points that run alone, refusal of one that never fits."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from study import packing
-from study.config import ConfigError
-from study.packing import CONTEXT_MB, RESERVE_MB, Gpu
+from study.point import packing
+from study.point.packing import CONTEXT_MB, Gpu, RESERVE_MB
+from study.settings.config import ConfigError
 
 
 def test_auto_packs_as_many_as_the_free_memory_holds_and_spreads_slots_over_the_gpus():

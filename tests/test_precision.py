@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import device as devices
-from study.config import ConfigError
+from study.settings.config import ConfigError
 from tests.conftest import TINY, point_runs, run_cli
+from study.settings import hardware
 
 CPU = torch.device("cpu")
 
-# The CPU kinds CI may run on, by the flags study.device reads, and what each says of bf16.
+# The CPU kinds CI may run on, by the flags study.point.device reads, and what each says of bf16.
 KINDS = {
     "AMX (Sapphire Rapids and newer)": ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, "#5717"),
     "AVX-512 BF16 (Cooper Lake, Zen 4)": ({"avx2", "avx512f", "avx512_bf16"}, "convolution backward"),
@@ -25,11 +25,11 @@ KINDS = {
 @pytest.mark.parametrize("kind", KINDS)
 def test_auto_is_fp32_and_bf16_is_refused_on_every_kind_of_cpu(kind):
     flags, why = frozenset(KINDS[kind][0]), KINDS[kind][1]
-    assert devices.resolve_precision("auto", CPU, flags) == "fp32"
-    assert devices.resolve_precision("fp32", CPU, flags) == "fp32"
-    assert why in devices.precision_why("auto", CPU, flags)
+    assert hardware.resolve_precision("auto", CPU, flags) == "fp32"
+    assert hardware.resolve_precision("fp32", CPU, flags) == "fp32"
+    assert why in hardware.precision_why("auto", CPU, flags)
     with pytest.raises(ConfigError, match="trainer.precision=bf16") as refused:
-        devices.resolve_precision("bf16", CPU, flags)
+        hardware.resolve_precision("bf16", CPU, flags)
     assert why in str(refused.value) and "trainer.precision=fp32" in str(refused.value)
 
 
@@ -37,8 +37,8 @@ def test_auto_is_fp32_and_bf16_is_refused_on_every_kind_of_cpu(kind):
 def test_auto_is_bf16_on_a_cuda_gpu_that_has_it(monkeypatch, supported, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
     gpu = torch.device("cuda")
-    assert devices.resolve_precision("auto", gpu) == expected
-    assert devices.resolve_precision("bf16", gpu) == "bf16"  # an explicit choice on a GPU stands
+    assert hardware.resolve_precision("auto", gpu) == expected
+    assert hardware.resolve_precision("bf16", gpu) == "bf16"  # an explicit choice on a GPU stands
 
 
 def test_the_resolved_precision_is_recorded_keyed_and_said(study_home):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import augment, config, models, recipe, regularization
-from study.config import RecipeConfig
+from study.data import augment
+from study.settings import config, regularization
+from study.settings.config import RecipeConfig
+from study.train import models, recipe
 from tests.conftest import compose_cfg
 
 
@@ -99,7 +101,7 @@ def test_short_and_baseline_recipes_have_none_of_the_extra_regularizers():
 
 
 def test_the_ladder_adds_one_change_per_rung():
-    from study.config import flatten
+    from study.settings.config import flatten
 
     rungs = sorted(p.stem for p in (config.Path(config.project_root()) / "conf" / "ladder").glob("*.yaml"))
     states = [flatten(config.validate(compose_cfg("recipe_ablation", [f"ladder={r}"])))
@@ -117,7 +119,7 @@ def test_minival_is_two_percent_by_default():
 
 
 def test_ema_spans_the_same_images_at_batch_128_and_4096():
-    from study.config import RecipeConfig
+    from study.settings.config import RecipeConfig
 
     def horizon_images(batch):
         decay = recipe.ema_step_decay(RecipeConfig(batch_size=batch, ema_decay=0.9999))
@@ -133,13 +135,13 @@ def test_ema_spans_the_same_images_at_batch_128_and_4096():
     (50, 160, 1.0, 0.25), (50, 160, 0.5, 0.25), (50, 160, 2.0, 0.35), (50, 160, 4.0, 0.45),
     (350, 320, 1.0, 0.4), (350, 320, 2.0, 0.5), (350, 320, 4.0, 0.5)])
 def test_dropout_grows_with_width_under_the_resnet_rs_rule(depth, resolution, width, expected):
-    from study import regularization
+    from study.settings import regularization
 
     assert regularization.dropout(depth, resolution, width) == pytest.approx(expected)
 
 
 def test_the_resnet_rs_recipe_records_the_width_rule_it_applied():
-    from study import config
+    from study.settings import config
     from tests.conftest import compose_cfg
 
     study = config.validate(compose_cfg("config", ["recipe=resnet_rs", "model.depth=50", "model.width=2.0",

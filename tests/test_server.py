@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import server
-from study.users import read_secret_env
+from study.record import server
+from study.record.users import read_secret_env
 from tests.conftest import ROOT, point_runs
 
 HAVE_POSTGRES = any((d / "pg_ctl").exists() for d in server.PG_BIN_DIRS) or shutil.which("pg_ctl")

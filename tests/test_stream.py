@@ -1,4 +1,4 @@
-"""Streamed image folders (study.stream): the same splits, pixels and statistics as in memory,
+"""Streamed image folders (study.data.stream): the same splits, pixels and statistics as in memory,
 determinism whatever the workers, resumption, odd files, and the choice of path."""
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
-from study import config, data, imagefiles, models, stream, trainer
-from study.checkpoint import Checkpoint
-from study.config import ConfigError, DataConfig, RecipeConfig, TrainerConfig
-from study.tracking import NullTracker
+from study.data import imagefiles, loader, sets
+from study.record.tracking import NullTracker
+from study.settings import config
+from study.settings.config import ConfigError, DataConfig, RecipeConfig, TrainerConfig
+from study.train import models, trainer
+from study.train.checkpoint import Checkpoint
 
 CPU = torch.device("cpu")
 
@@ -45,7 +47,7 @@ def cfg_for(root: Path, loader: str, **kw) -> DataConfig:
 
 
 def batches(ds, cfg, workers=0, epoch_generator_seed=0, randaugment=(0, 0.0)):
-    b = data.batcher(ds, cfg, device=CPU, memory_format=torch.contiguous_format, randaugment=randaugment,
+    b = loader.batcher(ds, cfg, device=CPU, memory_format=torch.contiguous_format, randaugment=randaugment,
                      workers=workers)
     return b, list(b.train(ds.train, 16, torch.Generator().manual_seed(epoch_generator_seed)))
 
@@ -56,17 +58,17 @@ def folder(tmp_path_factory) -> Path:
 
 
 def test_streamed_splits_pixels_and_statistics_equal_the_in_memory_ones(folder):
-    memory = data.prepare(cfg_for(folder, "memory"))
-    streamed = data.prepare(cfg_for(folder, "stream"))
+    memory = sets.prepare(cfg_for(folder, "memory"))
+    streamed = sets.prepare(cfg_for(folder, "stream"))
     assert streamed.streamed and not memory.streamed
     assert (len(streamed.train), len(streamed.minival), len(streamed.test)) == (108, 12, 30)  # val/ is the test
     assert torch.equal(streamed.train.labels, memory.train.labels)
     assert torch.equal(streamed.test.labels, memory.test.labels)
     assert (streamed.mean, streamed.std) == (memory.mean, memory.std)
     for split in ("train", "minival", "test"):
-        b_mem = data.batcher(memory, cfg_for(folder, "memory"), device=CPU, memory_format=torch.contiguous_format,
+        b_mem = loader.batcher(memory, cfg_for(folder, "memory"), device=CPU, memory_format=torch.contiguous_format,
                              randaugment=(0, 0.0))
-        b_str = data.batcher(streamed, cfg_for(folder, "stream"), device=CPU,
+        b_str = loader.batcher(streamed, cfg_for(folder, "stream"), device=CPU,
                              memory_format=torch.contiguous_format, randaugment=(0, 0.0), workers=1)
         a = torch.cat([x for x, _ in b_mem.evaluate(getattr(memory, split), 7)])
         b = torch.cat([x for x, _ in b_str.evaluate(getattr(streamed, split), 7)])
@@ -77,7 +79,7 @@ def test_streamed_splits_pixels_and_statistics_equal_the_in_memory_ones(folder):
 def test_streamed_batches_are_a_function_of_the_generator_not_of_the_workers(folder, crop):
     extra = dict(crop=crop, eval_crop=0.875 if crop == "random_resized" else 1.0)
     cfg = cfg_for(folder, "stream", **extra)
-    ds = data.prepare(cfg)
+    ds = sets.prepare(cfg)
     _, alone = batches(ds, cfg, workers=0)
     _, two = batches(ds, cfg, workers=2)
     _, other = batches(ds, cfg, workers=0, epoch_generator_seed=1)
@@ -85,8 +87,8 @@ def test_streamed_batches_are_a_function_of_the_generator_not_of_the_workers(fol
     assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(alone, two))
     assert not torch.equal(alone[0][1], other[0][1])  # another epoch: another order
     # each image draws its own crop and flip: the same image in two epochs differs
-    memory = data.prepare(cfg_for(folder, "memory", **extra))
-    b = data.batcher(memory, cfg_for(folder, "memory", **extra), device=CPU, memory_format=torch.contiguous_format,
+    memory = sets.prepare(cfg_for(folder, "memory", **extra))
+    b = loader.batcher(memory, cfg_for(folder, "memory", **extra), device=CPU, memory_format=torch.contiguous_format,
                      randaugment=(0, 0.0))
     plain = torch.cat([x for x, _ in b.evaluate(memory.train, 64)])
     x = alone[0][0]
@@ -97,13 +99,13 @@ def test_a_streamed_point_resumes_to_the_uninterrupted_result(folder, tmp_path):
     from tests.test_checkpoint import whole_and_resumed
 
     cfg = cfg_for(folder, "stream")
-    ds = data.prepare(cfg)
+    ds = sets.prepare(cfg)
     recipe = RecipeConfig(epochs=3, batch_size=16, warmup_epochs=0.5, ema_decay=0.9)
 
     def fit(sink, checkpoint=None, resume=None):
         torch.manual_seed(0)
         model = models.build_model(14, 0.25, num_classes=ds.num_classes)
-        batcher = data.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(2, 10.0),
+        batcher = loader.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(2, 10.0),
                                workers=1)
         sink.start_point("t", {}, {"point_key": "k"})
         return trainer.fit(model, ds, batcher, recipe, TrainerConfig(progress=False, deterministic=True), seed=0,
@@ -132,13 +134,13 @@ def test_any_mode_and_size_is_read_and_unreadable_files_are_named_and_counted(tm
     pool, _, _ = imagefiles.listing(str(root))
     assert len(pool) == 2 * 12 + 6
     caplog.set_level(logging.WARNING)
-    memory = data.prepare(cfg_for(root, "memory", minival_fraction=0.2))
+    memory = sets.prepare(cfg_for(root, "memory", minival_fraction=0.2))
     assert memory.native_resolution == 20 and memory.train.images.shape[1:] == (3, 16, 16)  # the first one's shorter side
     assert sorted(Path(p).name for p in memory.unreadable) == ["broken.JPEG", "empty.png"]
     assert "2 unreadable image(s) skipped" in caplog.text and "broken.JPEG" in caplog.text
     caplog.clear()
     cfg = cfg_for(root, "stream", minival_fraction=0.2)
-    streamed = data.prepare(cfg)
+    streamed = sets.prepare(cfg)
     assert len(streamed.train) + len(streamed.minival) == 30  # listed; found unreadable when read
     b, got = batches(streamed, cfg, workers=1)
     evaluated = sum(len(y) for split in (streamed.train, streamed.minival) for _, y in b.evaluate(split, 8))
@@ -153,13 +155,13 @@ def test_any_mode_and_size_is_read_and_unreadable_files_are_named_and_counted(tm
 def test_auto_streams_over_the_memory_budget_and_says_why(folder):
     small = cfg_for(folder, "auto", memory_budget_gb=1e-4)  # 100 kB
     big = cfg_for(folder, "auto", memory_budget_gb=1.0)
-    assert stream.choose_loader(small)[0] == "stream" and stream.choose_loader(big)[0] == "memory"
-    why = stream.choose_loader(small, largest_stored=64)[1]
+    assert sets.choose_loader(small)[0] == "stream" and sets.choose_loader(big)[0] == "memory"
+    why = sets.choose_loader(small, largest_stored=64)[1]
     assert why.startswith("streamed from files: 150 images decoded at 20 px and stored at 64 px take 0.0 GB")
-    assert data.prepare(small).streamed and not data.prepare(big).streamed
-    assert stream.choose_loader(DataConfig(name="mnist"))[0] == "memory"
-    assert stream.workers_for(None, CPU, cores=2) == 1 and stream.workers_for(3, CPU, cores=2) == 3
-    assert stream.workers_for(None, torch.device("cuda"), cores=16, jobs=2) == 7
+    assert sets.prepare(small).streamed and not sets.prepare(big).streamed
+    assert sets.choose_loader(DataConfig(name="mnist"))[0] == "memory"
+    assert sets.workers_for(None, CPU, cores=2) == 1 and sets.workers_for(3, CPU, cores=2) == 3
+    assert sets.workers_for(None, torch.device("cuda"), cores=16, jobs=2) == 7
 
 
 def test_bad_loader_settings_are_named_before_training(tmp_path):
@@ -174,7 +176,7 @@ def test_bad_loader_settings_are_named_before_training(tmp_path):
     (tmp_path / "flat").mkdir()
     study = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={tmp_path / 'flat'}"]))
     with pytest.raises(ConfigError, match="no class sub-folders found"):
-        stream.resolve(study, CPU)
+        sets.resolve(study, CPU)
 
 
 def test_a_streamed_sweep_says_how_it_reads_and_records_it(tmp_path):
@@ -227,10 +229,10 @@ def cifar(tmp_path_factory) -> Path:
 def _cifar_top1(root: Path, loader: str, seed: int) -> float:
     cfg = DataConfig(name="image_folder", root=str(root), resolution=32, minival_fraction=0.02, augment="flip_crop",
                      crop="pad", eval_crop=1.0, crop_padding_mode="reflect", loader=loader, max_train_images=10000)
-    ds = data.prepare(cfg)
+    ds = sets.prepare(cfg)
     torch.manual_seed(seed)
     model = models.build_model(14, 0.25, num_classes=10).to(memory_format=torch.channels_last)
-    batcher = data.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(0, 0.0), workers=1)
+    batcher = loader.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(0, 0.0), workers=1)
     sink = NullTracker()
     sink.start_point("t", {}, {"point_key": "k"})
     recipe = RecipeConfig(epochs=4, batch_size=128, warmup_epochs=0.5, lr_per_256=0.2)
@@ -282,8 +284,8 @@ def test_streamed_memory_stays_flat_as_the_data_grows_tenfold(cifar, tmp_path):
 # --- make prepare-data -------------------------------------------------------------------
 
 def test_a_prepared_copy_lists_the_same_files_smaller_and_is_recorded(tmp_path):
-    from study import prepare
-    from study.grid import point_key
+    from study.sweep import prepare
+    from study.settings.grid import point_key
     from tests.conftest import compose_cfg
 
     source = image_folder(tmp_path / "src", classes=2, per_class=8, shapes=((60, 40), (20, 20)))
@@ -307,9 +309,9 @@ def test_a_prepared_copy_lists_the_same_files_smaller_and_is_recorded(tmp_path):
     on_source = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={source}",
                                                        "data.resolution=20"]))
     assert point_key(on_copy) == point_key(on_source)
-    from study.point import data_tags
+    from study.point.lifecycle import data_tags
 
-    tags = data_tags(on_copy, data.prepare(on_copy.data), 0)
+    tags = data_tags(on_copy, sets.prepare(on_copy.data), 0)
     assert tags["data.prepared_from"] == str(source.resolve()) and tags["data.prepared_side"] == "24"
     with pytest.raises(ConfigError, match=r"data.root=.*a copy prepared at shorter side 24 px .* stores images at "
                                           r"32 px"):
@@ -317,7 +319,7 @@ def test_a_prepared_copy_lists_the_same_files_smaller_and_is_recorded(tmp_path):
 
 
 def test_prepare_data_takes_its_side_from_a_sweep(tmp_path):
-    from study import prepare
+    from study.sweep import prepare
 
     source = image_folder(tmp_path / "src", classes=2, per_class=4)
     # sweeps/cifar10_cpu.yaml: 16 and 32 px, whole images stored (eval_crop 1): 32 x 1.15 -> 37

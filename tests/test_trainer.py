@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from study import data, models, recipe, trainer
-from study.config import DataConfig, RecipeConfig, TrainerConfig
-from study.tracking import NullTracker
+from study.data import batches, sets
+from study.record.tracking import NullTracker
+from study.settings.config import DataConfig, RecipeConfig, TrainerConfig
+from study.train import models, recipe, trainer
 
 CPU = torch.device("cpu")
 
@@ -39,9 +40,9 @@ def test_weight_decay_skips_batch_norm_and_biases():
 
 
 def _fit(model=None, epochs=3, **trainer_kw):
-    ds = data.prepare(DataConfig(name="synthetic", resolution=12, synthetic_images=600))
+    ds = sets.prepare(DataConfig(name="synthetic", resolution=12, synthetic_images=600))
     model = model or models.build_model(14, 0.25, num_classes=ds.num_classes, in_chans=3)
-    batcher = data.Batcher(ds, device=CPU, augment="flip_crop", crop_padding=0.125)
+    batcher = batches.Batcher(ds, device=CPU, augment="flip_crop", crop_padding=0.125)
     sink = NullTracker()
     sink.start_point("t", {}, {"point_key": "k"})
     result = trainer.fit(model, ds, batcher, RecipeConfig(epochs=epochs, batch_size=32, warmup_epochs=0.5),
@@ -64,7 +65,7 @@ def test_fit_learns_and_emits_one_event_per_epoch():
 
 def test_bf16_precision_trains():
     """The bf16 autocast path (GPUs'): on a CPU with oneDNN off, where torch's own bf16 kernels are
-    sound on every CPU kind (oneDNN's are not: study.device)."""
+    sound on every CPU kind (oneDNN's are not: study.point.device)."""
     with torch.backends.mkldnn.flags(enabled=False):
         result, _ = _fit(epochs=1, precision="bf16")
     assert math.isfinite(result.metrics["top1"])

@@ -13,10 +13,11 @@ import optuna
 import pytest
 import torch
 
-from study import config, tune
-from study import device as devices
-from study.point import run_point
-from study.tracking import NullTracker
+from study.point import device as devices
+from study.point.lifecycle import run_point
+from study.record.tracking import NullTracker
+from study.settings import config
+from study.train import tune
 from tests.conftest import ROOT, TINY, compose_cfg
 
 TUNE = ["tune.trials=4", "tune.startup_trials=1", "recipe.epochs=3", "data.synthetic_images=600"]

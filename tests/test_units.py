@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.device import threads_for
-from study.sweep import summary_table
-from study.tracking import Retrying
+from study.point.device import threads_for
+from study.record.tracking import Retrying
+from study.sweep.callback import summary_table
 
 
 class FakeClient:

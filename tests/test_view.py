@@ -1,4 +1,4 @@
-"""The study's saved view in MLflow's UI (study.view): its shape is the one the installed UI
+"""The study's saved view in MLflow's UI (study.record.view): its shape is the one the installed UI
 reads (pinned against MLflow's own JavaScript bundle, so an MLflow that reads views
 differently fails here, not in a user's browser), it is written on the sweep's experiment
 without touching a user's views or colours, and a store written before it gets it whole."""
@@ -13,8 +13,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import view
-from study.tracking import MlflowTracker
+from study.record import view
+from study.record.tracking import MlflowTracker
 
 BUNDLE = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
 

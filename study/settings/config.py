@@ -1,0 +1,461 @@
+"""The schema of every setting, its units and allowed values, and every range check.
+
+The dataclasses are registered in Hydra's ConfigStore as `schema`, under the YAML values of
+`conf/`. `validate()` runs once at the entry point, before anything is built, and returns
+frozen dataclasses that are then passed explicitly; there is no global config object.
+"""
+from __future__ import annotations
+
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from study.settings.family import BLOCKS_PER_STAGE, DROP_PATH_RULES
+from study.settings.regularization import register_resolvers
+
+DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
+AUGMENTS = ("flip_crop", "crop", "none")
+CROPS = ("pad", "random_resized")
+PADDING_MODES = ("zero", "reflect")
+LOADERS = ("auto", "memory", "stream")
+EVAL_CROP_RANDOM_RESIZED = 0.875  # the ImageNet convention: 224 px centre crop of a 256 px image
+PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("cosine", "step")
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("auto", "true", "false")  # trainer.compile and trainer.sync_batchnorm
+PREPARED_FILE = "prepared.json"  # written by `make prepare-data` at the root of a resized copy
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding study/
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; the message names each setting and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: int = 26                 # network depth, a key of study.settings.family.BLOCKS_PER_STAGE
+    width: float = 1.0              # multiplier on every stage's channels and the stem, > 0
+    se: bool = True                 # squeeze-and-excitation in every block (paper: on)
+    se_ratio: float = 0.25          # SE bottleneck ratio, in (0, 1] (paper: 0.25)
+    resnet_d: bool = True           # ResNet-D stem + avg-pool shortcut, stem pool -> stride-2 conv
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist"             # one of DATASETS
+    root: Optional[str] = None      # image_folder: the folder; cifar10/100: download folder
+    download: bool = False          # cifar10/100: fetch through torchvision if absent
+    resolution: int = 28            # px, square, train and evaluation, >= 8
+    minival_fraction: float = 0.02  # share of the training pool held out for every selection (paper:
+                                    # 2%); the test split is only reported, never used to choose, (0, 0.5]
+    test_fraction: float = 0.2      # share held out as test, only for sets without a test split
+    split_seed: int = 0             # seed of the train/minival/test split (fixed per study)
+    max_train_images: Optional[int] = None  # use a subset of the training split, >= 1
+    augment: str = "crop"           # one of AUGMENTS: random crop (+ horizontal flip), or none
+    crop_padding: float = 0.125     # random-crop padding, fraction of the resolution, [0, 0.5]
+    crop_padding_mode: str = "zero"  # one of PADDING_MODES: what the pad crop fills the border with:
+                                    # black (zero) or the image mirrored at its edge (reflect; natural
+                                    # images: CIFAR-10 and image folders)
+    crop: Optional[str] = None      # one of CROPS: `pad`, a random crop of the zero-padded image
+                                    # (crop_padding); `random_resized`, Inception-style scale augmentation
+                                    # (a random area and aspect ratio, resized to the resolution);
+                                    # null = random_resized from recipe.random_resized_from px, else pad
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random_resized: range of
+                                    # the crop's area over the image's, 0 < low <= high <= 1
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random_resized: range of
+                                    # the crop's aspect ratio (sampled log-uniformly), 0 < low <= high
+    eval_crop: Optional[float] = None  # evaluation: the centre crop's side over the stored image's, (0, 1];
+                                    # images are stored at resolution / eval_crop; null = 0.875 with
+                                    # random_resized, 1 (the whole image) with pad
+    synthetic_images: int = 2000    # synthetic: number of images (all splits)
+    synthetic_classes: int = 10     # synthetic: number of classes, >= 2
+    synthetic_size: int = 16        # synthetic: native image side in px, >= 8
+    loader: str = "auto"            # one of LOADERS: `memory` decodes every image once into memory;
+                                    # `stream` (image_folder only) decodes batches from the files in
+                                    # loader workers (study.data.stream); `auto` streams when the decoded
+                                    # splits at the sweep's largest resolution exceed memory_budget_gb.
+                                    # Both train the same point: not part of the point key
+    memory_budget_gb: Optional[float] = None  # auto: memory the decoded splits may take, > 0; null =
+                                    # half the machine's RAM over the parallel jobs (on a GPU, also at
+                                    # most half its memory)
+    workers: Optional[int] = None   # stream: loader worker processes, >= 0 (0 = in the training
+                                    # process); null = from the job's cores (study.data.sets.workers_for)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    epochs: int = 8                 # passes over the training split, >= 1
+    batch_size: int = 128           # images per step, >= 1
+    lr_per_256: float = 0.1         # lr = lr_per_256 * batch_size / 256 (linear scaling rule)
+    warmup_epochs: float = 1.0      # linear warm-up from 0, then the schedule; >= 0, capped
+                                    # at WARMUP_CAP x epochs (study.recipe.warmup_steps)
+    schedule: str = "cosine"        # one of SCHEDULES: cosine decay to 0, or step decay
+    step_milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 8 / 9])
+                                    # step: fractions of the run where lr x= step_gamma (90-epoch
+                                    # baseline: epochs 30, 60, 80), increasing, in (0, 1)
+    step_gamma: float = 0.1         # step: lr multiplier at each milestone, (0, 1]
+    momentum: float = 0.9           # Nesterov momentum, [0, 1)
+    nesterov: bool = True
+    weight_decay: float = 4e-5      # L2 on conv/linear weights, not on BN or biases (paper)
+    decay_norm_and_bias: bool = False  # also decay batch-norm parameters and biases (what a plain
+                                    # torch.optim.SGD(model.parameters(), weight_decay=...) loop does)
+    label_smoothing: float = 0.1    # [0, 1)
+    dropout: float = 0.0            # dropout before the classifier, [0, 1)
+    random_resized_from: Optional[int] = None  # with data.crop null: random-resized crops from this
+                                    # resolution on (recipe=resnet_rs: 128 px, the paper's ImageNet
+                                    # recipe); null = never, >= 8
+    dropout_width_slope: float = 0.1  # recipe=resnet_rs: dropout added per doubling of the width
+                                    # multiplier above 1 (study.settings.regularization.dropout), [0, 0.5]
+    stochastic_depth: float = 0.0   # drop-path rate of the last stage (or block), [0, 1)
+    stochastic_depth_rule: str = "stage"  # one of study.settings.family.DROP_PATH_RULES: the paper's
+                                    # 0.4/0.6/0.8/1.0 x rate per stage, or timm's linear per block
+    randaugment_ops: int = 0        # RandAugment ops per image after crop/flip, 0 = off, 0..5
+    randaugment_magnitude: float = 10.0  # TF's 0-10 scale (values above 10 extrapolate), [0, 30]
+    ema_decay: float = 0.0          # weight EMA decay (paper 0.9999), 0 = off, [0, 1); evaluation
+                                    # then uses the EMA weights and batch-norm statistics
+    ema_reference_batch: Optional[int] = 4096  # the batch ema_decay is given for: per step the decay
+                                    # is ema_decay^(batch_size / ema_reference_batch), so the EMA spans
+                                    # the same number of images at any batch (paper: 0.9999 at 4096);
+                                    # null = ema_decay per step whatever the batch, >= 1
+    ema_horizon: float = 0.1        # the EMA averages over at most this share of the run's steps
+                                    # (study.recipe.ema_decay_at), (0, 1]
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    device: str = "auto"            # one of DEVICES; auto = cuda when available
+    precision: str = "auto"         # one of PRECISIONS; bf16 = autocast; auto = bf16 on a CUDA GPU
+                                    # with bf16, else fp32; bf16 on a CPU is refused (not sound in
+                                    # torch 2.14.1's oneDNN: study.point.device); keyed as resolved
+    channels_last: bool = True      # NHWC memory format (1.2x on this 2-core AVX2 CPU, 1.4x on AVX-512)
+    compile: str = "auto"           # torch.compile the training steps: true, false, or auto = after the
+                                    # first epoch, where the expected saving exceeds the compile time
+                                    # (study.train.compiling; never on a CPU, where it did not pay)
+    threads: int = 0                # intra-op threads; 0 = this process's cores / parallel jobs
+    processes: int = 1              # processes that train one point together (DistributedDataParallel,
+                                    # study.train.distributed: gloo on CPUs, nccl on GPUs); recipe.batch_size
+                                    # stays the global batch, split evenly among them
+    sync_batchnorm: str = "auto"    # batch norm over the global batch when processes > 1: true, false,
+                                    # or auto = true on GPUs, false on CPUs (SyncBatchNorm needs a GPU);
+                                    # false keys trainer.processes (it changes what is trained)
+    eval_batch_size: int = 512      # images per evaluation batch, >= 1
+    latency_batch_size: int = 32    # batch of the inference-latency measurement, >= 1
+    latency_repeats: int = 10       # timed repeats (median reported), >= 1
+    measure_alone: bool = True      # when a sweep's last point has ended, measure each finished point's
+                                    # training step alone on all cores (study.measure.alone: step_latency_ms)
+    progress: bool = True           # a progress bar within each point (on a terminal)
+    deterministic: bool = False     # deterministic kernels: rerunning a point repeats its metrics
+    checkpoints: bool = True        # save the training state after every epoch; a rerun resumes
+    keep_checkpoints: bool = False  # keep a finished point's checkpoint (<project>/checkpoints/)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"   # MLflow tracking URI (conf/tracking sets an absolute path)
+    artifact_root: Optional[str] = None  # folder for artifacts of new experiments
+    retry_s: float = 300.0          # how long a store call is retried while the store is busy or
+                                    # unreachable (a server restart) before the call gives up, >= 0;
+                                    # epoch metrics are buffered meanwhile and training goes on
+
+
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass  # not frozen: OmegaConf makes the values of a dict of frozen dataclasses read-only mid-merge
+class SearchRange:
+    low: float                      # inclusive bounds of a setting's search range
+    high: float
+    log: bool = False               # sample uniformly in log space
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    trials: int = 0                 # 0: no tuning; N: tune with N trials in all (restarts included) on
+                                    # the minival split, then train the point with the best settings
+    sampler_seed: int = 0           # seed of Optuna's TPE sampler
+    pruner: str = "median"          # one of PRUNERS: stops trials whose val/top1 trails at an epoch
+    startup_trials: int = 2         # trials that run to the end before pruning starts
+    storage: Optional[str] = None   # Optuna storage URL (postgresql://... on a cluster); null = the
+                                    # journal file <project>/optuna/journal.log (safe for parallel workers)
+    space: dict[str, SearchRange] = field(default_factory=dict)  # dotted setting -> range (conf/tune/)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    auto: bool = True               # analyse the sweep when it ends: the report (make analyze's) goes to
+                                    # reports/<sweep>/ and the sweep's parent run; false = off
+    replicates: int = 1000          # bootstrap refits of that report, >= 1000 as make analyze
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    vars: dict[str, Any] = field(default_factory=dict)  # free values for interpolation in sweep
+                                    # files (${vars.name}); not recorded, what they set is
+    seed: int = 0                   # seed of initialisation, batch order and augmentation
+    seeds: int = 1                  # train each point with seeds seed .. seed+seeds-1: separate runs
+                                    # that share the point key (tag run_key tells them apart)
+    sweep: str = "adhoc"            # sweep name: the MLflow experiment and parent run
+    force: bool = False             # run the point even when a FINISHED run has its key
+
+
+def project_root() -> str:
+    """Where the default store and outputs live: $STUDY_HOME, else the checkout's root."""
+    return os.environ.get("STUDY_HOME") or str(CODE_ROOT)
+
+
+def register() -> None:
+    """Register the schema (and the `project_root` resolver) with Hydra; idempotent."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", project_root)
+    register_resolvers()
+    ConfigStore.instance().store(name="schema", node=_mutable(OmegaConf.structured(StudyConfig)))
+
+
+def _mutable(node: DictConfig) -> DictConfig:
+    """Frozen dataclasses become read-only nodes; Hydra must merge YAML and overrides into
+    them first, so the flag is cleared here and the frozen objects come from validate()."""
+    OmegaConf.set_readonly(node, False)
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _mutable(child)
+    return node
+
+
+def validate(cfg: DictConfig | StudyConfig) -> StudyConfig:
+    """Typed, range-checked settings, with the settings that default to a rule (data.crop,
+    data.eval_crop) made concrete; raises ConfigError naming every bad setting."""
+    study = _concrete(cfg if isinstance(cfg, StudyConfig) else OmegaConf.to_object(cfg))
+    problems = [f"{name}={value!r}: {rule}" for name, value, rule in _checks(study)]
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return study
+
+
+def _concrete(study: StudyConfig) -> StudyConfig:
+    """data.crop null -> random_resized from recipe.random_resized_from px, else pad;
+    data.eval_crop null -> 0.875 with random_resized, else 1. The concrete values are what the
+    point key and the run record hold."""
+    d, r = study.data, study.recipe
+    crop = d.crop
+    if crop is None:
+        crop = "random_resized" if r.random_resized_from is not None and d.resolution >= r.random_resized_from \
+            else "pad"
+    eval_crop = d.eval_crop
+    if eval_crop is None:
+        eval_crop = EVAL_CROP_RANDOM_RESIZED if crop == "random_resized" else 1.0
+    return replace(study, data=replace(d, crop=crop, eval_crop=float(eval_crop)))
+
+
+def setting_type(study: StudyConfig, path: str) -> type | None:
+    """The declared type of a dotted setting ('recipe.dropout' -> float; Optional[int] -> int),
+    or None when there is no such setting."""
+    section, _, name = path.partition(".")
+    part = getattr(study, section, None)
+    if not is_dataclass(part):
+        return None
+    hint = typing.get_type_hints(type(part)).get(name)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+
+
+def override(study: StudyConfig, values: dict[str, float]) -> StudyConfig:
+    """The study with dotted numeric settings replaced ({'recipe.dropout': 0.2}), each value cast
+    to its setting's type; raises ConfigError for a value that type cannot hold (3.5 for an
+    integer setting, anything for a non-numeric one). Validate the result."""
+    for path, value in values.items():
+        kind = setting_type(study, path)
+        if kind is int and float(value).is_integer() and not isinstance(value, bool):
+            value = int(value)
+        elif kind is float and not isinstance(value, bool):
+            value = float(value)
+        else:
+            allowed = "an integer" if kind is int else "a number"
+            raise ConfigError(f"invalid settings:\n  {path}={value!r}: must be {allowed}" if kind in (int, float)
+                              else f"invalid settings:\n  {path}: only numeric settings can be set this way")
+        section, name = path.split(".", 1)
+        study = replace(study, **{section: replace(getattr(study, section), **{name: value})})
+    return study
+
+
+def _space_checks(s: StudyConfig):
+    """Every tuning range names a numeric setting and stays inside its allowed values."""
+    for path, r in s.tune.space.items():
+        kind = setting_type(s, path)
+        where = f"tune.space.{path}"
+        if not _is_setting(s, path):
+            yield where, path, "must name a setting, e.g. recipe.weight_decay"
+        elif kind not in (int, float):
+            yield where, path, "must name a numeric setting"
+        elif not (0 < r.low < r.high if r.log else r.low < r.high):
+            yield where, (r.low, r.high), "needs low < high (and low > 0 when log)"
+        elif kind is int and not r.integer:
+            yield where, (r.low, r.high), f"{path} is an integer setting: add integer: true"
+        else:
+            for bound in (r.low, r.high):
+                for name, _, rule in _checks(override(s, {path: bound}), space=False):
+                    if name == path:
+                        yield where, (r.low, r.high), f"the range leaves {path}'s allowed values ({rule})"
+
+
+def _checks(s: StudyConfig, space: bool = True):
+    m, d, r, t = s.model, s.data, s.recipe, s.trainer
+    depths = ", ".join(map(str, sorted(BLOCKS_PER_STAGE)))
+    rules = [
+        ("model.depth", m.depth, m.depth in BLOCKS_PER_STAGE, f"must be one of {depths}"),
+        ("model.width", m.width, m.width > 0, "must be > 0"),
+        ("model.se_ratio", m.se_ratio, 0 < m.se_ratio <= 1, "must be in (0, 1]"),
+        ("data.name", d.name, d.name in DATASETS, f"must be one of {', '.join(DATASETS)}"),
+        ("data.resolution", d.resolution, d.resolution >= 8, "must be >= 8 (pixels)"),
+        ("data.minival_fraction", d.minival_fraction, 0 < d.minival_fraction <= 0.5, "must be in (0, 0.5]"),
+        ("data.test_fraction", d.test_fraction, 0 < d.test_fraction <= 0.5, "must be in (0, 0.5]"),
+        ("data.max_train_images", d.max_train_images, d.max_train_images is None or d.max_train_images >= 1,
+         "must be >= 1 or null"),
+        ("data.augment", d.augment, d.augment in AUGMENTS, f"must be one of {', '.join(AUGMENTS)}"),
+        ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= 0.5, "must be in [0, 0.5]"),
+        ("data.crop_padding_mode", d.crop_padding_mode, d.crop_padding_mode in PADDING_MODES,
+         f"must be one of {', '.join(PADDING_MODES)}"),
+        ("data.crop", d.crop, d.crop in CROPS, f"must be one of {', '.join(CROPS)} (or null: by the recipe)"),
+        ("data.crop_scale", d.crop_scale, len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+         "must be [low, high] with 0 < low <= high <= 1"),
+        ("data.crop_ratio", d.crop_ratio, len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+         "must be [low, high] with 0 < low <= high"),
+        ("data.eval_crop", d.eval_crop, 0 < d.eval_crop <= 1, "must be in (0, 1]"),
+        ("data.eval_crop", d.eval_crop, d.eval_crop == 1 or d.crop == "random_resized",
+         "a centre crop goes with data.crop=random_resized (pad crops train on the whole image)"),
+        ("recipe.random_resized_from", r.random_resized_from, r.random_resized_from is None
+         or r.random_resized_from >= 8, "must be >= 8 (pixels) or null"),
+        ("data.loader", d.loader, d.loader in LOADERS, f"must be one of {', '.join(LOADERS)}"),
+        ("data.loader", d.loader, d.loader != "stream" or d.name == "image_folder",
+         "stream reads image files: only data=image_folder has them (use memory or auto)"),
+        ("data.memory_budget_gb", d.memory_budget_gb, d.memory_budget_gb is None or d.memory_budget_gb > 0,
+         "must be > 0 (GB) or null"),
+        ("data.workers", d.workers, d.workers is None or d.workers >= 0, "must be >= 0 or null"),
+        ("data.synthetic_images", d.synthetic_images, d.synthetic_images >= 50, "must be >= 50"),
+        ("data.synthetic_classes", d.synthetic_classes, d.synthetic_classes >= 2, "must be >= 2"),
+        ("data.synthetic_size", d.synthetic_size, d.synthetic_size >= 8, "must be >= 8 (pixels)"),
+        ("recipe.epochs", r.epochs, r.epochs >= 1, "must be >= 1"),
+        ("recipe.batch_size", r.batch_size, r.batch_size >= 1, "must be >= 1"),
+        ("recipe.lr_per_256", r.lr_per_256, r.lr_per_256 > 0, "must be > 0"),
+        ("recipe.warmup_epochs", r.warmup_epochs, r.warmup_epochs >= 0, "must be >= 0"),
+        ("recipe.momentum", r.momentum, 0 <= r.momentum < 1, "must be in [0, 1)"),
+        ("recipe.weight_decay", r.weight_decay, r.weight_decay >= 0, "must be >= 0"),
+        ("recipe.label_smoothing", r.label_smoothing, 0 <= r.label_smoothing < 1, "must be in [0, 1)"),
+        ("recipe.schedule", r.schedule, r.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+        ("recipe.step_milestones", r.step_milestones,
+         all(0 < a < 1 for a in r.step_milestones) and list(r.step_milestones) == sorted(set(r.step_milestones)),
+         "must be increasing fractions of the run in (0, 1)"),
+        ("recipe.step_gamma", r.step_gamma, 0 < r.step_gamma <= 1, "must be in (0, 1]"),
+        ("recipe.dropout", r.dropout, 0 <= r.dropout < 1, "must be in [0, 1)"),
+        ("recipe.stochastic_depth", r.stochastic_depth, 0 <= r.stochastic_depth < 1, "must be in [0, 1)"),
+        ("recipe.stochastic_depth_rule", r.stochastic_depth_rule, r.stochastic_depth_rule in DROP_PATH_RULES,
+         f"must be one of {', '.join(DROP_PATH_RULES)}"),
+        ("recipe.randaugment_ops", r.randaugment_ops, 0 <= r.randaugment_ops <= 5, "must be in 0..5 (0 = off)"),
+        ("recipe.randaugment_magnitude", r.randaugment_magnitude, 0 <= r.randaugment_magnitude <= 30,
+         "must be in [0, 30] (TF's scale: 10 = the strongest of the original range)"),
+        ("recipe.ema_decay", r.ema_decay, 0 <= r.ema_decay < 1, "must be in [0, 1) (0 = no EMA)"),
+        ("recipe.ema_horizon", r.ema_horizon, 0 < r.ema_horizon <= 1, "must be in (0, 1]"),
+        ("recipe.ema_reference_batch", r.ema_reference_batch, r.ema_reference_batch is None or
+         r.ema_reference_batch >= 1, "must be >= 1 or null"),
+        ("recipe.dropout_width_slope", r.dropout_width_slope, 0 <= r.dropout_width_slope <= 0.5,
+         "must be in [0, 0.5]"),
+        ("trainer.device", t.device, t.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+        ("trainer.precision", t.precision, t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+        ("trainer.compile", t.compile, mode(t.compile) in MODES,
+         f"must be one of {', '.join(MODES)}"),
+        ("trainer.threads", t.threads, t.threads >= 0, "must be >= 0 (0 = all cores)"),
+        ("trainer.processes", t.processes, t.processes >= 1, "must be >= 1"),
+        ("trainer.sync_batchnorm", t.sync_batchnorm, mode(t.sync_batchnorm) in MODES,
+         f"must be one of {', '.join(MODES)}"),
+        ("recipe.batch_size", r.batch_size, t.processes < 1 or r.batch_size % t.processes == 0,
+         f"the global batch must split evenly over trainer.processes={t.processes}"),
+        ("tune.trials", s.tune.trials, t.processes == 1 or s.tune.trials == 0,
+         "tuning trains its trials in one process: tune with trainer.processes=1"),
+        ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, "must be >= 1"),
+        ("trainer.latency_batch_size", t.latency_batch_size, t.latency_batch_size >= 1, "must be >= 1"),
+        ("trainer.latency_repeats", t.latency_repeats, t.latency_repeats >= 1, "must be >= 1"),
+        ("tune.trials", s.tune.trials, s.tune.trials >= 0, "must be >= 0 (0 = no tuning)"),
+        ("tune.pruner", s.tune.pruner, s.tune.pruner in PRUNERS, f"must be one of {', '.join(PRUNERS)}"),
+        ("tune.startup_trials", s.tune.startup_trials, s.tune.startup_trials >= 0, "must be >= 0"),
+        ("tracking.retry_s", s.tracking.retry_s, s.tracking.retry_s >= 0, "must be >= 0 (seconds)"),
+        ("sweep", s.sweep, bool(s.sweep) and "/" not in s.sweep, "must be a non-empty name without '/'"),
+        ("analysis.replicates", s.analysis.replicates, s.analysis.replicates >= 1000,
+         "must be >= 1000 (bootstrap refits of the report's decisions)"),
+        ("seeds", s.seeds, s.seeds >= 1, "must be >= 1"),
+    ]
+    for name, value, ok, rule in rules:
+        if not ok:
+            yield name, value, rule
+    yield from _data_folder_checks(d)
+    if space:
+        yield from _space_checks(s)
+
+
+def _is_setting(study: StudyConfig, path: str) -> bool:
+    return path in flatten(study) and not path.startswith(("tune.", "tracking.", "trainer."))
+
+
+def stored_size(d: DataConfig) -> int:
+    """The side images are stored at: resolution / eval_crop (ImageNet: 224 / 0.875 = 256), so
+    evaluation's centre crop is the resolution exactly and random-resized crops draw from the
+    larger image."""
+    eval_crop = d.eval_crop if d.eval_crop is not None else 1.0
+    return round(d.resolution / eval_crop)
+
+
+def _data_folder_checks(d: DataConfig):
+    if d.name == "image_folder":
+        if not d.root:
+            yield "data.root", d.root, "image_folder needs the folder of class sub-folders"
+        elif not Path(d.root).expanduser().is_dir():
+            yield "data.root", d.root, "folder does not exist"
+        elif (copy := prepared(d.root)) and (side := copy["side"]) < stored_size(d):
+            yield "data.root", d.root, (f"a copy prepared at shorter side {side} px (make prepare-data); this point "
+                                        f"stores images at {stored_size(d)} px (data.resolution / data.eval_crop): "
+                                        "prepare a copy at that side or more, or train on the original")
+    if d.name in ("cifar10", "cifar100") and not d.download:
+        if not d.root or not Path(d.root).expanduser().is_dir():
+            yield "data.root", d.root, f"{d.name} needs an existing folder, or data.download=true"
+
+
+def mode(setting) -> str:
+    """trainer.compile (or sync_batchnorm) as one of MODES (a YAML or CLI true/false arrives as
+    True/False)."""
+    return str(setting).lower()
+
+
+def prepared(root: str | None) -> dict | None:
+    """The manifest of a copy made by `make prepare-data` ({source, side, images, ...}), or None."""
+    if not root:
+        return None
+    path = Path(root).expanduser() / PREPARED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dataclasses -> {'model.width': 0.5, ...}."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if isinstance(value, dict):
+            value = {k: vars(v) if is_dataclass(v) else v for k, v in sorted(value.items())}
+        if is_dataclass(value):
+            out |= flatten(value, key + ".")
+        else:
+            out[key] = value
+    return out
