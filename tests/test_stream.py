@@ -12,7 +12,8 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
-from study.data import imagefiles, loader, sets
+from study.data import imagefiles, sets
+from study.data import loader as loaders
 from study.record.tracking import NullTracker
 from study.settings import config
 from study.settings.config import ConfigError, DataConfig, RecipeConfig, TrainerConfig
@@ -47,7 +48,7 @@ def cfg_for(root: Path, loader: str, **kw) -> DataConfig:
 
 
 def batches(ds, cfg, workers=0, epoch_generator_seed=0, randaugment=(0, 0.0)):
-    b = loader.batcher(ds, cfg, device=CPU, memory_format=torch.contiguous_format, randaugment=randaugment,
+    b = loaders.batcher(ds, cfg, device=CPU, memory_format=torch.contiguous_format, randaugment=randaugment,
                      workers=workers)
     return b, list(b.train(ds.train, 16, torch.Generator().manual_seed(epoch_generator_seed)))
 
@@ -66,9 +67,9 @@ def test_streamed_splits_pixels_and_statistics_equal_the_in_memory_ones(folder):
     assert torch.equal(streamed.test.labels, memory.test.labels)
     assert (streamed.mean, streamed.std) == (memory.mean, memory.std)
     for split in ("train", "minival", "test"):
-        b_mem = loader.batcher(memory, cfg_for(folder, "memory"), device=CPU, memory_format=torch.contiguous_format,
+        b_mem = loaders.batcher(memory, cfg_for(folder, "memory"), device=CPU, memory_format=torch.contiguous_format,
                              randaugment=(0, 0.0))
-        b_str = loader.batcher(streamed, cfg_for(folder, "stream"), device=CPU,
+        b_str = loaders.batcher(streamed, cfg_for(folder, "stream"), device=CPU,
                              memory_format=torch.contiguous_format, randaugment=(0, 0.0), workers=1)
         a = torch.cat([x for x, _ in b_mem.evaluate(getattr(memory, split), 7)])
         b = torch.cat([x for x, _ in b_str.evaluate(getattr(streamed, split), 7)])
@@ -88,7 +89,7 @@ def test_streamed_batches_are_a_function_of_the_generator_not_of_the_workers(fol
     assert not torch.equal(alone[0][1], other[0][1])  # another epoch: another order
     # each image draws its own crop and flip: the same image in two epochs differs
     memory = sets.prepare(cfg_for(folder, "memory", **extra))
-    b = loader.batcher(memory, cfg_for(folder, "memory", **extra), device=CPU, memory_format=torch.contiguous_format,
+    b = loaders.batcher(memory, cfg_for(folder, "memory", **extra), device=CPU, memory_format=torch.contiguous_format,
                      randaugment=(0, 0.0))
     plain = torch.cat([x for x, _ in b.evaluate(memory.train, 64)])
     x = alone[0][0]
@@ -105,7 +106,7 @@ def test_a_streamed_point_resumes_to_the_uninterrupted_result(folder, tmp_path):
     def fit(sink, checkpoint=None, resume=None):
         torch.manual_seed(0)
         model = models.build_model(14, 0.25, num_classes=ds.num_classes)
-        batcher = loader.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(2, 10.0),
+        batcher = loaders.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(2, 10.0),
                                workers=1)
         sink.start_point("t", {}, {"point_key": "k"})
         return trainer.fit(model, ds, batcher, recipe, TrainerConfig(progress=False, deterministic=True), seed=0,
@@ -232,7 +233,7 @@ def _cifar_top1(root: Path, loader: str, seed: int) -> float:
     ds = sets.prepare(cfg)
     torch.manual_seed(seed)
     model = models.build_model(14, 0.25, num_classes=10).to(memory_format=torch.channels_last)
-    batcher = loader.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(0, 0.0), workers=1)
+    batcher = loaders.batcher(ds, cfg, device=CPU, memory_format=torch.channels_last, randaugment=(0, 0.0), workers=1)
     sink = NullTracker()
     sink.start_point("t", {}, {"point_key": "k"})
     recipe = RecipeConfig(epochs=4, batch_size=128, warmup_epochs=0.5, lr_per_256=0.2)
