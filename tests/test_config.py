@@ -22,9 +22,16 @@ FOLDER_SETS = {"image_folder", "cifar10", "cifar100"}
 ADDED_GROUPS = {"ladder", "regime"}  # not in the primary defaults list: selected with +group=option
 
 
+def _folder(tmp_path):
+    """A folder any data set accepts: one class sub-folder holding one image file."""
+    (tmp_path / "a").mkdir(exist_ok=True)
+    (tmp_path / "a" / "x.png").write_bytes(b"not decoded here")
+    return tmp_path
+
+
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS)
 def test_every_group_option_composes(group, option, tmp_path):
-    extra = [f"data.root={tmp_path}"] if option in FOLDER_SETS else []
+    extra = [f"data.root={_folder(tmp_path)}"] if option in FOLDER_SETS else []
     if group == "ladder":
         extra += ["+vars.short_epochs=2", "+vars.long_epochs=8"]
     choice = f"+{group}={option}" if group in ADDED_GROUPS else f"{group}={option}"
@@ -47,7 +54,7 @@ def sweep_compose(monkeypatch):
 @pytest.mark.parametrize("name", SWEEP_FILES)
 def test_every_sweep_composes_and_every_point_validates(name, sweep_compose, tmp_path):
     needs_folder = compose_cfg(name).data.name in FOLDER_SETS
-    task = [f"data.root={tmp_path}"] if needs_folder else []
+    task = [f"data.root={_folder(tmp_path)}"] if needs_folder else []
     cfg = compose_cfg(name, task, hydra_cfg=True)
     assert cfg.sweep == name, "a sweep file records under its own name"
     jobs = grid.expand(dict(cfg.hydra.sweeper.params), task)
@@ -138,12 +145,12 @@ def test_schema_is_frozen_after_validation():
 
 
 @pytest.mark.parametrize("name", SWEEP_FILES)
-def test_fast_point_config_equals_hydra_composition(name, sweep_compose):
+def test_fast_point_config_equals_hydra_composition(name, sweep_compose, tmp_path):
     from omegaconf import open_dict
 
     from study.sweep.compose import point_config
 
-    task = ["data.root=/tmp"] if compose_cfg(name).data.name in FOLDER_SETS else []
+    task = [f"data.root={_folder(tmp_path)}"] if compose_cfg(name).data.name in FOLDER_SETS else []
     sweep_cfg = compose_cfg(name, task, hydra_cfg=True)
     base = sweep_cfg.copy()
     with open_dict(base):

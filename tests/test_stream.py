@@ -174,10 +174,9 @@ def test_bad_loader_settings_are_named_before_training(tmp_path):
         config.validate(compose_cfg("config", ["data.loader=fast"]))
     with pytest.raises(ConfigError, match=r"data.memory_budget_gb=0.0: must be > 0 \(GB\) or null"):
         config.validate(compose_cfg("config", ["data.memory_budget_gb=0"]))
-    (tmp_path / "flat").mkdir()
-    study = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={tmp_path / 'flat'}"]))
-    with pytest.raises(ConfigError, match="no class sub-folders found"):
-        sets.resolve(study, CPU)
+    (tmp_path / "flat").mkdir()  # refused when validated, before anything is built
+    with pytest.raises(ConfigError, match="data.root=.*flat': the folder no class sub-folders found"):
+        config.validate(compose_cfg("config", ["data=image_folder", f"data.root={tmp_path / 'flat'}"]))
 
 
 def test_a_streamed_sweep_says_how_it_reads_and_records_it(tmp_path):
@@ -309,7 +308,13 @@ def test_a_prepared_copy_lists_the_same_files_smaller_and_is_recorded(tmp_path):
     on_copy = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={dest}", "data.resolution=20"]))
     on_source = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={source}",
                                                        "data.resolution=20"]))
-    assert point_key(on_copy) == point_key(on_source)
+    # the copy is its source's data at 24 px, wherever it lies: another point than the source's
+    assert on_copy.data.fingerprint == on_source.data.fingerprint + "@24px"
+    assert point_key(on_copy) != point_key(on_source)
+    moved = dest.rename(tmp_path / "moved")
+    on_moved = config.validate(compose_cfg("config", ["data=image_folder", f"data.root={moved}", "data.resolution=20"]))
+    assert point_key(on_moved) == point_key(on_copy)
+    moved.rename(dest)
     from study.point.lifecycle import data_tags
 
     tags = data_tags(on_copy, sets.prepare(on_copy.data), 0)

@@ -2,7 +2,8 @@
 
 Layout (torchvision's ImageFolder): `root/<class>/*`, or `root/train/<class>/*` with the test
 split in `root/test/<class>/*` or, as ImageNet ships, `root/val/<class>/*` (reported as test).
-Files are listed in sorted order, so a listing, and every split drawn from it, is the same on
+The layout and the files listed (study.settings.identity, which fingerprints the same listing)
+are sorted, so a listing, and every split drawn from it, is the same on
 every machine and for either data path (in memory or streamed, study.data.stream).
 
 An image is decoded as RGB whatever its mode (greyscale, CMYK, palette, alpha), its centre square
@@ -25,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from study.settings.identity import class_names, folders, image_names
+
 log = logging.getLogger(__name__)
 # torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they still are the
 # fastest JPEG/PNG decoders that come with the pinned set.
 warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
-TEST_FOLDERS = ("test", "val")  # the test split's folder, in order of preference
 SOURCE_LOCATION = re.compile(r"^[\w ]+, \S+:\d+, ")  # torchvision's "decode_jpeg, /src/x.cpp:171, "
 
 
@@ -52,20 +53,11 @@ class FileSplit:
         return os.path.join(self.root, self.paths[i].decode())
 
 
-def folders(root: str | Path) -> tuple[Path, Path | None]:
-    """(training folder, test folder or None) of an image-folder data set."""
-    root = Path(root).expanduser()
-    if not (root / "train").is_dir():
-        return root, None
-    test = next((root / name for name in TEST_FOLDERS if (root / name).is_dir()), None)
-    return root / "train", test
-
-
 @lru_cache(maxsize=4)
 def listing(root: str) -> tuple[FileSplit, FileSplit | None, tuple[str, ...]]:
     """(training pool, test split or None, class names) of an image folder, in sorted order."""
     train_dir, test_dir = folders(root)
-    classes = tuple(sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
+    classes = class_names(train_dir)
     if not classes:
         raise FileNotFoundError(f"data.root={root!r}: no class sub-folders found")
     pool = _list(train_dir, classes)
@@ -77,7 +69,7 @@ def _list(folder: Path, classes: tuple[str, ...]) -> FileSplit:
     for label, c in enumerate(classes):
         if not (folder / c).is_dir():
             continue
-        names = sorted(e.name for e in os.scandir(folder / c) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+        names = [e.name for e in image_names(folder / c)]
         rel += [f"{c}/{name}" for name in names]
         labels += [label] * len(names)
     if not rel:

@@ -43,7 +43,9 @@ class Tracker(Protocol):
     def adopt_orphan(self, run_key: str) -> str | None: ...
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "ChildRun": ...
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None: ...
-    def migrate(self, legacy_run_key: str, run_key: str, point_key: str) -> int: ...
+    def migrate(self, legacy_run_key: str, run_key: str, point_key: str, only: list[str] | None = None,
+                params: dict[str, Any] | None = None) -> int: ...
+    def recorded_roots(self, run_key: str) -> dict[str, str | None]: ...
 
 
 class ChildRun(Protocol):
@@ -109,13 +111,19 @@ class NullTracker:
         self.runs[-1]["params"].update(params)
         self.runs[-1]["tags"].update(tags)
 
-    def migrate(self, legacy_run_key, run_key, point_key) -> int:
-        moved = [r for r in self.runs if r["tags"].get("run_key") == legacy_run_key]
-        for r in moved:
+    def migrate(self, legacy_run_key, run_key, point_key, only=None, params=None) -> int:
+        moved = [(i, r) for i, r in enumerate(self.runs, 1) if r["tags"].get("run_key") == legacy_run_key
+                 and (only is None or str(i) in only)]
+        for i, r in moved:
             r["tags"].update(run_key=run_key, point_key=point_key, legacy_run_key=legacy_run_key)
-            if r["status"] == "FINISHED":
+            r["params"] = dict(params or {}) | r["params"]
+            if r["status"] == "FINISHED" and self.finished.get(legacy_run_key) == str(i):
                 self.finished[run_key] = self.finished.pop(legacy_run_key)
         return len(moved)
+
+    def recorded_roots(self, run_key) -> dict[str, str | None]:
+        return {str(i): _root_of(r["tags"], lambda: r["artifacts"].get("config.yaml"))
+                for i, r in enumerate(self.runs, 1) if r["tags"].get("run_key") == run_key}
 
     def start_child(self, name, params, tags) -> NullChild:
         record = {"name": name, "params": dict(params), "tags": dict(tags), "epochs": []}
@@ -253,14 +261,37 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()],
                               tags=[RunTag(k, v) for k, v in _redacted(tags).items()])
 
-    def migrate(self, legacy_run_key: str, run_key: str, point_key: str) -> int:
-        """Re-tag this sweep's runs recorded under the point's key-version-0 run key with its
-        current keys (the old one stays in the tag `legacy_run_key`); returns how many."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.run_key = '{legacy_run_key}'")
+    def migrate(self, legacy_run_key: str, run_key: str, point_key: str, only: list[str] | None = None,
+                params: dict[str, Any] | None = None) -> int:
+        """Re-tag this sweep's runs recorded under one of the point's earlier run keys (all, or
+        the runs `only` names) with its current keys (the old one stays in the tag
+        `legacy_run_key`) and add `params` they lack; returns how many."""
+        from mlflow.entities import Param
+
+        runs = [r for r in self.client.search_runs([self.experiment_id], f"tags.run_key = '{legacy_run_key}'")
+                if only is None or r.info.run_id in only]
         for run in runs:
             for key, value in (("run_key", run_key), ("point_key", point_key), ("legacy_run_key", legacy_run_key)):
                 self.client.set_tag(run.info.run_id, key, value)
+            if new := [Param(k, _param_str(v)) for k, v in (params or {}).items() if k not in run.data.params]:
+                self.client.log_batch(run.info.run_id, params=new)
         return len(runs)
+
+    def recorded_roots(self, run_key: str) -> dict[str, str | None]:
+        """The image folder each run of `run_key` trained on (its `data.root` tag, else its
+        config.yaml artifact's), by run id; None where neither says."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.run_key = '{run_key}'")
+        return {r.info.run_id: _root_of(r.data.tags, lambda r=r: self._artifact_text(r.info.run_id, "config.yaml"))
+                for r in runs}
+
+    def _artifact_text(self, run_id: str, path: str) -> str | None:
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                return Path(self.client.download_artifacts(run_id, path, tmp)).read_text()
+        except Exception:  # no such artifact, or a store that cannot serve it
+            return None
 
     def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> "MlflowChild":
         from mlflow.entities import Param
@@ -290,6 +321,20 @@ class MlflowChild:
         if reason:
             self.client.set_tag(self.run_id, "status_reason", redact(reason)[:5000])
         self.client.set_terminated(self.run_id, status)
+
+
+def _root_of(tags: dict[str, str], config_text) -> str | None:
+    """The data folder a run trained on: its `data.root` tag, else `data.root` in the resolved
+    config that `config_text()` returns (YAML, or None)."""
+    if tags.get("data.root"):
+        return tags["data.root"]
+    import yaml
+
+    try:
+        root = ((yaml.safe_load(config_text() or "") or {}).get("data") or {}).get("root")
+    except yaml.YAMLError:
+        return None
+    return str(Path(root).expanduser().resolve()) if root else None
 
 
 def experiment_name(sweep: str) -> str:

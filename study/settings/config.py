@@ -16,6 +16,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from study.settings import identity
 from study.settings.family import BLOCKS_PER_STAGE, DROP_PATH_RULES
 from study.settings.regularization import register_resolvers
 
@@ -49,7 +50,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "mnist"             # one of DATASETS
-    root: Optional[str] = None      # image_folder: the folder; cifar10/100: download folder
+    root: Optional[str] = None      # image_folder: the folder; cifar10/100: download folder. Where
+                                    # the data lies is not part of a point: what it holds is (fingerprint)
+    fingerprint: Optional[str] = None  # derived, never set: image_folder: the fingerprint of the folder's
+                                    # images (study.settings.identity), part of the point key; null for
+                                    # the named sets (mnist, cifar10, ...), whose name says what they hold
     download: bool = False          # cifar10/100: fetch through torchvision if absent
     resolution: int = 28            # px, square, train and evaluation, >= 8
     minival_fraction: float = 0.02  # share of the training pool held out for every selection (paper:
@@ -248,8 +253,8 @@ def validate(cfg: DictConfig | StudyConfig) -> StudyConfig:
 
 def _concrete(study: StudyConfig) -> StudyConfig:
     """data.crop null -> random_resized from recipe.random_resized_from px, else pad;
-    data.eval_crop null -> 0.875 with random_resized, else 1. The concrete values are what the
-    point key and the run record hold."""
+    data.eval_crop null -> 0.875 with random_resized, else 1; data.fingerprint from the image
+    folder's contents. The concrete values are what the point key and the run record hold."""
     d, r = study.data, study.recipe
     crop = d.crop
     if crop is None:
@@ -258,7 +263,29 @@ def _concrete(study: StudyConfig) -> StudyConfig:
     eval_crop = d.eval_crop
     if eval_crop is None:
         eval_crop = EVAL_CROP_RANDOM_RESIZED if crop == "random_resized" else 1.0
-    return replace(study, data=replace(d, crop=crop, eval_crop=float(eval_crop)))
+    return replace(study, data=replace(d, crop=crop, eval_crop=float(eval_crop), fingerprint=_fingerprint(d)))
+
+
+def _fingerprint(d: DataConfig) -> str | None:
+    """data.fingerprint made concrete: an image folder's, else null (None when it cannot be
+    read: _data_folder_checks then says why)."""
+    if d.name != "image_folder" or not d.root or not Path(d.root).expanduser().is_dir():
+        return None
+    return folder_fingerprint(d.root)
+
+
+def folder_fingerprint(root: str) -> str | None:
+    """The fingerprint of an image folder (a prepared copy's: its source's at its side), or None
+    when it cannot be read."""
+    try:
+        return identity.fingerprint(root, fingerprint_cache(), prepared(root))
+    except (identity.Unreadable, OSError, ValueError):
+        return None
+
+
+def fingerprint_cache() -> Path:
+    """Where fingerprints of folders that cannot be written are cached."""
+    return Path(project_root(), ".cache", "fingerprints")
 
 
 def setting_type(study: StudyConfig, path: str) -> type | None:
@@ -423,6 +450,11 @@ def _data_folder_checks(d: DataConfig):
             yield "data.root", d.root, "image_folder needs the folder of class sub-folders"
         elif not Path(d.root).expanduser().is_dir():
             yield "data.root", d.root, "folder does not exist"
+        elif d.fingerprint is None:  # cannot be read: say why
+            try:
+                identity.fingerprint(d.root, fingerprint_cache(), prepared(d.root))
+            except identity.Unreadable as e:
+                yield "data.root", d.root, f"the folder {e}"
         elif (copy := prepared(d.root)) and (side := copy["side"]) < stored_size(d):
             yield "data.root", d.root, (f"a copy prepared at shorter side {side} px (make prepare-data); this point "
                                         f"stores images at {stored_size(d)} px (data.resolution / data.eval_crop): "

@@ -22,7 +22,13 @@ again by its key, so the key changes only when what is trained or measured chang
 5. A version that changes what a setting's value trains keys the derived quantity for the
    values it changed, and only for them (REDEFINED): depths 300 and 400 took the paper's
    layouts in place of interpolated ones, so their keys carry `model.blocks_per_stage`.
-6. Stores written before this contract (key version 0: every setting but NON_SEMANTIC, tune.*
+6. What a point trained on is keyed, where it lies is not: `data.root` is not keyed, and an
+   image folder's contents are, as `data.fingerprint` (study.settings.identity; added after
+   version 1, null for the named sets, so their keys are unchanged). A run recorded under the
+   key an image-folder point had before fingerprints (`before_fingerprints`) is taken over by
+   the point only when the folder it trained on is at hand and has the point's fingerprint;
+   otherwise it is reported and left alone (study.point.lifecycle).
+7. Stores written before this contract (key version 0: every setting but NON_SEMANTIC, tune.*
    included) are recognised: `legacy_run_key` computes a point's version-0 key, and the point
    lifecycle re-tags such runs with the current key when it meets them (study.point.lifecycle). A point
    that could not have existed then (a setting added since that is not neutral, a redefined
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
 from study.settings.config import StudyConfig, flatten
@@ -85,6 +92,8 @@ ADDED: dict[str, Any] = {
     # batch norm over each process's share is another recipe, so both settings are keyed then.
     "trainer.processes": lambda s: s["trainer.processes"] == 1 or str(s["trainer.sync_batchnorm"]).lower() == "true",
     "trainer.sync_batchnorm": lambda s: s["trainer.processes"] == 1 or str(s["trainer.sync_batchnorm"]).lower() == "true",
+    # What an image folder holds (rule 6); the named sets have none.
+    "data.fingerprint": None,
 }
 
 # Values whose meaning a later version changed: setting -> (changed values, derived key, its value).
@@ -141,6 +150,16 @@ def legacy_run_key(study: StudyConfig) -> str | None:
     if any(not _neutral(k, flat) for k in ADDED if k in flat) or _redefined(flat):
         return None
     return f"{_digest({k: v for k, v in flat.items() if k in _V0})}-s{study.seed}"
+
+
+def before_fingerprints(study: StudyConfig) -> list[str]:
+    """The run keys this image-folder point had before data fingerprints (key version 1 and,
+    where it could exist, version 0): the same settings with no fingerprint. Empty for a point
+    without one."""
+    if study.data.fingerprint is None:
+        return []
+    bare = replace(study, data=replace(study.data, fingerprint=None))
+    return [k for k in (run_key(bare), legacy_run_key(bare)) if k]
 
 
 def display_name(study: StudyConfig, choices: list[str] = ()) -> str:

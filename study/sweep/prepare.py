@@ -9,8 +9,9 @@ written in its own format (JPEG at quality 95, else PNG) under the same relative
 ones, and files that cannot be decoded, are copied as they are, so the copy lists the same files
 in the same order and a study draws the same splits from it. With --sweep, `side` is the largest
 size the sweep's points store an image at (data.resolution / data.eval_crop), plus 15%.
-`prepared.json` at the copy's root names its source and side: a point trained on the copy
-records both (tags data.prepared_from, data.prepared_side), and a point that needs larger images
+`prepared.json` at the copy's root names its source, the source's fingerprint and the side: a
+point trained on the copy is keyed by that fingerprint at that side wherever the copy lies
+(study.settings.identity) and records source and side (tags data.prepared_from, data.prepared_side), and a point that needs larger images
 than the copy holds is refused before it trains. A copy interrupted half-way is finished by
 running the command again (files are written whole, under a temporary name first).
 """
@@ -92,8 +93,8 @@ def prepare(source: Path, dest: Path, side: int, threads: int) -> dict:
             if n % 10000 == 0 or n == len(pairs):
                 print(f"prepare-data: {n:,}/{len(pairs):,} images, {time.time() - start:.0f}s", flush=True)
     imagefiles.report_unreadable(unreadable, str(source))
-    manifest = {"source": str(source), "side": side, "images": len(pairs), "unreadable": sorted(unreadable),
-                "made": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    manifest = {"source": str(source), "source_fingerprint": config.folder_fingerprint(str(source)), "side": side,
+                "images": len(pairs), "unreadable": sorted(unreadable), "made": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (dest / config.PREPARED_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest
 
