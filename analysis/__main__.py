@@ -1,6 +1,7 @@
 """Analyse a sweep's runs.
 
     python -m analysis --sweep default                      # report into reports/<sweep>/
+    python -m analysis --sweep default --include-outside    # also fit runs outside the declared grid
     python -m analysis recommend --sweep default --epochs 4 --latency-ms 10
     python -m analysis recommend --sweep default --epochs 4 --flops 5e6
     python -m analysis --sweep default --measured-on cuda-NVIDIA-H100-80GB-HBM3   # latency of that machine
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicates", type=int, default=1000, help="bootstrap refits (>= 1000 for decisions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    p.add_argument("--include-outside", action="store_true",
+                   help="also fit the runs of the sweep's experiment outside the grids it declared (its manifest): "
+                        "other epochs, data, recipes, tuned points; by default they are only listed")
     _measured_on(p)
     a = p.parse_args(argv)
     from analysis import report
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = a.out or Path(os.environ.get("STUDY_HOME") or ROOT) / "reports" / a.sweep
     try:
-        runs = load_runs(a.sweep, a.tracking_uri or default_uri(), a.measured_on)
+        runs = load_runs(a.sweep, a.tracking_uri or default_uri(), a.measured_on, a.include_outside)
         decisions = report.build(a.sweep, a.tracking_uri or default_uri(), out, a.replicates, a.seed, not a.no_log, runs)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,9 +2,14 @@
 candidate set (`propose`). The study side (study/decide.py) trains what it proposes; nothing
 here imports the training package, and nothing here changes the analysis it reads.
 
+Split. Every proposal and every stop reads the runs' minival error (`configurations`): the
+adaptive study selects what to train and when to stop on minival, never on the test split
+the report states its answers on, so the stopping rule cannot pick a look at which the test
+split happens to decide.
+
 Rules. A study asks about `regime` (depth vs width in each epoch regime), `resolution` (the
 same at each resolution of a regime) and `flip` (does the winner change between regimes; it
-rests on the regime rules). A rule is *settled* when the analysis (analysis.depth_width)
+rests on the regime rules). A rule is *settled* when the analysis (analysis.depth_width), on minival,
 decides it and its draws put it beyond `settle_level` (0.95; per resolution with the
 analysis's Bonferroni share). That is stricter than the report's 0.90 on purpose: an adaptive
 study looks at its data after every round, and stopping at the first look that decides would
@@ -186,8 +191,19 @@ def initial_design(configs: pd.DataFrame) -> pd.DataFrame:
 # --- the proposal ------------------------------------------------------------------------
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:
-    """The analysis's configuration table of a runs table (empty stays empty)."""
-    return tidy(by_configuration(runs)) if len(runs) else pd.DataFrame(columns=["epochs", *AXES, "compute"])
+    """The analysis's configuration table of a runs table (empty stays empty), its `error` read
+    on minival: every proposal and every stop selects, so it never reads the test split the
+    report states its answers on (analysis.rules.selection_error)."""
+    if not len(runs):
+        return pd.DataFrame(columns=["epochs", *AXES, "compute"])
+    return tidy(by_configuration(on_minival(runs)))
+
+
+def on_minival(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with `error` = 1 - minival/top1 (runs recorded without minival keep test error)."""
+    if "minival/top1" not in runs:
+        return runs
+    return runs.assign(error=(1 - runs["minival/top1"]).fillna(runs["error"]))
 
 
 def spent_compute(runs: pd.DataFrame) -> float:

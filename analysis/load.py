@@ -1,7 +1,8 @@
 """Load a sweep's run record from MLflow (any tracking URI) into tidy pandas tables.
 
 Reads only the run record documented in docs/run-record.md: params, final metrics and tags of the
-child runs under the sweep's parent run. Nothing here imports the training package.
+child runs under the sweep's parent run, and the study's manifest (analysis.manifest): only the
+points of the grids the sweep declared are the study's. Nothing here imports the training package.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
+
+from analysis import manifest as manifests
 
 FINAL_METRICS = ("top1", "top5", "error", "minival/top1", "minival/top5", "flops", "params",
                  "activations", "latency_ms", "latency_batch", "train_step_ms", "train_img_per_s",
@@ -29,6 +32,10 @@ class Runs:
                                   # KILLED), or `rerun` (an older FINISHED run of a run key rerun later)
     latency: str = ""             # what the `latency_ms` column holds (LATENCY_ALONE or LATENCY_IN_JOB)
     missing: tuple = ()           # run keys with no FINISHED run: the latest run of each (`missing_point`)
+    outside: tuple = ()           # runs of the experiment outside the study's manifest, left out of every
+                                  # fit: {name, status, why} (`outside_run`); empty with include_outside
+    scope: str = ""               # which runs are the study's: its declared grids, or a warning that the
+                                  # store predates manifests, or that runs outside were included on request
 
 
 def missing_point(run) -> dict:
@@ -69,8 +76,10 @@ def find_experiment(client, sweep: str):
     return tagged[0] if tagged else client.get_experiment_by_name(sweep)
 
 
-def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> Runs:
-    """The latest FINISHED child run of every run key of `sweep`. A forced rerun (make point,
+def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None, include_outside: bool = False) -> Runs:
+    """The latest FINISHED child run of every run key of `sweep` inside its manifest (the grids
+    it declared; every run when the store predates manifests, or with `include_outside`; the
+    others are listed in `outside`). A forced rerun (make point,
     force=true) repeats a seed, it is not another one: only the latest counts, and the older
     ones are counted in `excluded['rerun']`, as runs of other statuses are under theirs.
     Params under tune.* describe how a point was tuned, not the point, and are left out.
@@ -84,6 +93,7 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> 
     if experiment is None:
         raise LookupError(f"no sweep named {sweep!r} in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], "tags.point_key != ''", max_results=50000)
+    runs, outside, scope = _in_study(client, experiment.experiment_id, sweep, runs, include_outside)
     excluded: dict[str, int] = {}
     latest, unfinished = {}, {}  # run key -> its latest FINISHED run; its latest run of another status
     for run in runs:
@@ -98,19 +108,44 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None) -> 
     missing = tuple(missing_point(run) for key, run in sorted(unfinished.items(), key=lambda kv: kv[1].info.start_time)
                     if key not in latest)
     if not chosen:
-        return Runs(pd.DataFrame(), excluded, LATENCY_IN_JOB.format(sweep=sweep), missing)
+        return Runs(pd.DataFrame(), excluded, LATENCY_IN_JOB.format(sweep=sweep), missing, outside, scope)
     table = _typed(pd.DataFrame([_row(run) for run in chosen]))
     found = [measurements(run) for run in chosen]
     name, others = machine(found, measured_on)
     if name is None:  # no machine measured every run: no mixing of machines' figures
         table = table.drop(columns=[m for m in ALONE_METRICS if m in table])
-        return Runs(table, excluded, LATENCY_IN_JOB.format(sweep=sweep), missing)
+        return Runs(table, excluded, LATENCY_IN_JOB.format(sweep=sweep), missing, outside, scope)
     for metric in ALONE_METRICS:  # the chosen machine's figures, whatever was measured last
         table[metric] = [m[name].get(metric, float("nan")) for m in found]
     # the paper's latency, for every run: what every rule, plot and budget reads
     table["latency_ms"], table["latency_batch"] = table["step_latency_ms"], table["step_batch"]
     also = f"; also measured on {', '.join(others)} (--measured-on picks one)" if others else ""
-    return Runs(table, excluded, LATENCY_ALONE.format(machine=name) + also, missing)
+    return Runs(table, excluded, LATENCY_ALONE.format(machine=name) + also, missing, outside, scope)
+
+
+def _in_study(client, experiment_id: str, sweep: str, runs: list, include_outside: bool) -> tuple[list, tuple, str]:
+    """(the runs analysed, the runs outside the study with why, which runs are the study's)."""
+    parents = client.search_runs([experiment_id], "tags.role = 'parent'", max_results=1,
+                                 order_by=["attributes.start_time ASC"])
+    found = manifests.read(client, parents[0].info.run_id) if parents else None
+    if found is None:
+        return runs, (), manifests.BEFORE_MANIFESTS.format(sweep=sweep)
+    inside = [r for r in runs if found.holds(r.data.tags.get("point_key"))]
+    others = tuple(outside_run(r, found) for r in sorted(runs, key=lambda r: r.info.start_time)
+                   if not found.holds(r.data.tags.get("point_key")))
+    grids = f"{found.grids} declared grid" + ("s" if found.grids > 1 else "")
+    if include_outside:
+        return runs, (), (f"every run of the experiment, {len(others)} outside the study's {grids} included on request "
+                          "(--include-outside)")
+    return inside, others, f"the {len(found.points)} points of the sweep's {grids} (its manifest)"
+
+
+def outside_run(run, found: manifests.Manifest) -> dict:
+    """A run outside the study, as the report lists it: its name, axes, status and why."""
+    p = run.data.params
+    axes = {k: pd.to_numeric(p.get(f"{group}.{k}"), errors="coerce") for group, k in AXIS_PARAMS}
+    return {"name": run.data.tags.get("mlflow.runName", run.info.run_id[:8]), **axes, "status": run.info.status,
+            "why": manifests.why_outside(p, run.data.tags, found)}
 
 
 def measurements(run) -> dict[str, dict[str, float]]:

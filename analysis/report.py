@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots, rules
+from analysis import manifest, plots, rules
 from analysis.load import by_configuration, failure_kind, find_experiment, load_runs, refused
 
 # One line under each figure: what to look for in it.
@@ -29,6 +29,11 @@ CAPTIONS = {
                             "their actual error: points off the dashed diagonal extrapolate badly.",
 }
 
+# The split each number of the report reads (docs/analysis.md, "Which split"): every selection
+# (the frontier, the adaptive study's proposals and stops, tuning) reads minival; the answers the
+# report states about the scaling rules read the test split, which nothing selected on.
+SPLITS = {"depth_vs_width": "test", "flip": "test", "resolution_scaling": "minival (the frontier is a selection)",
+          "extrapolation": "test"}
 CONFIG_COLUMNS = ["epochs", "width", "depth", "resolution", "n_seeds", "error", "top1", "minival/top1", "flops",
                   "params", "activations", "latency_ms", "compute"]
 
@@ -42,16 +47,18 @@ def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int =
     if runs.table.empty and not runs.missing:
         raise LookupError(f"sweep {sweep!r} has no point runs in {tracking_uri}")
     out.mkdir(parents=True, exist_ok=True)
+    study = {"scope": runs.scope, "outside": list(runs.outside), "splits": SPLITS}
     if runs.table.empty:
         return _write(sweep, tracking_uri, out, log, {"configurations": 0, "regimes": [], "bootstrap_replicates": 0,
                                                       "missing": missing_summary(runs.missing, None),
-                                                      "excluded_runs": runs.excluded}, [], pd.DataFrame())
+                                                      "excluded_runs": runs.excluded} | study, [], pd.DataFrame())
     configs = rules.tidy(by_configuration(runs.table))
     decisions = rules.decide(configs, replicates, seed)
     fits = decisions.pop("_fits")
     decisions["excluded_runs"] = runs.excluded
     decisions["latency"] = runs.latency
     decisions["missing"] = missing_summary(runs.missing, configs)
+    decisions |= study
     figures = [plots.error_vs_cost(configs, out), plots.depth_vs_width(configs, out),
                plots.resolution(configs, decisions, out), plots.latency(configs, out), plots.edf(configs, out),
                plots.parity(decisions, out)]
@@ -65,6 +72,7 @@ def _write(sweep: str, tracking_uri: str, out: Path, log: bool, decisions: dict,
            configs: pd.DataFrame) -> dict:
     decisions["runs_link"] = runs_link(sweep, tracking_uri)
     pd.DataFrame(decisions["missing"]["points"]).to_csv(out / "missing.csv", index=False)
+    pd.DataFrame(decisions.get("outside", []), columns=list(OUTSIDE_COLUMNS)).to_csv(out / "outside.csv", index=False)
     (out / "rules.json").write_text(json.dumps(_clean(decisions), indent=2))
     (out / "report.md").write_text(_markdown(sweep, decisions, figures))
     (out / "report.html").write_text(_html(sweep, decisions, figures, configs))
@@ -170,29 +178,30 @@ def decision_rows(decisions: dict) -> list[dict]:
     dvw = decisions.get("depth_vs_width", {"by_regime": {}, "flip": {}})
     for e, d in dvw["by_regime"].items():
         rows.append(_row(f"Depth or width scaling, {_epochs(e)}", d["winner"], "P(depth better)",
-                         d["p_depth_better"], lost_data(decisions, e)))
+                         d["p_depth_better"], lost_data(decisions, e), SPLITS["depth_vs_width"]))
         for r, x in d["by_resolution"].items():
             rows.append(_row(f"Depth or width scaling, {_epochs(e)}, at {r} px", x["winner"], "P(depth better)",
-                             x["p_depth_better"], lost_data(decisions, e)))
+                             x["p_depth_better"], lost_data(decisions, e), SPLITS["depth_vs_width"]))
     for e, why in _undecidable(decisions).items():
         rows.append({"question": f"Depth or width scaling, {_epochs(e)}", "answer": "no decision",
-                     "status": "undecided", "probability": "-", "data": why})
+                     "status": "undecided", "probability": "-", "data": why, "split": SPLITS["depth_vs_width"]})
     flip = dvw["flip"]
     if "winners" in flip:
         answer = {True: "flips", False: "does not flip", None: "undecided"}[flip["flips"]]
         rows.append(_row("Does the winner flip between epoch budgets?", answer, "P(flip)", flip["p_flip"],
-                         lost_data(decisions)))
+                         lost_data(decisions), SPLITS["flip"]))
     for e, d in decisions.get("resolution_scaling", {"by_regime": {}})["by_regime"].items():
         answer = d["slower_than_efficientnet"].replace("_", " ")
         rows.append(_row(f"Resolution scaling slower than EfficientNet's C^0.214, {_epochs(e)}", answer,
-                         "P(slower)", d["p_slower_than_efficientnet"], lost_data(decisions, e)))
+                         "P(slower)", d["p_slower_than_efficientnet"], lost_data(decisions, e),
+                         "minival" if d.get("selected_on") == "minival" else "test (no minival recorded)"))
     return rows
 
 
-def _row(question: str, answer: str, p_name: str, p: float, lost: str = "") -> dict:
+def _row(question: str, answer: str, p_name: str, p: float, lost: str = "", split: str = "test") -> dict:
     return {"question": question, "answer": answer.replace("_", " "),
             "status": "undecided" if answer == "undecided" else "decided", "probability": f"{p_name} = {p:.2f}",
-            "data": lost or "complete"}
+            "data": lost or "complete", "split": split}
 
 
 def missing_lines(decisions: dict, shown: int = 10) -> list[str]:
@@ -210,6 +219,27 @@ def missing_lines(decisions: dict, shown: int = 10) -> list[str]:
             "Decisions that stand on fewer points say 'lost data'."]
 
 
+OUTSIDE_COLUMNS = ("name", "epochs", "width", "depth", "resolution", "status", "why")
+
+
+def study_lines(decisions: dict, shown: int = 5) -> list[str]:
+    """Which runs the report stands on: a warning for a store from before manifests, and the
+    runs outside the study, counted by why (the first `shown` named; every one in the report)."""
+    scope, outside = decisions.get("scope", ""), decisions.get("outside", [])
+    lines = [f"warning: {scope}"] if scope.startswith("sweep ") else []
+    if outside:
+        kinds: dict[str, int] = {}
+        for o in outside:
+            kinds[manifest.kind(o["why"])] = kinds.get(manifest.kind(o["why"]), 0) + 1
+        why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        named = "; ".join(f"{o['name']} ({o['why']})" for o in outside[:shown])
+        more = f" and {len(outside) - shown} more (listed in the report)" if len(outside) > shown else ""
+        lines.append(f"Outside the study: {len(outside)} run(s) of the sweep's experiment are not points of the grid "
+                     f"it declared ({why}), left out of every fit: {named}{more}. make analyze ARGS=--include-outside "
+                     "fits them too.")
+    return lines
+
+
 def all_warnings(decisions: dict) -> list[dict]:
     found = []
     for key, value in decisions.items():
@@ -223,7 +253,7 @@ def all_warnings(decisions: dict) -> list[dict]:
 def summary(decisions: dict) -> list[str]:
     """The decisions in plain sentences: 'wins' only for a decided rule; first, what did not
     finish, and each decision that lost data says so."""
-    lines = missing_lines(decisions)
+    lines = study_lines(decisions) + missing_lines(decisions)
     lines += [f"{_epochs(e)}: no depth-vs-width decision: {why}." for e, why in _undecidable(decisions).items()]
     if "depth_vs_width" not in decisions:
         return lines
@@ -299,8 +329,8 @@ def _left_out(excluded: dict[str, int]) -> list[str]:
 
 def _decisions_markdown(decisions: dict) -> str:
     """The decisions table, then the decisions in sentences."""
-    table = ["| question | answer | decided? | probability | data |", "|---|---|---|---|---|",
-             *[f"| {r['question']} | {r['answer']} | {r['status']} | {r['probability']} | {r['data']} |"
+    table = ["| question | answer | decided? | probability | data | split |", "|---|---|---|---|---|---|",
+             *[f"| {r['question']} | {r['answer']} | {r['status']} | {r['probability']} | {r['data']} | {r['split']} |"
                for r in decision_rows(decisions)]]
     return "\n".join([*table, "", *[f"- {s}" for s in summary(decisions)]])
 
@@ -309,13 +339,32 @@ def _markdown(sweep: str, decisions: dict, figures: list[Path]) -> str:
     warnings = [f"- **{w['code']}**: {w['message']}" for w in all_warnings(decisions)] or ["- none"]
     parts = [f"# Scaling report: sweep `{sweep}`", "", f"{decisions['configurations']} configurations, regimes "
              f"{decisions['regimes']} epochs, {decisions['bootstrap_replicates']} bootstrap replicates.",
-             *_left_out(decisions.get("excluded_runs", {})),
+             *_left_out(decisions.get("excluded_runs", {})), *_scope(decisions),
              *([f"Latency: {decisions['latency']}."] if decisions.get("latency") else []), "", _browse(decisions), "",
-             "## Decisions", _decisions_markdown(decisions), "", *_missing_markdown(decisions), "## Figures",
+             "## Decisions", _decisions_markdown(decisions), "", *_missing_markdown(decisions),
+             *_outside_markdown(decisions), "## Figures",
              *[f"![{p.stem}]({p.name})\n\n*{CAPTIONS.get(p.stem, p.stem)}*\n" for p in figures], "",
              "## Warnings", *warnings, "",
-             "Tables: `configurations.csv`, `runs.csv`, `scaling_fits.csv`, `missing.csv`; every decision: `rules.json`."]
+             "Tables: `configurations.csv`, `runs.csv`, `scaling_fits.csv`, `missing.csv`, `outside.csv`; every "
+             "decision: `rules.json`."]
     return "\n".join(parts) + "\n"
+
+
+def _scope(decisions: dict) -> list[str]:
+    """Which runs the report stands on, and which split each kind of number reads."""
+    lines = [f"Study: {decisions['scope']}."] if decisions.get("scope") else []
+    return lines + ["Splits: " + "; ".join(f"{k.replace('_', ' ')} on {v}" for k, v in SPLITS.items())
+                    + "; every selection (the frontier, make decide's proposals and stops, tuning) reads minival."]
+
+
+def _outside_markdown(decisions: dict) -> list[str]:
+    outside = decisions.get("outside", [])
+    if not outside:
+        return []
+    return [f"## Outside the study ({len(outside)})", "", "Runs of the sweep's experiment that are not points of "
+            "the grid it declared, left out of every fit (`--include-outside` fits them too):", "",
+            "| " + " | ".join(OUTSIDE_COLUMNS) + " |", "|" + "---|" * len(OUTSIDE_COLUMNS),
+            *[("| " + " | ".join(str(o.get(c, "")) for c in OUTSIDE_COLUMNS) + " |") for o in outside], ""]
 
 
 MISSING_COLUMNS = ("name", "epochs", "width", "depth", "resolution", "status", "reason")
@@ -335,7 +384,7 @@ def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFram
                      f'alt="{p.stem}"><figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>'
                      for p in figures)
     cells = lambda r: "".join(f"<td>{html.escape(r[k])}</td>"  # noqa: E731
-                              for k in ("question", "answer", "status", "probability", "data"))
+                              for k in ("question", "answer", "status", "probability", "data", "split"))
     rows = "".join(f'<tr class="{r["status"]}">{cells(r)}</tr>' for r in decision_rows(decisions))
     items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
     warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
@@ -343,15 +392,21 @@ def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFram
     points = _missing(decisions)["points"]
     missing = (pd.DataFrame(points, columns=list(MISSING_COLUMNS)).to_html(index=False, float_format="%.4g")
                if points else "<p>none: every point run finished</p>")
+    outside = decisions.get("outside", [])
+    outside_html = (f'<h2 id="outside">Outside the study ({len(outside)})</h2><p>Runs of the sweep\'s experiment '
+                    "that are not points of the grid it declared, left out of every fit (--include-outside fits "
+                    "them too).</p>" + pd.DataFrame(outside, columns=list(OUTSIDE_COLUMNS)).to_html(
+                        index=False, float_format="%.4g")) if outside else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep)} scaling report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
             "tr.decided td:nth-child(2){font-weight:bold}tr.undecided td{color:#777}"
             "figcaption{font-size:13px;color:#333;margin-bottom:1.5em}</style>"
-            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1>{_browse_html(decisions)}<h2>Decisions</h2>"
-            f'<table id="decisions"><tr><th>question</th><th>answer</th><th>decided?</th><th>probability</th><th>data</th></tr>'
-            f"{rows}</table><ul>{items(summary(decisions))}</ul>"
-            f'<h2 id="missing">Missing points ({len(points)})</h2>{missing}<h2>Figures</h2>{images}'
+            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1>{_browse_html(decisions)}"
+            f"{''.join(f'<p class=scope>{html.escape(x)}</p>' for x in _scope(decisions))}<h2>Decisions</h2>"
+            '<table id="decisions"><tr><th>question</th><th>answer</th><th>decided?</th><th>probability</th>'
+            f"<th>data</th><th>split</th></tr>{rows}</table><ul>{items(summary(decisions))}</ul>"
+            f'<h2 id="missing">Missing points ({len(points)})</h2>{missing}{outside_html}<h2>Figures</h2>{images}'
             f"<h2>Warnings</h2><ul>{items(warnings)}</ul>"
             f"<h2>Configurations</h2>{table}<h2>rules.json</h2><pre>"
             f"{html.escape(json.dumps(_clean(decisions), indent=1))}</pre></body></html>")

@@ -5,7 +5,9 @@ winner is named where there is none. Also a power tool: how many seeds would a g
 A truth gives each resolution the elasticities of error with respect to depth and width,
 e = floor + e0 (d/d0)^-a_d(r) (w/w0)^-a_w(r) (r/r0)^-rho, with training compute proportional to
 d w^2 r^2: per unit of log compute, depth buys a_d(r) and width a_w(r)/2. Each seed's error is
-the true error times a log-normal noise. Tables look like analysis.load.load_runs's, one row
+the true error times a log-normal noise, of which the share SHARED is the run's training
+randomness (common to its test and minival errors) and the rest each split's own evaluation
+noise. Tables look like analysis.load.load_runs's, one row
 per run, so they go through the same by_configuration -> tidy -> decision path as a real sweep.
 
 The true gap of a simulated study is the decision's statistic on noiseless runs of the same
@@ -53,13 +55,19 @@ def true_error(truth: Truth, d, w, r, e0: float = 0.3, rho: float = 0.3) -> floa
     return truth.floor + e0 * (d / DEPTHS[0]) ** -a_d * (w / WIDTHS[0]) ** -a_w * (r / RESOLUTIONS[0]) ** -rho
 
 
+SHARED = 0.5  # share of a run's error variance that is training randomness, shared by its splits
+
+
 def run_row(truth: Truth, d, w, r, epochs: int, seed: int, rng: np.random.Generator, noise: float,
             native: int) -> dict:
-    """One run of configuration (d, w, r) under `truth`, with the run record's columns."""
+    """One run of configuration (d, w, r) under `truth`, with the run record's columns: test and
+    minival errors each with log-normal noise of sd `noise`, correlated by SHARED."""
     flops = 1e4 * d * w ** 2 * r ** 2
     err = true_error(truth, d, w, r)
-    e = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
-    m = min(0.99, err * np.exp(rng.normal(0, noise))) if noise else err
+    trained, test, minival = rng.normal(0, noise, size=3)
+    own = np.sqrt(1 - SHARED)
+    e = min(0.99, err * np.exp(np.sqrt(SHARED) * trained + own * test)) if noise else err
+    m = min(0.99, err * np.exp(np.sqrt(SHARED) * trained + own * minival)) if noise else err
     return {"model.depth": d, "model.width": w, "data.resolution": r, "recipe.epochs": epochs,
             "seed": seed, "error": e, "top1": 1 - e, "minival/top1": 1 - m, "flops": flops,
             "params": d * w ** 2 * 1e4, "activations": flops / 10,
@@ -192,8 +200,11 @@ def adaptive_study(truths: dict[int, Truth], rng: np.random.Generator, noise: fl
         new = [run_row(truths[int(c["epochs"])], c["depth"], c["width"], c["resolution"], int(c["epochs"]),
                        int(c["seed"]), rng, noise, max(RESOLUTIONS)) for _, c in proposal.batch.iterrows()]
         table = pd.concat([table, pd.DataFrame(new)], ignore_index=True)
-    return {"decisions": proposal.decisions, "compute": spent / grid_compute, "rounds": len(rounds),
-            "stop": proposal.stop}
+    # what the study states: the report's decisions on its runs (test split), not the minival
+    # decisions it stopped on
+    stated = depth_vs_width_of(table, settings.draws, settings.seed) if len(table) else proposal.decisions
+    return {"decisions": stated, "stopped_on": proposal.decisions, "compute": spent / grid_compute,
+            "rounds": len(rounds), "stop": proposal.stop}
 
 
 def resolution_winner(truth: Truth, r: float) -> str:

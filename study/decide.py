@@ -3,6 +3,7 @@
     make decide SWEEP=default BUDGET=1x            # or BUDGET=3e13 (training FLOPs), BUDGET=20m (wall)
     python -m study.decide --sweep default --budget 1x --jobs 4 [hydra overrides ...]
 
+Its candidate set, the declared grid, is recorded as the study's manifest (study.sweep.manifest).
 Rounds: load what the sweep has recorded, ask analysis.adaptive.propose what to train next
 (the analysis proposes, this module trains: the arrow goes one way), train that batch as a
 Hydra multirun of the sweep itself (same trainer, run record, parent run, skip/resume,
@@ -35,6 +36,7 @@ from study.record import view
 from study.settings import config, grid
 from study.settings.config import CODE_ROOT, ConfigError
 from study.sweep.callback import axes, browse_hint, description
+from study.sweep import manifest
 from study.sweep.compose import compose_sweep, validate_grid
 
 AXES = {k: COLUMNS[k] for k in ("recipe.epochs", "model.depth", "model.width", "data.resolution")}  # -> analysis names
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         declared = declared_grid(cfg)
         # every declared point checked as the sweep callback checks a sweep's (exits 2 naming them)
         jobs = grid.expand(dict(cfg.hydra.sweeper.params), [])
-        first = validate_grid(cfg, jobs)[0]
+        studies = validate_grid(cfg, jobs)
+        first = studies[0]
         settings = adaptive.Settings(rules=tuple(x.strip() for x in a.rules.split(",") if x.strip()),
                                      order=a.order, jobs=a.jobs)
         try:
@@ -249,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     from study.record.tracking import mlflow_tracker
 
     t = first.tracking
-    mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s).describe(
-        description(first, a.sweep, axes(jobs), len(jobs)) + " Trained adaptively: "
-        f"`make decide SWEEP={a.sweep}` trains only the points that settle its decisions.")
+    tracker = mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s)
+    tracker.describe(description(first, a.sweep, axes(jobs), len(jobs)) + " Trained adaptively: "
+                     f"`make decide SWEEP={a.sweep}` trains only the points that settle its decisions.")
+    manifest.record(tracker.client, tracker.parent_id, manifest.declared(studies, "decide", a.sweep))
     return run_study(a, first, declared, grid_compute, kind, budget, settings, overrides)
 
 

@@ -61,7 +61,7 @@ def test_the_report_is_made_and_names_what_is_missing(tmp_path, pattern):
         elif lost:
             assert f"lost data: {lost} point run(s) did not finish" in rows[0]
         else:
-            assert rows[0].endswith("| complete |")
+            assert rows[0].endswith("| complete | test |")
 
 
 def test_what_finished_is_fitted_as_if_the_rest_had_never_been(tmp_path):

@@ -199,7 +199,7 @@ class MlflowTracker:
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags=_redacted({**tags, "sweep": self.sweep, "mlflow.parentRunId": self.parent_id}))
         self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
+        self.client.log_batch(self.run_id, params=[Param(k, param_str(v)) for k, v in params.items()])
         return self.run_id
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
@@ -258,7 +258,7 @@ class MlflowTracker:
         """Add params (new keys only: MLflow params are immutable) and tags to the point run."""
         from mlflow.entities import Param, RunTag
 
-        self.client.log_batch(self.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()],
+        self.client.log_batch(self.run_id, params=[Param(k, param_str(v)) for k, v in params.items()],
                               tags=[RunTag(k, v) for k, v in _redacted(tags).items()])
 
     def migrate(self, legacy_run_key: str, run_key: str, point_key: str, only: list[str] | None = None,
@@ -273,7 +273,7 @@ class MlflowTracker:
         for run in runs:
             for key, value in (("run_key", run_key), ("point_key", point_key), ("legacy_run_key", legacy_run_key)):
                 self.client.set_tag(run.info.run_id, key, value)
-            if new := [Param(k, _param_str(v)) for k, v in (params or {}).items() if k not in run.data.params]:
+            if new := [Param(k, param_str(v)) for k, v in (params or {}).items() if k not in run.data.params]:
                 self.client.log_batch(run.info.run_id, params=new)
         return len(runs)
 
@@ -298,7 +298,7 @@ class MlflowTracker:
 
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags=_redacted({**tags, "sweep": self.sweep, "mlflow.parentRunId": self.run_id}))
-        self.client.log_batch(run.info.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=[Param(k, param_str(v)) for k, v in params.items()])
         return MlflowChild(self.client, run.info.run_id)
 
     def close_sweep(self, failed: bool) -> None:
@@ -383,7 +383,8 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int, time
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def _param_str(value: Any) -> str:
+def param_str(value: Any) -> str:
+    """A value as the run record's params write it."""
     return "null" if value is None else redact(str(value))
 
 

@@ -1,6 +1,7 @@
 """A grid of points: composing and checking every point before any trains (compose), the
-Hydra callback around a sweep (callback), its progress bar and ETA (progress), files between
-the sweep's jobs (handoff), and copying a data set at the size a sweep needs (prepare).
+Hydra callback around a sweep (callback), the study's manifest, the grid it declared (manifest),
+its progress bar and ETA (progress), files between the sweep's jobs (handoff), and copying a
+data set at the size a sweep needs (prepare).
 
 May import: every floor below (settings, record, data, train, measure, point).
 """

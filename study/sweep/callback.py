@@ -1,5 +1,5 @@
-"""Hydra callback around a sweep: validates every grid point, weighs its compute and opens
-the store before the first job; when the last one ends, prints a summary table of every
+"""Hydra callback around a sweep: validates every grid point, weighs its compute, opens the
+store and records the grid it declares (the study's manifest) before the first job; when the last one ends, prints a summary table of every
 point, makes the sweep's report (analysis.auto) and the link that opens its runs."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from study.point import device as devices
 from study.record import view
 from study.settings import config, grid, hardware
 from study.settings.config import ConfigError, stored_size
-from study.sweep import handoff, progress
+from study.sweep import handoff, manifest, progress
 from study.sweep.compose import validate_grid
 
 
@@ -42,8 +42,10 @@ class SweepCallback(Callback):
         # Open (and if new, create) the store, experiment and parent run once, before any job.
         t = first.tracking
         self.tracker = mlflow_tracker(t.uri, first.sweep, t.artifact_root, t.retry_s)
-        if params:  # a declared grid (make decide's rounds declare none: it describes its own)
+        if params:  # a declared grid (make decide's rounds declare none: it records its own)
             self.tracker.describe(description(first, config.hydra.job.config_name, axes(jobs), len(jobs)))
+            manifest.record(self.tracker.client, self.tracker.parent_id,
+                            manifest.declared(studies, "sweep", config.hydra.job.config_name))
         self.study = first
         view.install(self.tracker.client, self.tracker.experiment_id)
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)

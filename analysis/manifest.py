@@ -1,0 +1,90 @@
+"""A study's manifest: the grid its sweep declared, so the analysis rests only on the study's own
+points. Part of the run-record contract (docs/run-record.md).
+
+Each `make sweep` records the grid it declared, and each `make decide` its candidate set, as a
+JSON artifact of the sweep's parent run, `manifest/<source>-<digest>.json` (the same grid is
+recorded once, however often it is run):
+
+    {"version": 1, "source": "sweep" | "decide", "sweep": NAME, "sweep_file": FILE,
+     "points": [point keys], "axes": {setting: [values]}, "fixed": {setting: value}}
+
+`points` are the point keys of the declared grid (any seed of a point shares its key); `axes`
+the settings that vary among them and their values, `fixed` the settings they share (values as
+the run record's params write them). The study is every point of every grid recorded under the
+sweep; a run of the experiment outside them (a `make point` at other epochs, a tuned point,
+another data folder or recipe) is listed as outside the study, with why, and left out of every
+fit unless asked for (`--include-outside`). A store written before manifests has none: every
+run is analysed, with a warning that says so.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FOLDER = "manifest"
+VERSION = 1
+BEFORE_MANIFESTS = ("sweep {sweep!r} was recorded before study manifests: every run in its experiment is analysed, "
+                    "runs of other grids, data or recipes included; run its sweep again (make sweep SWEEP=..., finished "
+                    "points are skipped) to record its declared grid")
+# What a differing setting says about a run outside the study, by the setting's section.
+KINDS = (("recipe.epochs", "other epochs"), ("data.", "other data"), ("recipe.", "other recipe"),
+         ("model.", "another model"), ("", "other settings"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    points: frozenset[str]                                     # point keys of every declared grid
+    allowed: dict[str, frozenset[str]] = field(default_factory=dict)  # setting -> every value declared
+    grids: int = 0                                             # declared grids recorded
+
+    def holds(self, point_key: str | None) -> bool:
+        return point_key in self.points
+
+
+def artifact_path(record: dict) -> str:
+    """Where one declared grid is kept on the parent run: named by its content."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{FOLDER}/{record['source']}-{digest}.json"
+
+
+def read(client, parent_run_id: str) -> Manifest | None:
+    """The union of the grids recorded on the sweep's parent run; None when none was."""
+    try:
+        files = [f.path for f in client.list_artifacts(parent_run_id, FOLDER) if f.path.endswith(".json")]
+    except Exception:  # a store that cannot list the run's artifacts has no manifest to read
+        return None
+    if not files:
+        return None
+    points, allowed = set(), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files:
+            grid = json.loads(Path(client.download_artifacts(parent_run_id, path, tmp)).read_text())
+            points |= set(grid["points"])
+            for setting, values in grid.get("axes", {}).items():
+                allowed.setdefault(setting, set()).update(values)
+            for setting, value in grid.get("fixed", {}).items():
+                allowed.setdefault(setting, set()).add(value)
+    return Manifest(frozenset(points), {k: frozenset(v) for k, v in allowed.items()}, len(files))
+
+
+def why_outside(params: dict[str, str], tags: dict[str, str], manifest: Manifest) -> str:
+    """Why a run is not one of the study's points, in words: 'tuned', 'other epochs:
+    recipe.epochs=8 (the study's: 1, 4)', 'other data: data.fingerprint=...'."""
+    reasons = ["tuned (make tune): its regularization was chosen for it"] if tags.get("tuned") == "true" else []
+    grouped: dict[str, list[str]] = {}
+    for setting, values in sorted(manifest.allowed.items()):
+        value = params.get(setting, "null")
+        if value not in values:
+            kind = next(k for prefix, k in KINDS if setting.startswith(prefix))
+            grouped.setdefault(kind, []).append(f"{setting}={value} (the study's: {', '.join(sorted(values))})")
+    reasons += [f"{kind}: {'; '.join(found)}" for kind, found in grouped.items()]
+    return "; ".join(reasons) or "another combination of the grid's values than it declared"
+
+
+def kind(why: str) -> str:
+    """The first kind of a reason (`other epochs`, `tuned (make tune)`, ...), for counting."""
+    return why.split(":")[0]

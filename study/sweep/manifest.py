@@ -1,0 +1,31 @@
+"""The study's manifest, written: the grid a sweep declared (make sweep) or the candidate set of
+an adaptive study (make decide), as a JSON artifact of the sweep's parent run. Its format, and
+how the analysis reads it, are in analysis/manifest.py (the run-record contract)."""
+from __future__ import annotations
+
+from analysis import manifest as contract
+from study.record.tracking import param_str
+from study.settings import grid
+from study.settings.config import StudyConfig
+
+
+def declared(studies: list[StudyConfig], source: str, sweep_file: str) -> dict:
+    """The manifest of these validated points: their point keys, the settings that vary among
+    them (axes) with their values and those they share (fixed), as the run record writes them."""
+    settings = [{k: param_str(v) for k, v in grid.semantic_settings(s).items() if not k.startswith("tune.")}
+                for s in studies]
+    names = sorted(set().union(*settings))
+    values = {n: sorted({s.get(n, "null") for s in settings}) for n in names}
+    return {"version": contract.VERSION, "source": source, "sweep": studies[0].sweep, "sweep_file": sweep_file,
+            "points": sorted({grid.point_key(s) for s in studies}),
+            "axes": {n: v for n, v in values.items() if len(v) > 1},
+            "fixed": {n: v[0] for n, v in values.items() if len(v) == 1}}
+
+
+def record(client, parent_run_id: str, manifest: dict) -> str:
+    """Write the manifest on the parent run, once per distinct grid; returns its path there."""
+    path = contract.artifact_path(manifest)
+    folder, _, name = path.partition("/")
+    if not any(f.path == path for f in client.list_artifacts(parent_run_id, folder)):
+        client.log_dict(parent_run_id, manifest, path)
+    return path
