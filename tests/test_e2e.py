@@ -215,6 +215,27 @@ def test_analyze_writes_the_report_and_logs_it_to_the_parent_run(swept, tmp_path
     assert "report/rules.json" in logged and "report/report.html" in logged
 
 
+def test_a_point_outside_the_declared_grid_is_listed_and_left_out_of_every_fit(swept):
+    """The README's rerun at another epoch budget used to add a regime to the report."""
+    from analysis.load import load_runs
+
+    home, _ = swept
+    done = run_cli("--config-dir", "sweeps", "--config-name", "smoke", "force=true", "model.width=0.25",
+                   "model.depth=14", "data.resolution=12", "recipe.epochs=3", "data.synthetic_images=400",
+                   "trainer.latency_repeats=2", home=home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    uri = f"sqlite:///{home}/mlflow.db"
+    runs = load_runs("smoke", uri)
+    assert sorted(runs.table["recipe.epochs"].unique()) == [1, 2]
+    assert [o["why"] for o in runs.outside] == ["other epochs: recipe.epochs=3 (the study's: 1, 2)"]
+    assert "the 2 points of the sweep's 1 declared grid" in runs.scope
+    assert sorted(load_runs("smoke", uri, include_outside=True).table["recipe.epochs"].unique()) == [1, 2, 3]
+    client, all_runs = _runs(home)
+    parent = next(r for r in all_runs if r.data.tags.get("role") == "parent")
+    grids = [a.path for a in client.list_artifacts(parent.info.run_id, "manifest")]
+    assert len(grids) == 1 and grids[0].startswith("manifest/sweep-"), grids  # the sweep ran twice: one grid
+
+
 LADDER_SMOKE = ["--multirun", "--config-dir", "sweeps", "--config-name", "recipe_ablation", "data=synthetic",
                 "data.synthetic_images=400", "data.resolution=12", "model.depth=14", "model.width=0.25",
                 "vars.short_epochs=1", "vars.long_epochs=2", "recipe.batch_size=32", "trainer.latency_repeats=2"]
