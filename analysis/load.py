@@ -137,7 +137,7 @@ def _in_study(client, experiment_id: str, sweep: str, runs: list, include_outsid
     if include_outside:
         return runs, (), (f"every run of the experiment, {len(others)} outside the study's {grids} included on request "
                           "(--include-outside)")
-    return inside, others, f"the {len(found.points)} points of the sweep's {grids} (its manifest)"
+    return inside, others, f"the {found.count} points of the sweep's {grids} (its manifest)"
 
 
 def outside_run(run, found: manifests.Manifest) -> dict:

@@ -6,9 +6,11 @@ JSON artifact of the sweep's parent run, `manifest/<source>-<digest>.json` (the 
 recorded once, however often it is run):
 
     {"version": 1, "source": "sweep" | "decide", "sweep": NAME, "sweep_file": FILE,
-     "points": [point keys], "axes": {setting: [values]}, "fixed": {setting: value}}
+     "points": [[point keys of a point], ...], "axes": {setting: [values]}, "fixed": {setting: value}}
 
-`points` are the point keys of the declared grid (any seed of a point shares its key); `axes`
+`points` lists each declared point as its point keys (any seed of a point shares its key; a
+point has one key per way its `auto` settings can resolve where it trains: the precision is
+keyed as resolved, fp32 on CPUs, bf16 on most GPUs); `axes`
 the settings that vary among them and their values, `fixed` the settings they share (values as
 the run record's params write them). The study is every point of every grid recorded under the
 sweep; a run of the experiment outside them (a `make point` at other epochs, a tuned point,
@@ -19,6 +21,7 @@ run is analysed, with a warning that says so.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,7 @@ class Manifest:
     points: frozenset[str]                                     # point keys of every declared grid
     allowed: dict[str, frozenset[str]] = field(default_factory=dict)  # setting -> every value declared
     grids: int = 0                                             # declared grids recorded
+    count: int = 0                                             # declared points, over every grid
 
     def holds(self, point_key: str | None) -> bool:
         return point_key in self.points
@@ -59,16 +63,18 @@ def read(client, parent_run_id: str) -> Manifest | None:
         return None
     if not files:
         return None
-    points, allowed = set(), {}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per small file
+    groups, allowed = set(), {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:
             grid = json.loads(Path(client.download_artifacts(parent_run_id, path, tmp)).read_text())
-            points |= set(grid["points"])
+            groups |= {frozenset(p) if isinstance(p, list) else frozenset([p]) for p in grid["points"]}
             for setting, values in grid.get("axes", {}).items():
                 allowed.setdefault(setting, set()).update(values)
             for setting, value in grid.get("fixed", {}).items():
                 allowed.setdefault(setting, set()).add(value)
-    return Manifest(frozenset(points), {k: frozenset(v) for k, v in allowed.items()}, len(files))
+    points = frozenset().union(*groups)
+    return Manifest(points, {k: frozenset(v) for k, v in allowed.items()}, len(files), len(groups))
 
 
 def why_outside(params: dict[str, str], tags: dict[str, str], manifest: Manifest) -> str:

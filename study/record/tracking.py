@@ -287,6 +287,7 @@ class MlflowTracker:
     def _artifact_text(self, run_id: str, path: str) -> str | None:
         import tempfile
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 return Path(self.client.download_artifacts(run_id, path, tmp)).read_text()
