@@ -161,3 +161,17 @@ def test_the_analysis_side_never_imports_the_training_package():
             "print(sorted(m for m in sys.modules if m == 'study' or m.startswith('study.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_proposals_and_stops_read_minival_never_the_test_split_the_report_states():
+    rng = np.random.default_rng(11)
+    on_test = simulate.runs(simulate.TRUTHS["depth"], LONG, rng, noise=0.03)
+    on_minival = simulate.runs(simulate.TRUTHS["width"], LONG, rng, noise=0.03)
+    table = on_test.assign(**{"minival/top1": on_minival["minival/top1"]})  # the splits disagree
+    grid = _grid((LONG,))
+    proposal = _step(table, grid)
+    assert proposal.decisions["by_regime"][LONG]["winner"] == "width"  # what it selects on: minival
+    from analysis.depth_width import depth_vs_width
+
+    stated = depth_vs_width(simulate.configurations(table), 300)["by_regime"][LONG]["winner"]
+    assert stated == "depth"  # what the report states: test
