@@ -112,10 +112,13 @@ def test_the_ladder_adds_one_change_per_rung():
     assert states[0]["recipe.schedule"] == "step" and states[-1]["model.resnet_d"]
 
 
-def test_minival_is_two_percent_by_default():
+def test_minival_is_two_percent_by_default(tmp_path):
     assert config.DataConfig().minival_fraction == 0.02
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"an image folder needs an image")
     for name in ("cifar10", "cifar100", "image_folder"):
-        assert config.validate(compose_cfg("config", [f"data={name}", "data.root=/tmp"])).data.minival_fraction == 0.02
+        study = config.validate(compose_cfg("config", [f"data={name}", f"data.root={tmp_path}"]))
+        assert study.data.minival_fraction == 0.02
 
 
 def test_ema_spans_the_same_images_at_batch_128_and_4096():
