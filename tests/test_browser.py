@@ -149,10 +149,11 @@ def test_the_report_shows_its_decisions_and_every_figure(swept, browser, shots, 
     assert all(complete and width > 0 for _, complete, width in images), images
     rows = browser.find_element(By.ID, "decisions").find_elements(By.TAG_NAME, "tr")
     assert [c.text for c in rows[0].find_elements(By.TAG_NAME, "th")] == ["question", "answer", "decided?",
-                                                                          "probability", "data"]
+                                                                          "probability", "data", "split"]
     first = [c.text for c in rows[1].find_elements(By.TAG_NAME, "td")]
     assert first[0] == "Depth or width scaling, 1 epoch" and first[2] in ("decided", "undecided")
     assert first[3].startswith("P(depth better) = ") and first[4] == "complete"  # every point finished
+    assert first[5] == "test"  # the split it reads (docs/analysis.md, "Which split")
     assert browser.find_element(By.ID, "missing").text == "Missing points (0)"
     runs = browser.find_element(By.CSS_SELECTOR, "#runs a").get_attribute("href")  # the link to the study's view
     assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?viewStateShareKey=scaling-study&"
