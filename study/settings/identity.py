@@ -13,13 +13,15 @@ beside the data in `.study-fingerprint.json` where the folder is writable, else 
 <project>/.cache/fingerprints/ (study.settings.config passes the folder). The cache holds a stamp of the folders' modification times; a
 file added, removed, renamed or moved between class folders changes them, and the listing is
 hashed again. (A file rewritten in place under its name, keeping its folder's time, is not seen
-until the cache file is deleted.)
+until the cache file is deleted.) Reading that stamp stats every class folder (ImageNet: 2,000,
+about 30 ms); a sweep that validates all its points reads it once per folder (`once`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +29,22 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 TEST_FOLDERS = ("test", "val")  # the test split's folder, in order of preference
 CACHE_FILE = ".study-fingerprint.json"
 PREFIX = "files:"
+
+
+_stamps: dict[str, str] | None = None  # folder -> its stamp, while `once` holds
+
+
+@contextmanager
+def once():
+    """Within it, each folder's stamp is read once: a sweep validating every point before any
+    trains lists a folder's class folders once, not once per point."""
+    global _stamps
+    outer = _stamps
+    _stamps = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _stamps = outer
 
 
 class Unreadable(ValueError):
@@ -61,7 +79,10 @@ def fingerprint(root: str, cache: Path, prepared: dict | None = None) -> str:
         return f"{prepared['source_fingerprint']}@{int(prepared['side'])}px"
     path = Path(root).expanduser()
     try:
-        stamp = _stamp(path)
+        if _stamps is None:
+            stamp = _stamp(path)
+        else:
+            stamp = _stamps[str(path)] = _stamps.get(str(path)) or _stamp(path)
         return _cached(str(path.resolve()), stamp, str(cache))
     except PermissionError as e:
         raise Unreadable(f"cannot be read ({e.strerror}: {e.filename})") from e

@@ -12,7 +12,7 @@ from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from study.settings import config, grid
+from study.settings import config, grid, identity
 from study.settings.config import CODE_ROOT, ConfigError
 
 
@@ -37,11 +37,12 @@ def validate_grid(sweep_cfg: DictConfig, jobs: list[list[str]]) -> list[config.S
     # Config groups found through an added search path (make decide's points) compose with it.
     searchpath = [f"hydra.searchpath=[{','.join(sweep_cfg.hydra.searchpath)}]"] if sweep_cfg.hydra.searchpath else []
     studies, problems, composed = [], [], {}
-    for overrides in jobs:
-        try:
-            studies.append(config.validate(point_config(base, name, overrides, composed, searchpath)))
-        except ConfigError as e:
-            problems.append(f"point {' '.join(overrides)}: {e}")
+    with identity.once():  # a data folder is listed once for the whole grid
+        for overrides in jobs:
+            try:
+                studies.append(config.validate(point_config(base, name, overrides, composed, searchpath)))
+            except ConfigError as e:
+                problems.append(f"point {' '.join(overrides)}: {e}")
     if problems:
         print("error: the sweep has invalid points, nothing was run:\n" + "\n".join(problems), file=sys.stderr)
         sys.exit(2)
