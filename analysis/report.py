@@ -209,10 +209,7 @@ def missing_lines(decisions: dict, shown: int = 10) -> list[str]:
     m = _missing(decisions)
     if not m["count"]:
         return []
-    kinds: dict[str, int] = {}
-    for p in m["points"]:
-        kinds[failure_kind(p["reason"])] = kinds.get(failure_kind(p["reason"]), 0) + 1
-    why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    why = _counted(failure_kind(p["reason"]) for p in m["points"])
     named = ", ".join(p["name"] for p in m["points"][:shown])
     more = f" and {m['count'] - shown} more (the report lists each with its reason)" if m["count"] > shown else ""
     return [f"Missing: {m['count']} point run(s) did not finish ({why}), left out of every fit: {named}{more}. "
@@ -220,6 +217,8 @@ def missing_lines(decisions: dict, shown: int = 10) -> list[str]:
 
 
 OUTSIDE_COLUMNS = ("name", "epochs", "width", "depth", "resolution", "status", "why")
+OUTSIDE_TEXT = ("Runs of the sweep's experiment that are not points of the grid it declared, left out of every fit "
+                "(--include-outside fits them too)")
 
 
 def study_lines(decisions: dict, shown: int = 5) -> list[str]:
@@ -228,16 +227,21 @@ def study_lines(decisions: dict, shown: int = 5) -> list[str]:
     scope, outside = decisions.get("scope", ""), decisions.get("outside", [])
     lines = [f"warning: {scope}"] if scope.startswith("sweep ") else []
     if outside:
-        kinds: dict[str, int] = {}
-        for o in outside:
-            kinds[manifest.kind(o["why"])] = kinds.get(manifest.kind(o["why"]), 0) + 1
-        why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        why = _counted(manifest.kind(o["why"]) for o in outside)
         named = "; ".join(f"{o['name']} ({o['why']})" for o in outside[:shown])
         more = f" and {len(outside) - shown} more (listed in the report)" if len(outside) > shown else ""
         lines.append(f"Outside the study: {len(outside)} run(s) of the sweep's experiment are not points of the grid "
                      f"it declared ({why}), left out of every fit: {named}{more}. make analyze ARGS=--include-outside "
                      "fits them too.")
     return lines
+
+
+def _counted(kinds) -> str:
+    """'3 diverged in fp32, 1 out of memory': how many of each kind, most first."""
+    counts: dict[str, int] = {}
+    for k in kinds:
+        counts[k] = counts.get(k, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def all_warnings(decisions: dict) -> list[dict]:
@@ -361,10 +365,8 @@ def _outside_markdown(decisions: dict) -> list[str]:
     outside = decisions.get("outside", [])
     if not outside:
         return []
-    return [f"## Outside the study ({len(outside)})", "", "Runs of the sweep's experiment that are not points of "
-            "the grid it declared, left out of every fit (`--include-outside` fits them too):", "",
-            "| " + " | ".join(OUTSIDE_COLUMNS) + " |", "|" + "---|" * len(OUTSIDE_COLUMNS),
-            *[("| " + " | ".join(str(o.get(c, "")) for c in OUTSIDE_COLUMNS) + " |") for o in outside], ""]
+    return [f"## Outside the study ({len(outside)})", "", f"{OUTSIDE_TEXT}:", "",
+            *_table_markdown(OUTSIDE_COLUMNS, outside)]
 
 
 MISSING_COLUMNS = ("name", "epochs", "width", "depth", "resolution", "status", "reason")
@@ -374,9 +376,16 @@ def _missing_markdown(decisions: dict) -> list[str]:
     points = _missing(decisions)["points"]
     if not points:
         return ["## Missing points", "none: every point run finished", ""]
-    return [f"## Missing points ({len(points)})", "", "| " + " | ".join(MISSING_COLUMNS) + " |",
-            "|" + "---|" * len(MISSING_COLUMNS),
-            *[("| " + " | ".join(str(p.get(c, "")) for c in MISSING_COLUMNS) + " |") for p in points], ""]
+    return [f"## Missing points ({len(points)})", "", *_table_markdown(MISSING_COLUMNS, points)]
+
+
+def _table_markdown(columns: tuple, rows: list[dict]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *[("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |") for r in rows], ""]
+
+
+def _table_html(columns: tuple, rows: list[dict]) -> str:
+    return pd.DataFrame(rows, columns=list(columns)).to_html(index=False, float_format="%.4g")
 
 
 def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFrame) -> str:
@@ -390,13 +399,10 @@ def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFram
     warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
     table = configs[[c for c in CONFIG_COLUMNS if c in configs]].to_html(index=False, float_format="%.4g")
     points = _missing(decisions)["points"]
-    missing = (pd.DataFrame(points, columns=list(MISSING_COLUMNS)).to_html(index=False, float_format="%.4g")
-               if points else "<p>none: every point run finished</p>")
+    missing = _table_html(MISSING_COLUMNS, points) if points else "<p>none: every point run finished</p>"
     outside = decisions.get("outside", [])
-    outside_html = (f'<h2 id="outside">Outside the study ({len(outside)})</h2><p>Runs of the sweep\'s experiment '
-                    "that are not points of the grid it declared, left out of every fit (--include-outside fits "
-                    "them too).</p>" + pd.DataFrame(outside, columns=list(OUTSIDE_COLUMNS)).to_html(
-                        index=False, float_format="%.4g")) if outside else ""
+    outside_html = (f'<h2 id="outside">Outside the study ({len(outside)})</h2><p>{html.escape(OUTSIDE_TEXT)}.</p>'
+                    + _table_html(OUTSIDE_COLUMNS, outside)) if outside else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep)} scaling report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
