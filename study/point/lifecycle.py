@@ -5,10 +5,8 @@
 
 - own: take the point's lease (study.point.files). A point that another live process is
   training is left to it ("BUSY"); a live run is never adopted.
-- migrate: runs recorded under the point's key-version-0 run key are re-tagged with its
-  current keys (study.settings.grid, rule 7), so an upgrade finds every finished run again; an
-  image-folder point takes over the runs recorded before data fingerprints only when the folder
-  they trained on is at hand with its fingerprint, and reports the others (rule 6).
+- migrate: runs recorded under the point's earlier keys (key version 0, or an image folder's
+  key before data fingerprints) are found again or reported (study.point.migrate).
 - record a kept training: a training that finished while the store was unreachable was kept
   on disk; it is recorded now, into its own run, and the point is not trained again.
 - skip: a FINISHED run of the run key (unless force=true) ends the point.
@@ -43,6 +41,7 @@ from study.point import device as devices
 from study.point import faults
 from study.point.files import PointFiles
 from study.point.interrupt import PEER_ENDED, terminated_as_interrupt
+from study.point.migrate import earlier_keys
 from study.record import provenance
 from study.record.redaction import redact
 from study.record.tracking import Tracker
@@ -121,9 +120,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
                placement, plan: distributed.Plan, rerun: str = "") -> dict:
     start = time.perf_counter()
     run_key, key = files.run_key, grid.point_key(study)
-    if (legacy := grid.legacy_run_key(study)) and legacy != run_key and (n := tracker.migrate(legacy, run_key, key)):
-        say(f"{n} run(s) recorded before point-key version {grid.KEY_VERSION} re-tagged with this point's key")
-    _before_fingerprints(study, tracker, run_key, key, say)
+    earlier_keys(study, tracker, run_key, key, say)
     if (recorded := _record_kept(study, files, tracker, say)) and not study.force:
         return recorded
     if not study.force and (run_id := tracker.finished_run(run_key)):
@@ -180,22 +177,6 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
     record = {"run_id": run_id, "name": name, "params": params, "tags": tags, "epochs": epochs.pending,
               "metrics": metrics, "artifacts": artifacts, "late_tags": {"compile": fitted.compile}}
     return _record(record, study, files, tracker, say)
-
-
-def _before_fingerprints(study: StudyConfig, tracker: Tracker, run_key: str, key: str, say) -> None:
-    """Runs recorded under the key this image-folder point had before data fingerprints: taken
-    over (re-tagged with its keys) when the folder each trained on is at hand and holds this
-    point's data; reported, and never reused, otherwise."""
-    for old in grid.before_fingerprints(study):
-        roots = tracker.recorded_roots(old)
-        same = [run for run, root in roots.items() if root and config.folder_fingerprint(root) == study.data.fingerprint]
-        if same:
-            n = tracker.migrate(old, run_key, key, only=same, params={"data.fingerprint": study.data.fingerprint})
-            say(f"{n} run(s) recorded before data fingerprints trained on this folder's data: taken over")
-        if others := sorted({str(root) for run, root in roots.items() if run not in same}):
-            say(f"{len(roots) - len(same)} run(s) recorded with this point's settings before data fingerprints "
-                f"trained on {', '.join(others)}: not at hand or not this data ({study.data.fingerprint}), "
-                "so not reused; the point trains")
 
 
 def data_tags(study: StudyConfig, ds: sets.Dataset, workers: int) -> dict[str, str]:
