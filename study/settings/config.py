@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from study.settings import identity
+from study.settings.identity import PREPARED_FILE, prepared  # noqa: F401 (a prepared copy's manifest)
 from study.settings.family import BLOCKS_PER_STAGE, DROP_PATH_RULES
 from study.settings.regularization import register_resolvers
 
@@ -30,7 +31,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "true", "false")  # trainer.compile and trainer.sync_batchnorm
-PREPARED_FILE = "prepared.json"  # written by `make prepare-data` at the root of a resized copy
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding study/
 
 
@@ -269,23 +269,17 @@ def _concrete(study: StudyConfig) -> StudyConfig:
 def _fingerprint(d: DataConfig) -> str | None:
     """data.fingerprint made concrete: an image folder's, else null (None when it cannot be
     read: _data_folder_checks then says why)."""
-    if d.name != "image_folder" or not d.root or not Path(d.root).expanduser().is_dir():
-        return None
-    return folder_fingerprint(d.root)
+    readable = d.name == "image_folder" and d.root and Path(d.root).expanduser().is_dir()
+    return folder_fingerprint(d.root) if readable else None
 
 
 def folder_fingerprint(root: str) -> str | None:
-    """The fingerprint of an image folder (a prepared copy's: its source's at its side), or None
-    when it cannot be read."""
+    """An image folder's fingerprint (study.settings.identity), cached under the project where the
+    folder cannot be written; None when it cannot be read."""
     try:
-        return identity.fingerprint(root, fingerprint_cache(), prepared(root))
+        return identity.fingerprint(root, Path(project_root(), ".cache", "fingerprints"))
     except (identity.Unreadable, OSError, ValueError):
         return None
-
-
-def fingerprint_cache() -> Path:
-    """Where fingerprints of folders that cannot be written are cached."""
-    return Path(project_root(), ".cache", "fingerprints")
 
 
 def setting_type(study: StudyConfig, path: str) -> type | None:
@@ -452,7 +446,7 @@ def _data_folder_checks(d: DataConfig):
             yield "data.root", d.root, "folder does not exist"
         elif d.fingerprint is None:  # cannot be read: say why
             try:
-                identity.fingerprint(d.root, fingerprint_cache(), prepared(d.root))
+                identity.fingerprint(d.root, Path(project_root(), ".cache", "fingerprints"))
             except identity.Unreadable as e:
                 yield "data.root", d.root, f"the folder {e}"
         elif (copy := prepared(d.root)) and (side := copy["side"]) < stored_size(d):
@@ -468,14 +462,6 @@ def mode(setting) -> str:
     """trainer.compile (or sync_batchnorm) as one of MODES (a YAML or CLI true/false arrives as
     True/False)."""
     return str(setting).lower()
-
-
-def prepared(root: str | None) -> dict | None:
-    """The manifest of a copy made by `make prepare-data` ({source, side, images, ...}), or None."""
-    if not root:
-        return None
-    path = Path(root).expanduser() / PREPARED_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 TEST_FOLDERS = ("test", "val")  # the test split's folder, in order of preference
 CACHE_FILE = ".study-fingerprint.json"
+PREPARED_FILE = "prepared.json"  # written by `make prepare-data` at the root of a resized copy
 PREFIX = "files:"
 
 
@@ -71,12 +72,20 @@ def image_names(folder: Path) -> list[os.DirEntry]:
                       key=lambda e: e.name)
 
 
-def fingerprint(root: str, cache: Path, prepared: dict | None = None) -> str:
-    """The fingerprint of the images under `root` (prepared: the copy's prepared.json, whose
-    `source_fingerprint` and `side` it keeps), cached beside them or else in the folder `cache`;
-    raises Unreadable."""
-    if prepared and prepared.get("source_fingerprint"):
-        return f"{prepared['source_fingerprint']}@{int(prepared['side'])}px"
+def prepared(root: str | None) -> dict | None:
+    """The manifest of a copy made by `make prepare-data` ({source, source_fingerprint, side,
+    images, ...}), or None."""
+    if not root:
+        return None
+    path = Path(root).expanduser() / PREPARED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fingerprint(root: str, cache: Path) -> str:
+    """The fingerprint of the images under `root` (a prepared copy: its source's at its side),
+    cached beside them or else in the folder `cache`; raises Unreadable."""
+    if (copy := prepared(root)) and copy.get("source_fingerprint"):
+        return f"{copy['source_fingerprint']}@{int(copy['side'])}px"
     path = Path(root).expanduser()
     try:
         if _stamps is None:
