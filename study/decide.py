@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.check()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        from study.record.tracking import check_store
+        from study.record.access import check_store
 
         check_store(first.tracking.uri, first.sweep)
     except ConfigError as e:

@@ -20,7 +20,8 @@ from study.data import sets
 from study.point import device as devices
 from study.point.lifecycle import follow_point, run_point
 from study.record.redaction import redact, redact_hydra_output
-from study.record.tracking import check_store, mlflow_tracker
+from study.record.access import check_store
+from study.record.tracking import mlflow_tracker
 from study.settings import config, grid, hardware
 from study.settings.config import CODE_ROOT, ConfigError
 from study.sweep import handoff, progress

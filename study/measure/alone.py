@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from analysis.load import find_experiment
     from study.settings.config import ConfigError
-    from study.record.tracking import check_store
+    from study.record.access import check_store
 
     p = argparse.ArgumentParser(prog="python -m study.measure.alone", description=__doc__.splitlines()[0])
     p.add_argument("--sweep", required=True)

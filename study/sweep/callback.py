@@ -30,7 +30,8 @@ class SweepCallback(Callback):
         handoff.write_grid(Path(config.hydra.sweep.dir), len(jobs), [progress.weight(s) for s in studies],
                            largest_stored=largest)
         from study.record.redaction import redact, redact_logs
-        from study.record.tracking import check_store, mlflow_tracker
+        from study.record.access import check_store
+        from study.record.tracking import mlflow_tracker
 
         redact_logs()  # Hydra echoes each job's overrides
 
