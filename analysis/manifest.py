@@ -20,6 +20,7 @@ run is analysed, with a warning that says so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -49,8 +50,6 @@ class Manifest:
 
 def artifact_path(record: dict) -> str:
     """Where one declared grid is kept on the parent run: named by its content."""
-    import hashlib
-
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     return f"{FOLDER}/{record['source']}-{digest}.json"
 

@@ -41,7 +41,6 @@ def declared(studies: list[StudyConfig], source: str, sweep_file: str) -> dict:
 def record(client, parent_run_id: str, manifest: dict) -> str:
     """Write the manifest on the parent run, once per distinct grid; returns its path there."""
     path = contract.artifact_path(manifest)
-    folder, _, name = path.partition("/")
-    if not any(f.path == path for f in client.list_artifacts(parent_run_id, folder)):
+    if not any(f.path == path for f in client.list_artifacts(parent_run_id, contract.FOLDER)):
         client.log_dict(parent_run_id, manifest, path)
     return path
