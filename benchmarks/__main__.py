@@ -22,6 +22,8 @@ this one run, on this machine, so it is comparable across machines.
    sweep's for the same points, in-job and measured alone (study.measure.alone).
 10. compile (benchmarks/compile_bench.py): torch.compile's compile time and steady saving per
    step for small and large points, and what trainer.compile=auto decides for them.
+11. fingerprint (benchmarks/identity_bench.py): validating a 100-point grid on a 1,000-class image
+   folder with each folder's stamp read once against once per point.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from study.train import models, trainer
 from study.train import recipe as recipes
 from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_calibration
 from benchmarks.compile_bench import bench_compile
+from benchmarks.identity_bench import bench_fingerprint
 from benchmarks.speed import bench_precision, bench_speed
 from benchmarks.latency_bench import bench_latency
 from benchmarks.stream_bench import bench_stream
@@ -172,7 +175,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
-                                     "adaptive", "stream", "latency", "compile", "precision"],
+                                     "adaptive", "stream", "latency", "compile", "precision", "fingerprint"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -182,7 +185,7 @@ def main(argv=None) -> None:
                "skip": bench_skip, "speed": bench_speed, "analysis": bench_analysis,
                "calibration": bench_calibration, "adaptive": bench_adaptive,
                "stream": bench_stream, "latency": bench_latency, "compile": bench_compile,
-               "precision": bench_precision}
+               "precision": bench_precision, "fingerprint": bench_fingerprint}
     machine = costs.machine(CPU)
     print(f"torch {torch.__version__}, {machine['measure.cpu']} ({machine['measure.isa']}), "
           f"{machine['measure.threads']} threads; trainer.precision=auto is {hardware.resolve_precision('auto', CPU)} here")
