@@ -47,3 +47,20 @@ def test_injected_faults_fail_their_points_while_the_others_finish(tmp_path):
     assert "4 points: 3 finished, 1 skipped, 0 failed" in again.stdout
     finished = [r for r in _point_runs(tmp_path) if r.info.status == "FINISHED"]
     assert len(finished) == 4 and len({r.data.tags["point_key"] for r in finished}) == 4
+
+
+def test_a_twice_diverged_points_rerun_command_changes_its_learning_rate_instead_of_adding_one():
+    from dataclasses import replace
+
+    from study.point.lifecycle import another_way
+    from study.settings.config import StudyConfig
+    from study.train.trainer import DivergedError
+
+    base = StudyConfig()
+    cfg = replace(base, recipe=replace(base.recipe, lr_per_256=500.0), trainer=replace(base.trainer, precision="fp32"))
+    again = another_way(DivergedError("loss is nan"), cfg,
+                        'make point SWEEP=default POINT="model.width=0.5 recipe.lr_per_256=500 model.depth=26"')
+    assert again.endswith('POINT="model.width=0.5 recipe.lr_per_256=250 model.depth=26"'), again
+    cfg = replace(cfg, recipe=replace(cfg.recipe, lr_per_256=250.0))  # diverged again: 125, said once
+    again = another_way(DivergedError("loss is nan"), cfg, again.partition(": ")[2])
+    assert again.count("recipe.lr_per_256=") == 1 and "recipe.lr_per_256=125 " in again, again

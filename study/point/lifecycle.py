@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import traceback
 from functools import partial
@@ -350,7 +351,14 @@ def another_way(e: BaseException, study: StudyConfig, rerun: str) -> str:
 
 
 def _with(command: str, override: str) -> str:
-    """`command` with one more override, inside its POINT="..." when it has one."""
+    """`command` with `override` (name=value) in place of the value it gives that setting, or
+    added, inside its POINT="..." when it has one: a twice-diverged point's command changes its
+    learning rate, it does not list a second one."""
+    name = override.split("=", 1)[0]
+    given = re.compile(rf'(?<=[\s"])(\+{{0,2}}){re.escape(name)}=[^\s"]*')
+    if found := given.search(command):  # the first keeps its place (and a + prefix), the others go
+        rest = re.sub(rf' ?{given.pattern}', "", command[found.end():])
+        return f"{command[:found.start()]}{found.group(1)}{override}{rest}"
     return f'{command[:-1]} {override}"' if command.endswith('"') else f"{command} {override}"
 
 
