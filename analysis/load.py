@@ -200,11 +200,12 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def by_configuration(table: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
-    """One row per configuration (every param but the seed and point key): the mean of each
-    final metric, the number of seeds, and the seed variance of `metric` within it, plus
-    `pooled_var`: the seed variance pooled over every configuration with 2+ seeds."""
+    """One row per configuration (every param but the seed, the replicate and the point key):
+    the mean of each final metric, the number of seeds (runs: a replicate's runs are more seeds
+    of its configurations), and the seed variance of `metric` within it, plus `pooled_var`: the
+    seed variance pooled over every configuration with 2+ seeds."""
     metrics = [m for m in FINAL_METRICS if m in table.columns]
-    keys = [c for c in table.columns if c not in (*metrics, "run_id", "seed", "point_key")]
+    keys = [c for c in table.columns if c not in (*metrics, "run_id", "seed", "replicate", "point_key")]
     grouped = table.groupby(keys, dropna=False)
     out = grouped[metrics].mean()
     out["n_seeds"] = grouped.size()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import manifest, plots, rules
+from analysis import manifest, plots, rules, stability
 from analysis.load import by_configuration, failure_kind, find_experiment, load_runs, refused
 
 # One line under each figure: what to look for in it.
@@ -58,7 +58,7 @@ def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int =
     decisions["excluded_runs"] = runs.excluded
     decisions["latency"] = runs.latency
     decisions["missing"] = missing_summary(runs.missing, configs)
-    decisions |= study
+    decisions |= study | replication(runs.table, replicates, seed)
     figures = [plots.error_vs_cost(configs, out), plots.depth_vs_width(configs, out),
                plots.resolution(configs, decisions, out), plots.latency(configs, out), plots.edf(configs, out),
                plots.parity(decisions, out)]
@@ -158,6 +158,21 @@ def lost_data(decisions: dict, epochs=None) -> str:
     return f"lost data: {n} point run(s) did not finish" if n else ""
 
 
+def replication(table: pd.DataFrame, replicates: int, seed: int) -> dict:
+    """Each replicate's own answers (`by_replicate`), when the store holds several replicates of
+    the study (analysis.stability); nothing otherwise."""
+    reps = stability.replicates(table)
+    if len(reps) < 2:
+        return {}
+
+    def answers(runs: pd.DataFrame) -> dict:
+        alone = rules.decide(rules.tidy(by_configuration(runs)), replicates, seed)
+        alone.pop("_fits", None)
+        return {r["question"]: r["answer"] for r in decision_rows(alone)}
+
+    return {"by_replicate": stability.each_alone(table, reps, answers)}
+
+
 def _undecidable(decisions: dict) -> dict:
     """Regimes with no depth-vs-width decision, and why: every point failed, or too few finished."""
     decided = set(decisions.get("depth_vs_width", {}).get("by_regime", {}))
@@ -195,7 +210,19 @@ def decision_rows(decisions: dict) -> list[dict]:
         rows.append(_row(f"Resolution scaling slower than EfficientNet's C^0.214, {_epochs(e)}", answer,
                          "P(slower)", d["p_slower_than_efficientnet"], lost_data(decisions, e),
                          "minival" if d.get("selected_on") == "minival" else "test (no minival recorded)"))
+    for row in rows if "by_replicate" in decisions else ():
+        row["replicates"] = stability.stability(row["answer"], row["status"], {
+            r: alone.get(row["question"]) for r, alone in decisions["by_replicate"].items()})
     return rows
+
+
+ROW_COLUMNS = ("question", "answer", "status", "probability", "data", "split")
+ROW_HEADERS = {"status": "decided?", "replicates": "each replicate alone"}
+
+
+def row_columns(decisions: dict) -> tuple:
+    """The decisions table's columns: the stability column only where several replicates are."""
+    return ROW_COLUMNS + (("replicates",) if "by_replicate" in decisions else ())
 
 
 def _row(question: str, answer: str, p_name: str, p: float, lost: str = "", split: str = "test") -> dict:
@@ -236,6 +263,20 @@ def study_lines(decisions: dict, shown: int = 5) -> list[str]:
     return lines
 
 
+def replication_lines(decisions: dict) -> list[str]:
+    """Whether each replicate alone gives the pooled answers (a store with several replicates)."""
+    if "by_replicate" not in decisions:
+        return []
+    rows = decision_rows(decisions)
+    decided = [r for r in rows if r["status"] == "decided"]
+    agree = sum(r["replicates"].startswith("each agrees") for r in decided)
+    clash = [f"{r['question']}: {r['replicates'].removeprefix('OPPOSITE: ')}" for r in rows
+             if r["replicates"].startswith("OPPOSITE")]
+    reps = ", ".join(map(str, decisions["by_replicate"]))
+    return [f"Replicates {reps}, pooled: each replicate alone gives {agree} of the {len(decided)} decided answer(s)"
+            + (f"; OPPOSITE answers between replicates: {'; '.join(clash)}" if clash else "") + "."]
+
+
 def _counted(kinds) -> str:
     """'3 diverged in fp32, 1 out of memory': how many of each kind, most first."""
     counts: dict[str, int] = {}
@@ -257,7 +298,7 @@ def all_warnings(decisions: dict) -> list[dict]:
 def summary(decisions: dict) -> list[str]:
     """The decisions in plain sentences: 'wins' only for a decided rule; first, what did not
     finish, and each decision that lost data says so."""
-    lines = study_lines(decisions) + missing_lines(decisions)
+    lines = study_lines(decisions) + missing_lines(decisions) + replication_lines(decisions)
     lines += [f"{_epochs(e)}: no depth-vs-width decision: {why}." for e, why in _undecidable(decisions).items()]
     if "depth_vs_width" not in decisions:
         return lines
@@ -333,9 +374,9 @@ def _left_out(excluded: dict[str, int]) -> list[str]:
 
 def _decisions_markdown(decisions: dict) -> str:
     """The decisions table, then the decisions in sentences."""
-    table = ["| question | answer | decided? | probability | data | split |", "|---|---|---|---|---|---|",
-             *[f"| {r['question']} | {r['answer']} | {r['status']} | {r['probability']} | {r['data']} | {r['split']} |"
-               for r in decision_rows(decisions)]]
+    columns = row_columns(decisions)
+    table = ["| " + " | ".join(ROW_HEADERS.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns),
+             *["| " + " | ".join(r[c] for c in columns) + " |" for r in decision_rows(decisions)]]
     return "\n".join([*table, "", *[f"- {s}" for s in summary(decisions)]])
 
 
@@ -392,8 +433,9 @@ def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFram
     images = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
                      f'alt="{p.stem}"><figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>'
                      for p in figures)
-    cells = lambda r: "".join(f"<td>{html.escape(r[k])}</td>"  # noqa: E731
-                              for k in ("question", "answer", "status", "probability", "data", "split"))
+    columns = row_columns(decisions)
+    cells = lambda r: "".join(f"<td>{html.escape(r[k])}</td>" for k in columns)  # noqa: E731
+    headers = "".join(f"<th>{ROW_HEADERS.get(c, c)}</th>" for c in columns)
     rows = "".join(f'<tr class="{r["status"]}">{cells(r)}</tr>' for r in decision_rows(decisions))
     items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
     warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
@@ -410,8 +452,7 @@ def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFram
             "figcaption{font-size:13px;color:#333;margin-bottom:1.5em}</style>"
             f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1>{_browse_html(decisions)}"
             f"{''.join(f'<p class=scope>{html.escape(x)}</p>' for x in _scope(decisions))}<h2>Decisions</h2>"
-            '<table id="decisions"><tr><th>question</th><th>answer</th><th>decided?</th><th>probability</th>'
-            f"<th>data</th><th>split</th></tr>{rows}</table><ul>{items(summary(decisions))}</ul>"
+            f'<table id="decisions"><tr>{headers}</tr>{rows}</table><ul>{items(summary(decisions))}</ul>'
             f'<h2 id="missing">Missing points ({len(points)})</h2>{missing}{outside_html}<h2>Figures</h2>{images}'
             f"<h2>Warnings</h2><ul>{items(warnings)}</ul>"
             f"<h2>Configurations</h2>{table}<h2>rules.json</h2><pre>"

@@ -21,6 +21,8 @@ CASES = [
     (["trainer.precision=fp8"], "trainer.precision='fp8': must be one of"),
     (["model.width=wide"], "model.width"),                                    # wrong types
     (["recipe.batch_size=1.5"], "recipe.batch_size"),
+    (["replicate=1.5"], "replicate"),
+    (["replicate=-1"], "replicate=-1: must be an integer >= 0"),
     (["model.widht=1"], "model.widht"),                                       # unknown keys
     (["+colour=red"], "colour"),
     (["data=imagenet"], "Could not find 'data/imagenet'"),                    # unknown options

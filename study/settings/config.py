@@ -6,6 +6,7 @@ frozen dataclasses that are then passed explicitly; there is no global config ob
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import typing
@@ -213,8 +214,21 @@ class StudyConfig:
     seed: int = 0                   # seed of initialisation, batch order and augmentation
     seeds: int = 1                  # train each point with seeds seed .. seed+seeds-1: separate runs
                                     # that share the point key (tag run_key tells them apart)
+    replicate: int = 0              # K > 0 reruns the whole study with independent training randomness
+                                    # (training_seed) as other points in the same store; 0: the study
     sweep: str = "adhoc"            # sweep name: the MLflow experiment and parent run
     force: bool = False             # run the point even when a FINISHED run has its key
+
+
+def training_seed(cfg: StudyConfig) -> int:
+    """The seed of a run's training randomness (initialisation, data order, augmentation, dropout,
+    stochastic depth): `seed` itself in replicate 0, so the study's runs train as before; in
+    replicate K a 56-bit seed drawn from (seed, K), independent of every other seed and
+    replicate. The split has its own seed (data.split_seed) and stays."""
+    if cfg.replicate == 0:
+        return cfg.seed
+    digest = hashlib.sha256(f"replicate={cfg.replicate} seed={cfg.seed}".encode()).digest()
+    return int.from_bytes(digest[:7], "big")
 
 
 def project_root() -> str:
@@ -417,6 +431,8 @@ def _checks(s: StudyConfig, space: bool = True):
         ("analysis.replicates", s.analysis.replicates, s.analysis.replicates >= 1000,
          "must be >= 1000 (bootstrap refits of the report's decisions)"),
         ("seeds", s.seeds, s.seeds >= 1, "must be >= 1"),
+        ("replicate", s.replicate, s.replicate >= 0,
+         "must be an integer >= 0 (0: the study itself; K: its K-th rerun with independent training randomness)"),
     ]
     for name, value, ok, rule in rules:
         if not ok:

@@ -94,6 +94,8 @@ ADDED: dict[str, Any] = {
     "trainer.sync_batchnorm": lambda s: s["trainer.processes"] == 1 or str(s["trainer.sync_batchnorm"]).lower() == "true",
     # What an image folder holds (rule 6); the named sets have none.
     "data.fingerprint": None,
+    # The study's K-th rerun with independent training randomness (config.training_seed).
+    "replicate": 0,
 }
 
 # Values whose meaning a later version changed: setting -> (changed values, derived key, its value).
@@ -163,11 +165,12 @@ def before_fingerprints(study: StudyConfig) -> list[str]:
 
 
 def display_name(study: StudyConfig, choices: list[str] = ()) -> str:
-    """Short human name of a point: 'w=0.5 d=26 r=20 e=8' (+ seed when not 0), then the
+    """Short human name of a point: 'w=0.5 d=26 r=20 e=8' (+ replicate and seed when not 0), then the
     config-group choices a sweep varies ('ladder=03_ema'), which the numbers do not show."""
     name = (f"w={study.model.width:g} d={study.model.depth} "
             f"r={study.data.resolution} e={study.recipe.epochs}")
-    return " ".join([name + (f" s={study.seed}" if study.seed else ""), *choices])
+    name += (f" rep={study.replicate}" if study.replicate else "") + (f" s={study.seed}" if study.seed else "")
+    return " ".join([name, *choices])
 
 
 def group_choices(overrides: list[str], swept: set[str]) -> list[str]:
