@@ -157,7 +157,8 @@ def decide_gap(samples: np.ndarray, estimate: float, log_gap: tuple[float, float
     bound = float(stats.t.ppf((1 + level) / 2, dof))
     winner = "depth" if z < -bound else "width" if z > bound else "undecided"
     return {"winner": winner, "p_depth_better": float(stats.t.cdf(-z, dof)),
-            "error_gap_depth_minus_width": {"estimate": float(estimate), "interval": [lo, hi]}}
+            "error_gap_depth_minus_width": {"estimate": float(estimate), "interval": [lo, hi]},
+            "log_gap": {"estimate": est, "se": se, "dof": int(dof), "z": float(z), "bound": bound}}
 
 
 def regime_decision(regime: pd.DataFrame, draws: int, seed: int, seeds_per_config: float) -> dict:

@@ -36,6 +36,7 @@ class Runs:
                                   # fit: {name, status, why} (`outside_run`); empty with include_outside
     scope: str = ""               # which runs are the study's: its declared grids, or a warning that the
                                   # store predates manifests, or that runs outside were included on request
+    sweep_file: str = ""          # the sweep file that declared the study (its manifest), when one did
 
 
 def missing_point(run) -> dict:
@@ -93,7 +94,7 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None, inc
     if experiment is None:
         raise LookupError(f"no sweep named {sweep!r} in {tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], "tags.point_key != ''", max_results=50000)
-    runs, outside, scope = _in_study(client, experiment.experiment_id, sweep, runs, include_outside)
+    runs, outside, scope, sweep_file = _in_study(client, experiment.experiment_id, sweep, runs, include_outside)
     excluded: dict[str, int] = {}
     latest, unfinished = {}, {}  # run key -> its latest FINISHED run; its latest run of another status
     for run in runs:
@@ -108,36 +109,37 @@ def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None, inc
     missing = tuple(missing_point(run) for key, run in sorted(unfinished.items(), key=lambda kv: kv[1].info.start_time)
                     if key not in latest)
     if not chosen:
-        return Runs(pd.DataFrame(), excluded, LATENCY_IN_JOB.format(sweep=sweep), missing, outside, scope)
+        return Runs(pd.DataFrame(), excluded, LATENCY_IN_JOB.format(sweep=sweep), missing, outside, scope, sweep_file)
     table = _typed(pd.DataFrame([_row(run) for run in chosen]))
     found = [measurements(run) for run in chosen]
     name, others = machine(found, measured_on)
     if name is None:  # no machine measured every run: no mixing of machines' figures
         table = table.drop(columns=[m for m in ALONE_METRICS if m in table])
-        return Runs(table, excluded, LATENCY_IN_JOB.format(sweep=sweep), missing, outside, scope)
+        return Runs(table, excluded, LATENCY_IN_JOB.format(sweep=sweep), missing, outside, scope, sweep_file)
     for metric in ALONE_METRICS:  # the chosen machine's figures, whatever was measured last
         table[metric] = [m[name].get(metric, float("nan")) for m in found]
     # the paper's latency, for every run: what every rule, plot and budget reads
     table["latency_ms"], table["latency_batch"] = table["step_latency_ms"], table["step_batch"]
     also = f"; also measured on {', '.join(others)} (--measured-on picks one)" if others else ""
-    return Runs(table, excluded, LATENCY_ALONE.format(machine=name) + also, missing, outside, scope)
+    return Runs(table, excluded, LATENCY_ALONE.format(machine=name) + also, missing, outside, scope, sweep_file)
 
 
-def _in_study(client, experiment_id: str, sweep: str, runs: list, include_outside: bool) -> tuple[list, tuple, str]:
-    """(the runs analysed, the runs outside the study with why, which runs are the study's)."""
+def _in_study(client, experiment_id: str, sweep: str, runs: list, include_outside: bool) -> tuple[list, tuple, str, str]:
+    """(the runs analysed, the runs outside the study with why, which runs are the study's, the
+    sweep file that declared them)."""
     parents = client.search_runs([experiment_id], "tags.role = 'parent'", max_results=1,
                                  order_by=["attributes.start_time ASC"])
     found = manifests.read(client, parents[0].info.run_id) if parents else None
     if found is None:
-        return runs, (), manifests.BEFORE_MANIFESTS.format(sweep=sweep)
+        return runs, (), manifests.BEFORE_MANIFESTS.format(sweep=sweep), ""
     inside = [r for r in runs if found.holds(r.data.tags.get("point_key"))]
     others = tuple(outside_run(r, found) for r in sorted(runs, key=lambda r: r.info.start_time)
                    if not found.holds(r.data.tags.get("point_key")))
     grids = f"{found.grids} declared grid" + ("s" if found.grids > 1 else "")
     if include_outside:
         return runs, (), (f"every run of the experiment, {len(others)} outside the study's {grids} included on request "
-                          "(--include-outside)")
-    return inside, others, f"the {found.count} points of the sweep's {grids} (its manifest)"
+                          "(--include-outside)"), found.sweep_file
+    return inside, others, f"the {found.count} points of the sweep's {grids} (its manifest)", found.sweep_file
 
 
 def outside_run(run, found: manifests.Manifest) -> dict:

@@ -43,6 +43,7 @@ class Manifest:
     allowed: dict[str, frozenset[str]] = field(default_factory=dict)  # setting -> every value declared
     grids: int = 0                                             # declared grids recorded
     count: int = 0                                             # declared points, over every grid
+    sweep_file: str = ""                                       # the sweep file that declared them (make sweep's SWEEP=)
 
     def holds(self, point_key: str | None) -> bool:
         return point_key in self.points
@@ -63,17 +64,20 @@ def read(client, parent_run_id: str) -> Manifest | None:
     if not files:
         return None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per small file
-    groups, allowed = set(), {}
+    groups, allowed, sweep_files = set(), {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:
             grid = json.loads(Path(client.download_artifacts(parent_run_id, path, tmp)).read_text())
+            sweep_files.append(grid.get("sweep_file") or "")
             groups |= {frozenset(p) if isinstance(p, list) else frozenset([p]) for p in grid["points"]}
             for setting, values in grid.get("axes", {}).items():
                 allowed.setdefault(setting, set()).update(values)
             for setting, value in grid.get("fixed", {}).items():
                 allowed.setdefault(setting, set()).add(value)
     points = frozenset().union(*groups)
-    return Manifest(points, {k: frozenset(v) for k, v in allowed.items()}, len(files), len(groups))
+    named = sorted({f for f in sweep_files if f})
+    return Manifest(points, {k: frozenset(v) for k, v in allowed.items()}, len(files), len(groups),
+                    named[0] if len(named) == 1 else "")
 
 
 def why_outside(params: dict[str, str], tags: dict[str, str], manifest: Manifest) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import manifest, plots, rules, stability
+from analysis import manifest, next_step, plots, rules, stability
 from analysis.load import by_configuration, failure_kind, find_experiment, load_runs, refused
 
 # One line under each figure: what to look for in it.
@@ -59,6 +59,8 @@ def build(sweep: str, tracking_uri: str, out: Path, replicates: int, seed: int =
     decisions["latency"] = runs.latency
     decisions["missing"] = missing_summary(runs.missing, configs)
     decisions |= study | replication(runs.table, replicates, seed)
+    decisions["next_steps"] = next_step.steps(decisions, configs, runs.sweep_file or sweep,
+                                              rules.EFFICIENTNET_RESOLUTION_EXPONENT)
     figures = [plots.error_vs_cost(configs, out), plots.depth_vs_width(configs, out),
                plots.resolution(configs, decisions, out), plots.latency(configs, out), plots.edf(configs, out),
                plots.parity(decisions, out)]
@@ -303,9 +305,11 @@ def summary(decisions: dict) -> list[str]:
     if "depth_vs_width" not in decisions:
         return lines
     dvw = decisions["depth_vs_width"]
-    lines += [_regime_sentence(e, d) + _lost_mark(decisions, e) for e, d in dvw["by_regime"].items()]
+    steps = decisions.get("next_steps", {})
+    lines += [_regime_sentence(e, d, steps.get("depth_vs_width", {}).get(e)) + _lost_mark(decisions, e)
+              for e, d in dvw["by_regime"].items()]
     if (flip := _flip_sentence(dvw["flip"])):
-        lines.append(flip + _lost_mark(decisions))
+        lines.append(flip + _lost_mark(decisions) + (f" To decide it: {steps['flip']}." if "flip" in steps else ""))
     for e, d in decisions["resolution_scaling"]["by_regime"].items():
         a = d["a_resolution"]
         verdict = {"slower": "slower than EfficientNet's 0.214", "not_slower": "not slower than EfficientNet's 0.214",
@@ -316,7 +320,8 @@ def summary(decisions: dict) -> list[str]:
         lines.append(f"{_epochs(e)}: on the minival frontier resolution grows as C^{a['estimate']:.3f} (90% interval "
                      f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]): {verdict} "
                      f"(P(slower) = {d['p_slower_than_efficientnet']:.2f}); depth C^{d['a_depth']['estimate']:.3f}, "
-                     f"width C^{d['a_width']['estimate']:.3f}." + _lost_mark(decisions, e))
+                     f"width C^{d['a_width']['estimate']:.3f}." + _lost_mark(decisions, e)
+                     + (f" To decide it: {todo}." if (todo := steps.get("resolution_scaling", {}).get(e)) else ""))
     for e, d in decisions["extrapolation"]["by_regime"].items():
         lines.append(f"{_epochs(e)}: a {d['form']} law fitted on the {d['fit_configurations']} smallest configurations "
                      f"predicts the {d['held_out']} largest with mean |log error| {d['mean_abs_log_error']:.3f}, "
@@ -339,14 +344,14 @@ def _gap_text(d: dict) -> str:
             f"{gap['interval'][1]:+.4f}], P(depth better) = {d['p_depth_better']:.2f}")
 
 
-def _regime_sentence(epochs, d: dict) -> str:
+def _regime_sentence(epochs, d: dict, todo: str | None = None) -> str:
     res = d["by_resolution"]
     if d["winner"] == "depends_on_resolution":
         parts = [f"{w} at {r} px" for r, w in ((r, x["winner"]) for r, x in res.items())]
         return f"{_epochs(epochs)}: the winner depends on the resolution: {', '.join(parts)} ({_gap_text(d)} overall)."
     if d["winner"] == "undecided":
         return (f"{_epochs(epochs)}: undecided between depth and width scaling ({_gap_text(d)}); "
-                f"to decide it: {d['would_decide']}.")
+                f"to decide it: {todo or d['would_decide']}.")
     everywhere = all(x["winner"] == d["winner"] for x in res.values())
     where = " at every resolution" if everywhere and len(res) > 1 else \
         "" if len(res) == 1 else " (per resolution: " + ", ".join(f"{x['winner']} at {r} px" for r, x in res.items()) + ")"

@@ -72,6 +72,7 @@ def run_row(truth: Truth, d, w, r, epochs: int, seed: int, rng: np.random.Genera
             "seed": seed, "error": e, "top1": 1 - e, "minival/top1": 1 - m, "flops": flops,
             "params": d * w ** 2 * 1e4, "activations": flops / 10,
             "latency_ms": flops / 1e6 * (1 + 0.3 * np.log(d)), "data.train_images": TRAIN_IMAGES,
+            "train_time_s": 3 * flops * TRAIN_IMAGES * epochs / 2e10,  # at 20 GFLOP/s
             "data.native_resolution": native}
 
 
@@ -133,7 +134,7 @@ def calibrate(n_studies: int = 240, draws: int = 400, seed: int = 0) -> dict:
 
 PARAMS = ("model.depth", "model.width", "data.resolution", "recipe.epochs", "seed", "data.train_images",
           "data.native_resolution")
-METRICS = ("error", "top1", "minival/top1", "flops", "params", "activations", "latency_ms")
+METRICS = ("error", "top1", "minival/top1", "flops", "params", "activations", "latency_ms", "train_time_s")
 
 
 def record(table: pd.DataFrame, tracking_uri: str, sweep: str, artifact_root: str) -> None:

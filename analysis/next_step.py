@@ -1,0 +1,106 @@
+"""What to run next to decide an undecided question, and what it would cost.
+
+Every undecided line of the report ends with one: more seeds of the configurations the question
+stands on, as many as would decide it if today's estimate held (an interval's half width shrinks
+as 1/sqrt(seeds)), as a `make sweep` command that trains only the missing runs (finished seeds
+are skipped), with its training compute and its wall time on the machine that trained the runs
+(their recorded train_time_s, one job at a time); or `make decide` with that time as its budget,
+which spends it where it settles most. Where more seeds cannot decide a question (the frontier
+stops at the data's native resolution), the line says what would instead.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+MARGIN = 1.2  # aim above the estimate: the estimate itself is noisy
+HOPELESS = 25  # more than 25x today's seeds: the effect is within noise of zero
+
+
+def seeds_needed(z: float, bound: float, now: float) -> int | None:
+    """Seeds per configuration at which a statistic now `z` standard errors from zero would
+    reach `bound` ones, if its estimate held; None when it is zero."""
+    if not np.isfinite(z) or z == 0:
+        return None
+    return max(int(math.ceil(max(now, 1) * (bound / abs(z)) ** 2 * MARGIN)), int(now) + 1)
+
+
+def command(configs: pd.DataFrame, epochs: list[int], seeds: int, sweep_file: str) -> str:
+    """The `make sweep` command that brings the configurations of `epochs` to `seeds` seeds
+    each, with what it costs."""
+    runs = configs[configs["epochs"].isin(epochs)]
+    extra = (seeds - runs["n_seeds"]).clip(lower=0)
+    compute = float((runs["compute"] * extra).sum())
+    seconds = float((runs["train_time_s"] * extra).sum()) if "train_time_s" in runs else float("nan")
+    regimes = sorted(configs["epochs"].unique())
+    only = [] if sorted(epochs) == regimes else [f"recipe.epochs={','.join(str(int(e)) for e in sorted(epochs))}"]
+    args = " ".join([*only, f"seeds={seeds}"])
+    cost = f"{int(extra.sum())} more runs, {compute:.2g} training FLOPs"
+    if np.isfinite(seconds):
+        minutes = max(1, math.ceil(seconds / 60))
+        cost += (f", about {_duration(seconds)} of training on the machine that trained these runs; or "
+                 f"make decide SWEEP={sweep_file} BUDGET={minutes}m")
+    return f'make sweep SWEEP={sweep_file} ARGS="{args}" ({cost})'
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
+
+
+def depth_vs_width(d: dict, configs: pd.DataFrame, epochs: int, sweep_file: str) -> str:
+    """An undecided regime: the seeds that would decide it, and the command."""
+    z, bound = d["log_gap"]["z"], d["log_gap"]["bound"]
+    now = float(configs.loc[configs["epochs"] == epochs, "n_seeds"].mean())
+    seeds = seeds_needed(z, bound, now)
+    if seeds is None:
+        return "no number of seeds: the estimated gap is zero"
+    noise = ("the gap is within noise of zero (depth and width may scale alike here; larger models, beyond the "
+             "grid's, would tell them apart); if it held, " if seeds > HOPELESS * now else "")
+    return (f"{noise}about {seeds} seeds per configuration (now {now:g}): "
+            f"{command(configs, [epochs], seeds, sweep_file)}")
+
+
+def resolution_scaling(d: dict, configs: pd.DataFrame, epochs: int, sweep_file: str, target: float) -> str:
+    """An undecided resolution rule: more seeds when the interval straddles the target; a
+    wider grid when the frontier stops at an edge."""
+    a = d["a_resolution"]
+    if d.get("resolution_edge") and a["estimate"] < target:
+        return f"no more seeds of this grid: {d['resolution_edge']}; only data with larger images would decide it"
+    lo, hi = a["interval"]
+    half = (hi - lo) / 2
+    z = (a["estimate"] - target) / (half / 1.645) if half > 0 else float("inf")
+    now = float(configs.loc[configs["epochs"] == epochs, "n_seeds"].mean())
+    seeds = seeds_needed(z, 1.645, now)
+    if seeds is None:
+        return "no number of seeds: the estimate is the target itself"
+    return f"about {seeds} seeds per configuration (now {now:g}): {command(configs, [epochs], seeds, sweep_file)}"
+
+
+def flip(steps: dict[int, tuple[int | None, str]], configs: pd.DataFrame, sweep_file: str) -> str:
+    """An undecided flip: decide every undecided regime (the most seeds any of them needs)."""
+    needed = {e: s for e, (s, _) in steps.items() if s is not None}
+    if not needed:
+        return "no number of seeds decides its undecided regimes (see their lines)"
+    seeds = max(needed.values())
+    return f"decide its undecided regimes, about {seeds} seeds per configuration: " \
+           f"{command(configs, sorted(needed), seeds, sweep_file)}"
+
+
+def steps(decisions: dict, configs: pd.DataFrame, sweep_file: str, target: float) -> dict:
+    """`next_steps` of rules.json: the line-ending of every undecided question."""
+    dvw = decisions.get("depth_vs_width", {"by_regime": {}, "flip": {}})
+    out: dict = {"depth_vs_width": {}, "resolution_scaling": {}}
+    seeds = {}
+    for e, d in dvw["by_regime"].items():
+        if d["winner"] == "undecided":
+            out["depth_vs_width"][e] = depth_vs_width(d, configs, e, sweep_file)
+            now = float(configs.loc[configs["epochs"] == e, "n_seeds"].mean())
+            seeds[e] = (seeds_needed(d["log_gap"]["z"], d["log_gap"]["bound"], now), "")
+    if dvw["flip"].get("flips") is None and "winners" in dvw["flip"]:
+        out["flip"] = flip(seeds, configs, sweep_file)
+    for e, d in decisions.get("resolution_scaling", {"by_regime": {}})["by_regime"].items():
+        if d["slower_than_efficientnet"] == "undecided":
+            out["resolution_scaling"][e] = resolution_scaling(d, configs, e, sweep_file, target)
+    return out

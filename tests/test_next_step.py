@@ -1,0 +1,48 @@
+"""Undecided says what to run next: every undecided line of the report (and so of the console
+after a sweep) ends with the command that would decide it and what it would cost."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from analysis import next_step, report, rules, simulate
+from analysis.load import by_configuration
+
+COMMAND = re.compile(r'make sweep SWEEP=tiny ARGS="(recipe\.epochs=[\d,]+ )?seeds=(\d+)" \((\d+) more runs, '
+                     r'[\d.e+]+ training FLOPs, about [\d.]+ (min|h) of training on the machine that trained these '
+                     r'runs; or make decide SWEEP=tiny BUDGET=\d+m\)')
+
+
+def _decisions(truths: dict, noise: float, seed: int) -> tuple[dict, object]:
+    configs = rules.tidy(by_configuration(simulate.study(truths, np.random.default_rng(seed), noise, 1)))
+    decisions = rules.decide(configs, 200, 0)
+    decisions.pop("_fits")
+    decisions["next_steps"] = next_step.steps(decisions, configs, "tiny", rules.EFFICIENTNET_RESOLUTION_EXPONENT)
+    return decisions, configs
+
+
+def test_every_undecided_line_ends_with_the_command_that_would_decide_it_and_its_cost():
+    decisions, configs = _decisions({10: simulate.TRUTHS["tie"], 40: simulate.TRUTHS["depth"]}, 0.15, 3)
+    dvw = decisions["depth_vs_width"]["by_regime"]
+    assert dvw[10]["winner"] == "undecided" and dvw[40]["winner"] == "depth"
+    lines = report.summary(decisions)
+    undecided = [x for x in lines if re.search("undecided between|is undecided|undecided against", x)]
+    assert len(undecided) >= 2  # the tie's regime and the flip at least
+    for line in undecided:
+        assert COMMAND.search(line) or "no more seeds of this grid" in line, line
+    regime = next(x for x in lines if x.startswith("10 epochs: undecided"))
+    found = COMMAND.search(regime)
+    assert found.group(1) == "recipe.epochs=10 "  # only the regime it stands on
+    seeds = int(found.group(2))
+    assert int(found.group(3)) == (seeds - 1) * len(configs[configs["epochs"] == 10])  # the missing runs
+    flip = next(x for x in lines if x.startswith("Whether the winner flips"))
+    assert f"seeds={seeds}" in flip  # the flip waits on the same regime
+
+
+def test_the_seeds_asked_for_grow_as_the_gap_shrinks_against_its_noise():
+    assert next_step.seeds_needed(z=1.0, bound=1.645, now=1) > next_step.seeds_needed(z=1.5, bound=1.645, now=1)
+    assert next_step.seeds_needed(z=1.0, bound=1.645, now=2) == 2 * next_step.seeds_needed(z=1.0, bound=1.645, now=1) \
+        or abs(next_step.seeds_needed(z=1.0, bound=1.645, now=2) - 2 * next_step.seeds_needed(z=1.0, bound=1.645, now=1)) <= 1
+    assert next_step.seeds_needed(z=0.0, bound=1.645, now=1) is None
+    assert next_step.seeds_needed(z=1.6, bound=1.645, now=3) >= 4  # always more than today
