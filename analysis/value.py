@@ -3,9 +3,9 @@
 it, raises the chance that the regime's open rules get settled. analysis/adaptive.py turns
 this into a round's batch.
 
-For each open rule (a regime's gap, or one resolution's) the plan holds the gap g at the
-coefficient estimate, its gradient J in the coefficients and its standard error
-s = sqrt(sigma2 J (X'X)^-1 J'). A new configuration x adds x x' to X'X (Sherman-Morrison) and
+For each open rule (a regime's gap, or one resolution's) the plan holds the statistic it is
+decided on, the log gap g = J beta (linear: J is the contrast of the two paths' design rows,
+averaged over the rule's resolutions), and its standard error s = sqrt(sigma2 J (X'X)^-1 J'). A new configuration x adds x x' to X'X (Sherman-Morrison) and
 a residual degree of freedom; one more seed of a configuration lowers the residual variance by
 that seed's share of the seed noise. With the estimate's move from the new data taken as normal
 with variance v = s^2 - s'^2, the chance the rule is settled afterwards is
@@ -41,14 +41,10 @@ class Plan:
             if rule.resolution is not None and rule.resolution not in surface.resolutions:
                 continue
             at = surface.resolutions if rule.resolution is None else [rule.resolution]
-            gap, grad = 0.0, np.zeros(surface.p)
-            for r in at:
-                on_d, on_w = surface.path_features(r, t_mid)
-                e_d, e_w = np.exp(on_d[0] @ surface.beta), np.exp(on_w[0] @ surface.beta)
-                gap += (e_d - e_w) / len(at)
-                grad += (e_d * on_d[0] - e_w * on_w[0]) / len(at)
+            # the statistic a rule is decided on: the log gap, linear in the coefficients
+            grad = np.mean([np.subtract(*surface.path_features(r, t_mid))[0] for r in at], axis=0)
             self.rules.append(rule)
-            g.append(gap)
+            g.append(float(grad @ surface.beta))
             J.append(grad)
             self.levels.append(settle_level if rule.resolution is None else res_level)
         self.g, self.J = np.array(g), np.array(J).reshape(len(g), surface.p)
