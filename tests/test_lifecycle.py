@@ -73,7 +73,8 @@ class LostAnswer(MlflowTracker):
 
 
 def test_an_epoch_the_store_took_before_its_answer_was_lost_is_recorded_once(study_home):
-    tracker = LostAnswer(f"sqlite:///{study_home}/mlflow.db", "lost", retry_s=0)
+    tracker = LostAnswer(f"sqlite:///{study_home}/mlflow.db", "lost", artifact_root=str(study_home / "mlartifacts"),
+                         retry_s=0)  # artifacts under the test's home, never ./mlruns in the checkout
     outcome = run_point(tiny("recipe.epochs=3", "sweep=lost"), tracker=tracker, device=CPU, echo=quiet)
     assert outcome["status"] == "FINISHED"
     steps = sorted(m.step for m in tracker.client.get_metric_history(outcome["run_id"], "train/loss"))
