@@ -5,8 +5,9 @@ stands on, as many as would decide it if today's estimate held (an interval's ha
 as 1/sqrt(seeds)), as a `make sweep` command that trains only the missing runs (finished seeds
 are skipped), with its training compute and its wall time on the machine that trained the runs
 (their recorded train_time_s, one job at a time); or `make decide` with that time as its budget,
-which spends it where it settles most. Where more seeds cannot decide a question (the frontier
-stops at the data's native resolution), the line says what would instead.
+which spends it where it settles most. Where more seeds cannot decide a question, the line says
+what would instead: a larger resolution when the frontier stops at the grid's largest, other
+data when it stops at the data's native one.
 """
 from __future__ import annotations
 
@@ -65,9 +66,16 @@ def depth_vs_width(d: dict, configs: pd.DataFrame, epochs: int, sweep_file: str)
 def resolution_scaling(d: dict, configs: pd.DataFrame, epochs: int, sweep_file: str, target: float) -> str:
     """An undecided resolution rule: more seeds when the interval straddles the target; a
     wider grid when the frontier stops at an edge."""
-    a = d["a_resolution"]
-    if d.get("resolution_edge") and a["estimate"] < target:
-        return f"no more seeds of this grid: {d['resolution_edge']}; only data with larger images would decide it"
+    a, edge = d["a_resolution"], d.get("resolution_edge")
+    if edge and a["estimate"] < target:
+        if "native" in edge:
+            return f"no more seeds of this grid: {edge}; only data with larger images would decide it"
+        grid = sorted(int(r) for r in configs.loc[configs["epochs"] == epochs, "resolution"].unique())
+        native = float(configs["native_resolution"].max()) if "native_resolution" in configs else np.inf
+        native = native if np.isfinite(native) else np.inf
+        wider = ",".join(map(str, grid + [int(min(native, round(grid[-1] * 1.4)))]))
+        return (f"no more seeds of this grid: {edge}; a grid with a larger resolution would, e.g. "
+                f'make sweep SWEEP={sweep_file} ARGS="recipe.epochs={epochs} data.resolution={wider}"')
     lo, hi = a["interval"]
     half = (hi - lo) / 2
     z = (a["estimate"] - target) / (half / 1.645) if half > 0 else float("inf")

@@ -46,3 +46,15 @@ def test_the_seeds_asked_for_grow_as_the_gap_shrinks_against_its_noise():
         or abs(next_step.seeds_needed(z=1.0, bound=1.645, now=2) - 2 * next_step.seeds_needed(z=1.0, bound=1.645, now=1)) <= 1
     assert next_step.seeds_needed(z=0.0, bound=1.645, now=1) is None
     assert next_step.seeds_needed(z=1.6, bound=1.645, now=3) >= 4  # always more than today
+
+
+def test_a_frontier_at_the_grids_edge_asks_for_a_larger_resolution_at_the_datas_for_other_data():
+    configs = __import__("pandas").DataFrame({"epochs": [2] * 4, "resolution": [12, 20, 12, 20],
+                                              "native_resolution": [28] * 4})
+    at_grid = {"a_resolution": {"estimate": 0.1, "interval": [0.0, 0.2]},
+               "resolution_edge": "the frontier reaches the grid's largest resolution (20 px)"}
+    assert next_step.resolution_scaling(at_grid, configs, 2, "default", 0.214).endswith(
+        'make sweep SWEEP=default ARGS="recipe.epochs=2 data.resolution=12,20,28"')  # up to the native 28 px
+    at_native = at_grid | {"resolution_edge": "the frontier reaches the data's native 28 px"}
+    assert next_step.resolution_scaling(at_native, configs, 2, "default", 0.214).endswith(
+        "only data with larger images would decide it")
