@@ -35,15 +35,23 @@ def command(configs: pd.DataFrame, epochs: list[int], seeds: int, sweep_file: st
     extra = (seeds - runs["n_seeds"]).clip(lower=0)
     compute = float((runs["compute"] * extra).sum())
     seconds = float((runs["train_time_s"] * extra).sum()) if "train_time_s" in runs else float("nan")
-    regimes = sorted(configs["epochs"].unique())
-    only = [] if sorted(epochs) == regimes else [f"recipe.epochs={','.join(str(int(e)) for e in sorted(epochs))}"]
-    args = " ".join([*only, f"seeds={seeds}"])
+    args = " ".join([*axes(runs), f"seeds={seeds}"])
     cost = f"{int(extra.sum())} more runs, {compute:.2g} training FLOPs"
     if np.isfinite(seconds):
         minutes = max(1, math.ceil(seconds / 60))
         cost += (f", about {_duration(seconds)} of training on the machine that trained these runs; or "
                  f"make decide SWEEP={sweep_file} BUDGET={minutes}m")
     return f'make sweep SWEEP={sweep_file} ARGS="{args}" ({cost})'
+
+
+AXES = (("width", "model.width"), ("depth", "model.depth"), ("resolution", "data.resolution"),
+        ("epochs", "recipe.epochs"))
+
+
+def axes(runs: pd.DataFrame) -> list[str]:
+    """The grid axes' overrides that name exactly these configurations' values, whatever the
+    sweep file declares: the command adds seeds to the study's points and trains no other."""
+    return [f"{name}={','.join(f'{v:g}' for v in sorted(runs[col].unique()))}" for col, name in AXES]
 
 
 def _duration(seconds: float) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 from analysis import next_step, report, rules, simulate
 from analysis.load import by_configuration
 
-COMMAND = re.compile(r'make sweep SWEEP=tiny ARGS="(recipe\.epochs=[\d,]+ )?seeds=(\d+)" \((\d+) more runs, '
+COMMAND = re.compile(r'make sweep SWEEP=tiny ARGS="model\.width=[\d.,]+ model\.depth=[\d,]+ data\.resolution=[\d,]+ '
+                     r'(recipe\.epochs=[\d,]+ )seeds=(\d+)" \((\d+) more runs, '
                      r'[\d.e+]+ training FLOPs, about [\d.]+ (min|h) of training on the machine that trained these '
                      r'runs; or make decide SWEEP=tiny BUDGET=\d+m\)')
 
@@ -33,7 +34,8 @@ def test_every_undecided_line_ends_with_the_command_that_would_decide_it_and_its
         assert COMMAND.search(line) or "no more seeds of this grid" in line, line
     regime = next(x for x in lines if x.startswith("10 epochs: undecided"))
     found = COMMAND.search(regime)
-    assert found.group(1) == "recipe.epochs=10 "  # only the regime it stands on
+    assert found.group(1) == "recipe.epochs=10 "  # only the regime it stands on, and exactly the grid's points:
+    assert 'ARGS="model.width=0.25,0.5,1 model.depth=14,26,50 data.resolution=16,24,32 recipe.epochs=10 ' in regime
     seeds = int(found.group(2))
     assert int(found.group(3)) == (seeds - 1) * len(configs[configs["epochs"] == 10])  # the missing runs
     flip = next(x for x in lines if x.startswith("Whether the winner flips"))
