@@ -81,6 +81,25 @@ def test_an_epoch_the_store_took_before_its_answer_was_lost_is_recorded_once(stu
     assert steps == [1, 2, 3]  # epoch 1 was sent twice: the same metric points, kept once
 
 
+class KilledBeforeParams(MlflowTracker):
+    """A process SIGKILLed after MLflow created the point's run and before its params arrived."""
+
+    def start_point(self, name, params, tags):
+        super().start_point(name, {}, tags)
+        raise KeyboardInterrupt("killed")
+
+
+def test_a_run_killed_before_its_params_gets_them_when_the_point_restarts_in_it(study_home):
+    study, uri = tiny("recipe.epochs=1", "sweep=bare"), f"sqlite:///{study_home}/mlflow.db"
+    root = str(study_home / "mlartifacts")
+    with pytest.raises(KeyboardInterrupt):
+        run_point(study, tracker=KilledBeforeParams(uri, "bare", artifact_root=root), device=CPU, echo=quiet)
+    outcome = run_point(study, tracker=MlflowTracker(uri, "bare", artifact_root=root), device=CPU, echo=quiet)
+    [run] = point_runs(study_home, "bare")
+    assert run.info.run_id == outcome["run_id"] and run.data.tags["restarted"] == "1"
+    assert run.data.params["recipe.epochs"] == "1" and run.data.params["point_key"] == run.data.tags["point_key"]
+
+
 def test_a_store_failure_after_training_keeps_the_training_and_the_next_run_records_it(study_home):
     study = tiny("recipe.epochs=3")
     files = PointFiles(study.sweep, grid.run_key(study))

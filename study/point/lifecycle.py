@@ -206,11 +206,11 @@ def _open_run(study, files: PointFiles, tracker: Tracker, name, params, tags, sa
     resume = _resumable(files, tracker, say) if study.trainer.checkpoints else None
     if resume:
         say(f"resuming run {resume['run_id'][:8]} after epoch {resume['epoch']}")
-        tracker.annotate({}, tags)  # where it runs now: host, job ids, restarts
+        tracker.annotate(params, tags)  # where it runs now: host, job ids, restarts
         return resume["run_id"], resume
     if run_id := tracker.adopt_orphan(files.run_key):
         say(f"restarting run {run_id[:8]} (interrupted before its first checkpoint)")
-        tracker.annotate({}, tags)
+        tracker.annotate(params, tags)  # a kill between creating the run and its params left none
         return run_id, None
     return tracker.start_point(name, params, tags), None
 

@@ -107,7 +107,7 @@ class NullTracker:
         return None
 
     def annotate(self, params, tags) -> None:
-        self.runs[-1]["params"].update(params)
+        self.runs[-1]["params"] = dict(params) | self.runs[-1]["params"]
         self.runs[-1]["tags"].update(tags)
 
     def migrate(self, legacy_run_key, run_key, point_key, only=None, params=None) -> int:
@@ -254,10 +254,12 @@ class MlflowTracker:
         return self.run_id
 
     def annotate(self, params: dict[str, Any], tags: dict[str, str]) -> None:
-        """Add params (new keys only: MLflow params are immutable) and tags to the point run."""
+        """Add the params the point run lacks (MLflow params are immutable: one it holds stays)
+        and set tags."""
         from mlflow.entities import Param, RunTag
 
-        self.client.log_batch(self.run_id, params=[Param(k, param_str(v)) for k, v in params.items()],
+        held = self.client.get_run(self.run_id).data.params if params else {}
+        self.client.log_batch(self.run_id, params=[Param(k, param_str(v)) for k, v in params.items() if k not in held],
                               tags=[RunTag(k, v) for k, v in _redacted(tags).items()])
 
     def migrate(self, legacy_run_key: str, run_key: str, point_key: str, only: list[str] | None = None,
