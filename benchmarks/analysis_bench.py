@@ -40,7 +40,8 @@ def bench_calibration(args) -> list[tuple]:
     t0 = time.perf_counter()
     n = CALIBRATION_STUDIES
     with ProcessPoolExecutor(len(CALIBRATION_SEEDS)) as pool:
-        runs = list(pool.map(simulate.calibrate, [n] * 2, [400] * 2, CALIBRATION_SEEDS))
+        runs = list(pool.map(simulate.calibrate, [n] * len(CALIBRATION_SEEDS), [400] * len(CALIBRATION_SEEDS),
+                              CALIBRATION_SEEDS))
     pooled = {k: float(np.mean([c[k] for c in runs])) for k in runs[0] if k not in ("studies", "outcomes")}
     ties = sum(sum(c["outcomes"][t].values()) for c in runs for t in ("tie", "tie_floor"))
     se = float(np.sqrt(pooled["tie_named_a_winner"] * (1 - pooled["tie_named_a_winner"]) / ties))

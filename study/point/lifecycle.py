@@ -366,7 +366,8 @@ def _train(study: StudyConfig, *, ds: sets.Dataset, device: torch.device, memory
            evaluate_test: bool = True, label: str = "", workers: int = 0, world: World = ALONE,
            **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
     """Build and fit the point's model; `resume` passes checkpoint, resume and run_id on."""
-    torch.manual_seed(training_seed(study))
+    seed = training_seed(study)
+    torch.manual_seed(seed)
     model = distributed.sync_batchnorm(_build(study, ds), world, study.trainer.sync_batchnorm == "true")
     model = model.to(device, memory_format=memory_format)
     if fault := faults.planned(grid.display_name(study)):
@@ -375,7 +376,7 @@ def _train(study: StudyConfig, *, ds: sets.Dataset, device: torch.device, memory
     batcher = loader.batcher(ds, study.data, device=device, memory_format=memory_format, workers=workers,
                            randaugment=(r.randaugment_ops, r.randaugment_magnitude))
     fitted = trainer.fit(model, ds, batcher, study.recipe,
-                         study.trainer, seed=training_seed(study), sink=sink, device=device, evaluate_test=evaluate_test,
+                         study.trainer, seed=seed, sink=sink, device=device, evaluate_test=evaluate_test,
                          label=label, world=world, **resume)
     return model, fitted
 
