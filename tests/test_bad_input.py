@@ -4,6 +4,7 @@ leaves the existing one untouched."""
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -54,11 +55,23 @@ QUICK = {"model.width=0", "data.name=imagenet", "model.width=wide", "model.widht
          "tracking.uri=postgresql://lab:s3cret@127.0.0.1:9/mlflow"}
 
 
+@pytest.fixture(scope="module")
+def outcomes(store, request) -> dict:
+    """The CLI's answer to each case this session runs, two at a time (each is a process start)."""
+    home, _ = store
+    wanted = {" ".join(item.callspec.params["args"]) for item in request.session.items
+              if item.originalname == "test_bad_input_exits_naming_the_setting_and_leaves_the_store_alone"}
+    cases = [a for a, _ in CASES if " ".join(a) in wanted]
+    with ThreadPoolExecutor(2) as pool:
+        results = pool.map(lambda a: run_cli(*TINY, *a, home=home), cases)
+        return {" ".join(a): r for a, r in zip(cases, results)}
+
+
 @pytest.mark.parametrize("args,needle", [
     pytest.param(a, n, id=" ".join(a), marks=() if " ".join(a) in QUICK else pytest.mark.slow) for a, n in CASES])
-def test_bad_input_exits_naming_the_setting_and_leaves_the_store_alone(store, args, needle):
+def test_bad_input_exits_naming_the_setting_and_leaves_the_store_alone(store, outcomes, args, needle):
     home, before = store
-    result = run_cli(*TINY, *args, home=home)
+    result = outcomes[" ".join(args)]
     assert result.returncode != 0
     assert needle in result.stderr, result.stderr[-2000:]
     assert "s3cret" not in result.stdout + result.stderr
