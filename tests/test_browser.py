@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 def swept(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     result = run_cli("--multirun", "--config-dir", "sweeps", "--config-name", SWEEP, "trainer.latency_repeats=2",
-                     home=home, timeout=900)
+                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", home=home, timeout=900)  # make sweep JOBS=2
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return home, result.stdout
 
