@@ -3,8 +3,11 @@ that survive a failing store, provenance and redaction, stores written before ke
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import signal
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -98,6 +101,36 @@ def test_a_run_killed_before_its_params_gets_them_when_the_point_restarts_in_it(
     [run] = point_runs(study_home, "bare")
     assert run.info.run_id == outcome["run_id"] and run.data.tags["restarted"] == "1"
     assert run.data.params["recipe.epochs"] == "1" and run.data.params["point_key"] == run.data.tags["point_key"]
+
+
+SIGTERM_TWICE = """
+import os, signal, sys
+from study.point.lifecycle import run_point
+from study.record.tracking import MlflowTracker
+from tests.test_lifecycle import CPU, quiet, tiny
+
+class Stopped(MlflowTracker):
+    def log_epoch(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the point is stopped mid-training
+    def fail_point(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # and stopped again while its end is recorded
+        super().fail_point(*args, **kwargs)
+
+home = sys.argv[1]
+run_point(tiny("sweep=stopped"), tracker=Stopped(f"sqlite:///{home}/mlflow.db", "stopped",
+          artifact_root=f"{home}/mlartifacts"), device=CPU, echo=quiet)
+"""
+
+
+def test_a_sigterm_while_the_point_records_its_end_waits_for_the_record(tmp_path):
+    """A point's launcher sends SIGTERM a moment after another of its processes died, or scancel
+    comes twice: the second signal must not cut off the record of the first (CI saw a run left
+    RUNNING by a killed DDP point)."""
+    ended = subprocess.run([sys.executable, "-c", SIGTERM_TWICE, str(tmp_path)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ, STUDY_HOME=str(tmp_path)))
+    assert ended.returncode == -signal.SIGTERM, ended.stderr[-3000:]
+    [run] = point_runs(tmp_path, "stopped")
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["status_reason"]
 
 
 def test_a_store_failure_after_training_keeps_the_training_and_the_next_run_records_it(study_home):

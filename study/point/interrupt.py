@@ -32,7 +32,11 @@ def terminated_as_interrupt(world: World = ALONE):
         return
 
     def raise_terminated(_signum, _frame):
-        raise Terminated(TERMINATED + (TERMINATED_IN_WORLD.format(world.size) if world.size > 1 else ""))
+        reason = TERMINATED + (TERMINATED_IN_WORLD.format(world.size) if world.size > 1 else "")
+        if _waiting is not None:
+            _waiting.append(reason)
+            return
+        raise Terminated(reason)
 
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -43,3 +47,25 @@ def terminated_as_interrupt(world: World = ALONE):
         raise  # not reached: SIGTERM ends the process
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_waiting: list[str] | None = None  # while a point's end is recorded: the SIGTERMs that arrived
+
+
+@contextmanager
+def sigterm_waits():
+    """While a point's end is recorded (FAILED or KILLED, with its reason), a SIGTERM waits: the
+    launcher stopping the rest of a point's processes a moment after one died, or a second
+    scancel, would otherwise cut the record off and leave the run RUNNING. Once it is written
+    the SIGTERM is raised (Terminated) and ends the process as its sender asked."""
+    global _waiting
+    if _waiting is not None:
+        yield
+        return
+    _waiting = []
+    try:
+        yield
+    finally:
+        arrived, _waiting = _waiting, None
+        if arrived:
+            raise Terminated(arrived[0])

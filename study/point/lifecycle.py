@@ -41,7 +41,7 @@ from study.measure import costs
 from study.point import device as devices
 from study.point import faults
 from study.point.files import PointFiles
-from study.point.interrupt import PEER_ENDED, terminated_as_interrupt
+from study.point.interrupt import PEER_ENDED, sigterm_waits, terminated_as_interrupt
 from study.point.migrate import earlier_keys
 from study.record import provenance
 from study.record.redaction import redact
@@ -152,21 +152,12 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
         plan.tell({"study": study, "resume": resume is not None, "run_id": run_id, "workers": workers})
         model, fitted = train(study, sink=epochs, checkpoint=ckpt, resume=resume, run_id=run_id)
         metrics = _measure(model, ds, study, fitted, device, memory_format)
-    except Exception as e:  # the training failed: the point fails, the sweep goes on
-        if distributed.peer_lost(e, plan.world):  # interrupted: the checkpoint stays, a rerun resumes
-            reason = PEER_ENDED.format(plan.world.size) + f" ({_brief(e)[:150]})"
-            _quietly(lambda: tracker.fail_point(f"interrupted: {reason}", status="KILLED"), say)
+    except BaseException as e:
+        with sigterm_waits():  # a SIGTERM now (the launcher stopping the rest) waits for the record
+            failed = _ended(e, study, plan.world, files, tracker, say, rerun)
+        if failed is None:
             raise
-        reason, again = failure_reason(e, study.trainer.precision), another_way(e, study, rerun)
-        _quietly(lambda: tracker.fail_point(reason, rerun=again), say)
-        files.checkpoint.remove()  # a failed point is retried from scratch
-        say(f"FAILED: {reason}" + (f"\n    to rerun it {again}" if again else ""))
-        if not isinstance(e, (trainer.DivergedError, torch.OutOfMemoryError, MemoryError)):
-            traceback.print_exc()
-        return {"status": "FAILED", "run_id": run_id, "reason": reason, "rerun": again}
-    except BaseException as e:  # interrupted: the checkpoint stays, a rerun resumes
-        _quietly(lambda: tracker.fail_point(f"interrupted: {e or type(e).__name__}", status="KILLED"), say)
-        raise
+        return failed | {"run_id": run_id}
     metrics["point_time_s"] = time.perf_counter() - start
     metrics["point_fixed_s"] = metrics["point_time_s"] - fitted.loop_time_s  # all but the epochs
     if study.data.name == "image_folder":
@@ -230,6 +221,26 @@ def _resumable(files: PointFiles, tracker: Tracker, say) -> dict | None:
         files.checkpoint.remove()
         return None
     return state
+
+
+def _ended(e: BaseException, study, world: World, files: PointFiles, tracker: Tracker, say: Echo,
+           rerun: str) -> dict | None:
+    """Record how a point's training ended early: a training that failed is FAILED (its
+    checkpoint dropped: a retry starts afresh; the sweep goes on) and its outcome returned; an
+    interruption (Ctrl-C, SIGTERM, another of its processes gone) is KILLED with its checkpoint
+    kept for a rerun to resume, and None returned (the caller raises it on)."""
+    if not isinstance(e, Exception) or distributed.peer_lost(e, world):
+        reason = PEER_ENDED.format(world.size) + f" ({_brief(e)[:150]})" if isinstance(e, Exception) \
+            else str(e) or type(e).__name__
+        _quietly(lambda: tracker.fail_point(f"interrupted: {reason}", status="KILLED"), say)
+        return None
+    reason, again = failure_reason(e, study.trainer.precision), another_way(e, study, rerun)
+    _quietly(lambda: tracker.fail_point(reason, rerun=again), say)
+    files.checkpoint.remove()
+    say(f"FAILED: {reason}" + (f"\n    to rerun it {again}" if again else ""))
+    if not isinstance(e, (trainer.DivergedError, torch.OutOfMemoryError, MemoryError)):
+        traceback.print_exception(e)
+    return {"status": "FAILED", "reason": reason, "rerun": again}
 
 
 class EpochLog:
