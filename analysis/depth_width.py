@@ -26,7 +26,9 @@ instead of 0.10); the error gap and its interval from the draws are what the rep
 The uncertainty. The surface is a linear model of configuration means: its coefficients'
 sampling distribution is a multivariate t with n - p degrees of freedom around the
 least-squares estimate, scaled by the residual variance (which holds seed noise and lack of
-fit, so one seed is enough to estimate it). Error gaps are computed on `draws` samples of it
+fit, so one seed is enough to estimate it). Where configurations have 2+ seeds, noise_split
+measures how much of it seeds explain: more seeds shrink only that part, and the seeds a next
+step names count it (analysis/next_step.py). Error gaps are computed on `draws` samples of it
 (the reported interval: their 5-95% range); the log gap's t distribution gives P(depth better)
 (its mass below zero) and the decision: made only when its interval at the level excludes
 zero. Regimes use disjoint runs, so they are independent.
@@ -184,7 +186,8 @@ def regime_decision(regime: pd.DataFrame, draws: int, seed: int, seeds_per_confi
         overall["winner"] = "depends_on_resolution"
     overall |= {"by_resolution": per_res, "interactions": interaction_test(regime, s),
                 "log10_crossover_compute": _crossover(est_mean, draws_mean, t, regime),
-                "residual_sd_log_error": float(np.sqrt(s.sigma2)), "draws": int(draws),
+                "residual_sd_log_error": float(np.sqrt(s.sigma2)), "noise": noise_split(s, regime),
+                "draws": int(draws),
                 "configurations": int(s.n)}
     if overall["winner"] == "undecided":
         overall["would_decide"] = would_decide(overall, seeds_per_config)
@@ -202,16 +205,45 @@ def _crossover(est, draws, t, regime) -> dict:
 
 
 def would_decide(decision: dict, seeds_per_config: float) -> str:
-    """What more data would decide an undecided rule, if its estimate held."""
-    gap = decision["error_gap_depth_minus_width"]
-    lo, hi = gap["interval"]
-    half, est = (hi - lo) / 2, abs(gap["estimate"])
-    if est == 0 or (half / est) ** 2 > 25:
-        return ("more of the same will not decide it: the gap is within noise of zero; depth and width scale "
-                "alike here, or larger models (beyond the grid's depths and widths) would tell them apart")
-    factor = (half / est) ** 2
-    seeds = int(np.ceil(max(seeds_per_config, 1) * factor * 1.2))
+    """What more seeds would do for an undecided rule, if its estimate held (next_step.py says
+    it with the command)."""
+    from analysis.next_step import HOPELESS, seeds_needed, why_not
+
+    log_gap, noise = decision["log_gap"], decision["noise"]
+    seeds = seeds_needed(log_gap["z"], log_gap["bound"], seeds_per_config, noise["seed_share"])
+    if seeds is None or seeds > HOPELESS * max(seeds_per_config, 1):
+        return "more seeds will not decide it: " + why_not(noise)
     return f"about {seeds} seeds per configuration (now {seeds_per_config:g}), if the estimated gap holds"
+
+
+def seed_var_log(regime: pd.DataFrame) -> float | None:
+    """Seed noise of one run's log error, pooled over the regime's configurations with 2+ seeds
+    (each one's seed variance of the error over its squared mean: the delta method); None when
+    every configuration has one seed."""
+    if "error_var" not in regime:
+        return None
+    dof = (regime["n_seeds"] - 1).clip(lower=0)
+    if dof.sum() == 0:
+        return None
+    relative = regime["error_var"].fillna(0) / regime["error"] ** 2
+    return float((relative * dof).sum() / dof.sum())
+
+
+def noise_split(s: Surface, regime: pd.DataFrame) -> dict:
+    """How much of the surface's residual variance seeds explain. The residual of configuration
+    means holds their seed noise (a run's seed variance over its seeds) and the surface's lack
+    of fit, which more seeds do not shrink. `seed_share`: the seed part's share (None with one
+    seed per configuration: then the residual is taken as seed noise, an assumption the report
+    states); `lack_of_fit_p`: the F test of the residual against seed noise alone."""
+    residual = {"residual_sd": float(np.sqrt(s.sigma2))}
+    seed_var = seed_var_log(regime)
+    if seed_var is None or s.sigma2 <= 0:
+        return residual | {"seed_share": None, "seed_sd_of_means": None, "lack_of_fit_p": None}
+    of_means = seed_var * float(np.mean(1 / regime["n_seeds"].to_numpy(float)))
+    pure_dof = float((regime["n_seeds"] - 1).clip(lower=0).sum())
+    p = float(stats.f.sf(s.sigma2 / of_means, s.dof, pure_dof)) if of_means > 0 else 0.0
+    return residual | {"seed_share": float(min(1.0, of_means / s.sigma2)), "seed_sd_of_means": float(np.sqrt(of_means)),
+                       "lack_of_fit_p": p}
 
 
 def depth_vs_width(configs: pd.DataFrame, draws: int = 1000, seed: int = 0) -> dict:

@@ -20,12 +20,18 @@ MARGIN = 1.2  # aim above the estimate: the estimate itself is noisy
 HOPELESS = 25  # more than 25x today's seeds: the effect is within noise of zero
 
 
-def seeds_needed(z: float, bound: float, now: float) -> int | None:
+def seeds_needed(z: float, bound: float, now: float, seed_share: float | None = None) -> int | None:
     """Seeds per configuration at which a statistic now `z` standard errors from zero would
-    reach `bound` ones, if its estimate held; None when it is zero."""
+    reach `bound` ones, if its estimate held; None when it is zero, or when no number would.
+    `seed_share`: the part of its variance that seeds explain (depth_width.noise_split; None:
+    all of it); the rest, the surface's lack of fit, stays whatever the seeds."""
     if not np.isfinite(z) or z == 0:
         return None
-    return max(int(math.ceil(max(now, 1) * (bound / abs(z)) ** 2 * MARGIN)), int(now) + 1)
+    share = 1.0 if seed_share is None else seed_share
+    room = (z / bound) ** 2 - (1 - share)  # the variance, as a share of today's, seeds may keep
+    if room <= 0 or share <= 0:
+        return None
+    return max(int(math.ceil(max(now, 1) * share / room * MARGIN)), int(now) + 1)
 
 
 def command(configs: pd.DataFrame, epochs: list[int], seeds: int, sweep_file: str) -> str:
@@ -59,16 +65,28 @@ def _duration(seconds: float) -> str:
 
 
 def depth_vs_width(d: dict, configs: pd.DataFrame, epochs: int, sweep_file: str) -> str:
-    """An undecided regime: the seeds that would decide it, and the command."""
-    z, bound = d["log_gap"]["z"], d["log_gap"]["bound"]
+    """An undecided regime: the seeds that would decide it, and the command; or why no number
+    of seeds would."""
+    z, bound, noise = d["log_gap"]["z"], d["log_gap"]["bound"], d["noise"]
     now = float(configs.loc[configs["epochs"] == epochs, "n_seeds"].mean())
-    seeds = seeds_needed(z, bound, now)
+    seeds = seeds_needed(z, bound, now, noise["seed_share"])
     if seeds is None:
-        return "no number of seeds: the estimated gap is zero"
-    noise = ("the gap is within noise of zero (depth and width may scale alike here; larger models, beyond the "
-             "grid's, would tell them apart); if it held, " if seeds > HOPELESS * now else "")
-    return (f"{noise}about {seeds} seeds per configuration (now {now:g}): "
+        return "no number of seeds: " + ("the estimated gap is zero" if z == 0 else why_not(noise))
+    hopeless = (why_not(noise) + "; if the estimate held, ") if seeds > HOPELESS * now else ""
+    assumed = " (taking the surface's residual as seed noise: a second seed of some configurations would " \
+              "measure it)" if noise["seed_share"] is None else ""
+    return (f"{hopeless}about {seeds} seeds per configuration (now {now:g}){assumed}: "
             f"{command(configs, [epochs], seeds, sweep_file)}")
+
+
+def why_not(noise: dict) -> str:
+    """Why more seeds of the same configurations cannot settle a rule."""
+    if noise["seed_share"] is not None and noise["seed_share"] < 0.5:
+        return (f"the surface misses its configurations by more (residual sd {noise['residual_sd']:.3f} of log "
+                f"error) than their seeds vary (sd {noise['seed_sd_of_means']:.3f} of a configuration's mean); "
+                "more configurations between the grid's, or a surface that fits, would")
+    return ("the gap is within noise of zero; depth and width scale alike here, or larger models (beyond the "
+            "grid's depths and widths) would tell them apart")
 
 
 def resolution_scaling(d: dict, configs: pd.DataFrame, epochs: int, sweep_file: str, target: float) -> str:
@@ -113,7 +131,7 @@ def steps(decisions: dict, configs: pd.DataFrame, sweep_file: str, target: float
         if d["winner"] == "undecided":
             out["depth_vs_width"][e] = depth_vs_width(d, configs, e, sweep_file)
             now = float(configs.loc[configs["epochs"] == e, "n_seeds"].mean())
-            seeds[e] = (seeds_needed(d["log_gap"]["z"], d["log_gap"]["bound"], now), "")
+            seeds[e] = (seeds_needed(d["log_gap"]["z"], d["log_gap"]["bound"], now, d["noise"]["seed_share"]), "")
     if dvw["flip"].get("flips") is None and "winners" in dvw["flip"]:
         out["flip"] = flip(seeds, configs, sweep_file)
     for e, d in decisions.get("resolution_scaling", {"by_regime": {}})["by_regime"].items():

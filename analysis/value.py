@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.depth_width import STEPS, Surface
+from analysis.depth_width import STEPS, Surface, seed_var_log
 
 AXES = ["depth", "width", "resolution"]
 
@@ -91,12 +91,10 @@ class Plan:
 
 
 def _seed_var(regime: pd.DataFrame, surface: Surface) -> float:
-    """Seed noise of one run's log error: pooled over repeated seeds, else all of the residual
-    variance (then a seed's value is an upper bound)."""
-    pooled = regime["pooled_var"].iloc[0] if "pooled_var" in regime else np.nan
-    if np.isfinite(pooled) and pooled > 0:
-        return float(pooled / regime["error"].mean() ** 2)
-    return float(surface.sigma2 * regime["n_seeds"].mean())
+    """Seed noise of one run's log error: pooled over the regime's repeated seeds, else all of
+    the residual variance (then a seed's value is an upper bound)."""
+    pooled = seed_var_log(regime)
+    return pooled if pooled else float(surface.sigma2 * regime["n_seeds"].mean())
 
 
 def _keys(frame: pd.DataFrame) -> list[tuple]:

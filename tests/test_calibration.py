@@ -96,3 +96,32 @@ def test_a_simulated_study_recorded_in_mlflow_goes_through_the_analysis_entry_po
     assert dvw["flip"]["flips"] is True
     assert "10 epochs: width scaling wins" in done.stdout and "The winner flips" in done.stdout
     assert not (ROOT / "mlruns").exists(), "nothing written into the checkout"
+
+
+def _with_lack_of_fit(sd: float, seed: int) -> pd.DataFrame:
+    """A planted tie measured with 3 seeds of small noise, each configuration moved by its own
+    offset (sd `sd` of log error) that no smooth surface follows: lack of fit, not seed noise."""
+    rng = np.random.default_rng(seed)
+    table = simulate.runs(simulate.TRUTHS["tie"], 10, rng, noise=0.02, seeds=3)
+    configuration = table.groupby(["model.depth", "model.width", "data.resolution"]).ngroup().to_numpy()
+    offsets = rng.normal(0, sd, configuration.max() + 1)[configuration]
+    table["error"] *= np.exp(offsets)
+    table["minival/top1"] = 1 - (1 - table["minival/top1"]) * np.exp(offsets)
+    return simulate.configurations(table)
+
+
+def test_a_surface_that_misses_its_configurations_is_not_promised_a_decision_by_more_seeds():
+    d = rules.decide(_with_lack_of_fit(0.3, 11), 300, 0)["depth_vs_width"]["by_regime"][10]
+    noise = d["noise"]
+    assert noise["seed_share"] < 0.2 and noise["lack_of_fit_p"] < 0.01, noise
+    assert d["winner"] == "undecided" and d["would_decide"].startswith("more seeds will not decide it: the surface "
+                                                                      "misses its configurations"), d["would_decide"]
+
+
+def test_seed_noise_alone_is_told_from_lack_of_fit():
+    rng = np.random.default_rng(12)
+    configs = simulate.configurations(simulate.runs(simulate.TRUTHS["tie"], 10, rng, noise=0.15, seeds=2))
+    noise = rules.decide(configs, 300, 0)["depth_vs_width"]["by_regime"][10]["noise"]
+    assert noise["seed_share"] > 0.5 and noise["lack_of_fit_p"] > 0.01, noise
+    one_seed = simulate.configurations(simulate.runs(simulate.TRUTHS["tie"], 10, rng, noise=0.15, seeds=1))
+    assert rules.decide(one_seed, 300, 0)["depth_vs_width"]["by_regime"][10]["noise"]["seed_share"] is None

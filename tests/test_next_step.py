@@ -60,3 +60,12 @@ def test_a_frontier_at_the_grids_edge_asks_for_a_larger_resolution_at_the_datas_
     at_native = at_grid | {"resolution_edge": "the frontier reaches the data's native 28 px"}
     assert next_step.resolution_scaling(at_native, configs, 2, "default", 0.214).endswith(
         "only data with larger images would decide it")
+
+
+def test_seeds_cannot_shrink_the_lack_of_fit():
+    """With half of a statistic's variance from seeds, the seeds needed rise, and where the
+    lack of fit alone is wider than the estimate allows, no number of seeds is named."""
+    all_seeds = next_step.seeds_needed(z=1.2, bound=1.645, now=2)
+    assert next_step.seeds_needed(z=1.2, bound=1.645, now=2, seed_share=1.0) == all_seeds
+    assert next_step.seeds_needed(z=1.5, bound=1.645, now=2, seed_share=0.5) > next_step.seeds_needed(z=1.5, bound=1.645, now=2)
+    assert next_step.seeds_needed(z=1.0, bound=1.645, now=2, seed_share=0.5) is None  # 0.37 < 0.5 of it stays
