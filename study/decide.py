@@ -295,9 +295,10 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
         rc = 0
         if not proposal.stop:
             names = write_points(proposal.batch, folder)
+            points = round_points(folder, proposal.batch, n, tracker.experiment_id)
             rc = train_round(round_args(a.sweep, names, folder, settings.jobs, overrides))
             failures = failures + 1 if rc else 0
-            _tag_round(tracker, proposal.batch, n)
+            _tag_round(tracker, points, n)
         trace.add({"round": n, "spent_share": spent / grid_cost, "trained": int(len(proposal.batch)),
                    "seconds": time.time() - t0, "stop": proposal.stop or "",
                    "p_depth_better": {r.name: r.p_depth_better for r in proposal.rules},
@@ -323,10 +324,21 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
     return 0
 
 
-def _tag_round(tracker, batch: pd.DataFrame, n: int) -> None:
+def round_points(folder: Path, batch: pd.DataFrame, n: int, experiment_id: str) -> set[tuple]:
+    """The points ((width, depth, resolution, epochs, seed)) round n proposes, with those an
+    earlier try of round n proposed when it was killed (its finished points are not proposed
+    again): kept in round.json until the next round starts."""
+    path = folder / "round.json"
+    points = {(float(c.width), int(c.depth), int(c.resolution), int(c.epochs), int(c.seed)) for c in batch.itertuples()}
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("round") == n and saved.get("experiment_id") == experiment_id:
+        points |= {tuple(p) for p in saved["points"]}
+    path.write_text(json.dumps({"experiment_id": experiment_id, "round": n, "points": sorted(points)}))
+    return points
+
+
+def _tag_round(tracker, points: set[tuple], n: int) -> None:
     """The round that proposed each run, as the tag the study's view shows in a column."""
-    points = {(float(c.width), int(c.depth), int(c.resolution), int(c.epochs), int(c.seed))
-              for c in batch.itertuples()}
     view.tag_round(tracker.client, tracker.experiment_id, points, n)
     view.install(tracker.client, tracker.experiment_id, decide=True)
 
