@@ -103,6 +103,32 @@ def test_a_run_killed_before_its_params_gets_them_when_the_point_restarts_in_it(
     assert run.data.params["recipe.epochs"] == "1" and run.data.params["point_key"] == run.data.tags["point_key"]
 
 
+def test_a_point_killed_between_its_last_epoch_and_its_record_logs_each_epoch_once(study_home, monkeypatch):
+    """The last epoch has no checkpoint: a kill while the point is measured trains it again from
+    the one before, and the store must still hold each epoch once (CI saw [1, 2, 3, 3])."""
+    from mlflow.tracking import MlflowClient
+
+    from study.point import lifecycle
+
+    study, uri = tiny("recipe.epochs=3", "sweep=last"), f"sqlite:///{study_home}/mlflow.db"
+    tracker = MlflowTracker(uri, "last", artifact_root=str(study_home / "mlartifacts"))
+    measure = lifecycle._measure
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while the point is measured")
+
+    monkeypatch.setattr(lifecycle, "_measure", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_point(study, tracker=tracker, device=CPU, echo=quiet)
+    monkeypatch.setattr(lifecycle, "_measure", measure)
+    lines = []
+    run_point(study, tracker=tracker, device=CPU, echo=lines.append)
+    [run] = point_runs(study_home, "last")
+    assert run.info.status == "FINISHED" and any("resuming" in line for line in lines), lines
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == [1, 2, 3]
+
+
 SIGTERM_TWICE = """
 import os, signal, sys
 from study.point.lifecycle import run_point

@@ -143,7 +143,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
                     label=f"{label} | {prefix}" if label else prefix, world=plan.world)
     ckpt = files.checkpoint if study.trainer.checkpoints else None
     artifacts: dict[str, Any] = {"config.yaml": resolved_config}
-    epochs = EpochLog(tracker, say)
+    epochs = EpochLog(tracker, say, study.recipe.epochs)
     try:
         if study.tune.trials:
             study, artifacts["tuning.json"] = _tune(study, train, tracker, say)
@@ -246,18 +246,21 @@ def _ended(e: BaseException, study, world: World, files: PointFiles, tracker: Tr
 class EpochLog:
     """The trainer's sink for the point run's epochs. While the store does not answer, epochs
     wait here (`pending`) and training goes on; each later epoch, and the record step, sends
-    what is waiting, in order."""
+    what is waiting, in order. The `last` epoch is sent with the record: it has no checkpoint
+    (the point finishes at once), so a process killed between logging it and the record would
+    train it again from the checkpoint before it and log it a second time."""
 
-    def __init__(self, tracker: Tracker, say: Echo) -> None:
-        self.tracker, self.say = tracker, say
+    def __init__(self, tracker: Tracker, say: Echo, last: int) -> None:
+        self.tracker, self.say, self.last = tracker, say, last
         self.pending: list[list] = []
         self.paused = False
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
         # stamped once (by the trainer, at the epoch's end): sent again, it is the same record
         self.pending.append([epoch, dict(metrics), timestamp_ms or int(time.time() * 1000)])
+        keep = 1 if epoch == self.last else 0
         try:
-            while self.pending:
+            while len(self.pending) > keep:
                 self.tracker.log_epoch(*self.pending[0])
                 self.pending.pop(0)
         except Exception as e:
