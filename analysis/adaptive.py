@@ -169,7 +169,20 @@ def _fits(frame: pd.DataFrame, n_res: int) -> bool:
 def initial_design(configs: pd.DataFrame) -> pd.DataFrame:
     """The configurations of one regime to train first (a subset of `configs`, the regime's
     declared configurations with `compute` and `trained`): the depth and width paths from the
-    smallest model at every resolution, then the cheapest others until the surface fits."""
+    smallest model at every resolution, then the cheapest others until the surface fits. A pure
+    function of the table, computed once per table (every round of a study asks again)."""
+    key = tuple(configs[[*AXES, "compute", "trained"]].itertuples())
+    if key not in _designs:
+        if len(_designs) >= 256:
+            _designs.clear()
+        _designs[key] = _initial_design(configs)
+    return _designs[key].copy()
+
+
+_designs: dict[tuple, pd.DataFrame] = {}
+
+
+def _initial_design(configs: pd.DataFrame) -> pd.DataFrame:
     n_res = configs["resolution"].nunique()
     if not _fits(configs, n_res):
         raise ValueError(f"{len(configs)} configurations (depths {sorted(configs['depth'].unique())}, widths "

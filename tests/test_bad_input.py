@@ -3,12 +3,16 @@ finished run: each exits non-zero with a message naming the setting, creates no 
 leaves the existing one untouched."""
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 CASES = [
     (["model.width=0"], "model.width=0.0: must be > 0"),                      # out of range
@@ -57,14 +61,19 @@ QUICK = {"model.width=0", "data.name=imagenet", "model.width=wide", "model.widht
 
 @pytest.fixture(scope="module")
 def outcomes(store, request) -> dict:
-    """The CLI's answer to each case this session runs, two at a time (each is a process start)."""
+    """The CLI's answer to each case this session runs, each a fork of one interpreter that
+    imported the study once (tests/cli_fork.py): the same main, exit status and output as a
+    process start, without its imports every time."""
     home, _ = store
     wanted = {" ".join(item.callspec.params["args"]) for item in request.session.items
               if item.originalname == "test_bad_input_exits_naming_the_setting_and_leaves_the_store_alone"}
     cases = [a for a, _ in CASES if " ".join(a) in wanted]
-    with ThreadPoolExecutor(2) as pool:
-        results = pool.map(lambda a: run_cli(*TINY, *a, home=home), cases)
-        return {" ".join(a): r for a, r in zip(cases, results)}
+    done = subprocess.run([sys.executable, "-m", "tests.cli_fork"], input=json.dumps([[*TINY, *a] for a in cases]),
+                          cwd=ROOT, env=dict(os.environ, STUDY_HOME=str(home), PYTHONUNBUFFERED="1"),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    return {" ".join(a): SimpleNamespace(**r) for a, r in zip(cases, results)}
 
 
 @pytest.mark.parametrize("args,needle", [
