@@ -33,7 +33,7 @@ sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default, JOBS=4 in para
 decide: setup ## adaptive study of SWEEP: train only the points that settle depth vs width (BUDGET=1x grid, 3e13 FLOPs or 20m; JOBS=4)
 	$(PY) -m study.decide --sweep $(SWEEP) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
 
-point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=26 data.resolution=20 recipe.epochs=4"
+point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=50 data.resolution=16 recipe.epochs=4"
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true $(POINT)
 
 tune: setup ## tune one point on its minival split (Optuna, TRIALS=20), then train it with the best settings

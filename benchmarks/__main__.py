@@ -24,6 +24,8 @@ this one run, on this machine, so it is comparable across machines.
    step for small and large points, and what trainer.compile=auto decides for them.
 11. fingerprint (benchmarks/identity_bench.py): validating a 100-point grid on a 1,000-class image
    folder with each folder's stamp read once against once per point.
+12. default-study (benchmarks/study_bench.py, opt-in: about 32 minutes): `make sweep` of the
+   embedded default as replicates 0, 1, 2, timed, what each decides alone, opposite decisions.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_cali
 from benchmarks.compile_bench import bench_compile
 from benchmarks.identity_bench import bench_fingerprint
 from benchmarks.speed import bench_precision, bench_speed
+from benchmarks.study_bench import bench_default_study
 from benchmarks.latency_bench import bench_latency
 from benchmarks.stream_bench import bench_stream
 
@@ -175,7 +178,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
-                                     "adaptive", "stream", "latency", "compile", "precision", "fingerprint"],
+                                     "adaptive", "stream", "latency", "compile", "precision", "fingerprint", "default-study"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -186,12 +189,13 @@ def main(argv=None) -> None:
                "calibration": bench_calibration, "adaptive": bench_adaptive,
                "stream": bench_stream, "latency": bench_latency, "compile": bench_compile,
                "precision": bench_precision, "fingerprint": bench_fingerprint}
+    opt_in = {"default-study": bench_default_study}  # runs only when named: 32 minutes of real sweeps
     machine = costs.machine(CPU)
     print(f"torch {torch.__version__}, {machine['measure.cpu']} ({machine['measure.isa']}), "
           f"{machine['measure.threads']} threads; trainer.precision=auto is {hardware.resolve_precision('auto', CPU)} here")
     print(f"{'measure':<34} {'case':<28} {'ours':>9} {'baseline':>9} {'ratio':>7}  target")
     for name in args.only or benches:
-        for row in benches[name](args):
+        for row in (benches | opt_in)[name](args):
             label, case, ours, base, ratio, target = row
             fmt = lambda v: "-" if v is None else f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"  # noqa: E731
             print(f"{label:<34} {case:<28} {fmt(ours):>9} {fmt(base):>9} {fmt(ratio):>7}  {target}", flush=True)
