@@ -40,7 +40,7 @@ which only the regime's own runs give.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -100,6 +100,7 @@ class Proposal:
     batch: pd.DataFrame             # candidates to train next (BATCH_COLUMNS)
     stop: str | None                # why the study ends, or None
     spent: float                    # training compute recorded so far
+    predicted: dict = field(default_factory=dict)  # rule name -> P(settled once the batch is trained)
 
 
 # --- rules and their state ---------------------------------------------------------------
@@ -249,7 +250,7 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
     if all(r.settled for r in rules):
         return Proposal(decisions, rules, _empty(), "every rule asked about is decided", spent)
 
-    picked = []
+    picked, predicted = [], {}
     for e in regimes:
         open_rules = [r for r in rules if r.epochs == e and not r.settled]
         if not open_rules:
@@ -269,19 +270,39 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
             pool = candidates[(candidates["epochs"] == e) & ~_in(candidates, first)]
             seq = sequence(plan, pool, grid_cost, left)
             round_compute = settings.growth * max(spent, float(first["compute"].sum()))
-            more = _round(seq, plan, round_compute, settings.jobs - len(first), settings.worth)
+            more, p = _round(seq, plan, round_compute, settings.jobs - len(first), settings.worth)
+            predicted |= p
         if len(first) or len(more):
             picked += [b for b in (first, more) if len(b)]
             if settings.order == "cost":
                 break
     batch = pd.concat(picked, ignore_index=True) if picked else _empty()
     if len(batch):
-        return Proposal(decisions, rules, batch, None, spent)
+        return Proposal(decisions, rules, batch, None, spent, predicted)
     affordable = candidates[candidates["cost"] <= budget_left]
     open_names = ", ".join(r.name for r in rules if not r.settled)
     if affordable.empty:
         return Proposal(decisions, rules, batch, f"the budget is spent ({open_names} still open)", spent)
     return Proposal(decisions, rules, batch, f"no candidate is worth its cost ({open_names} still open)", spent)
+
+
+def settle_outcomes(predicted: dict[str, float], settled: dict[str, bool]) -> list[tuple[float, bool]]:
+    """(predicted P(settled), settled) of each rule a round predicted, read from the rule
+    states ({name: settled}) of the round after it."""
+    return [(p, settled[name]) for name, p in predicted.items() if name in settled]
+
+
+def settle_calibration(predictions: list[tuple[float, bool]], edges=(0, 0.2, 0.4, 0.6, 0.8, 1.0)) -> list[dict]:
+    """Predicted P(settled) against how often the rules settled, by bins of the prediction."""
+    p = np.array([q for q, _ in predictions], float)
+    hit = np.array([s for _, s in predictions], float)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (p >= lo) & ((p < hi) if hi < edges[-1] else (p <= hi))
+        if inside.any():
+            out.append({"bin": (lo, hi), "n": int(inside.sum()), "predicted": float(p[inside].mean()),
+                        "settled": float(hit[inside].mean())})
+    return out
 
 
 def _in(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
@@ -315,13 +336,14 @@ def _first_batch(e, regime, declared, candidates, configs, decisions, open_rules
     return rows, None
 
 
-def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int, worth: float) -> pd.DataFrame:
+def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int,
+           worth: float) -> tuple[pd.DataFrame, dict[str, float]]:
     """The prefix of a greedy sequence a round trains, or nothing when no prefix settles
     `worth` rules per full grid's cost: up to `round_compute` training FLOPs (at least `jobs`
-    candidates)."""
+    candidates); with each open rule's predicted chance of being settled once it is trained."""
     ratios = [s["gain"] / s["cost"] for s in seq]
     if not ratios or max(ratios) < worth:
-        return _empty()
+        return _empty(), {}
     target = int(np.argmax(ratios))
     take = [s for i, s in enumerate(seq) if s["compute"] <= round_compute or i < max(jobs, 1)]
     rows = []
@@ -332,7 +354,7 @@ def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int, worth: 
                f"round P(settling {plan.rules[k].name}) {p[k]:.2f}; worth {ratios[target] * 0.01:.3f} rules "
                "per 1% of the grid's cost")
         rows.append(c.to_dict() | {"value": s["gain"], "why": why})
-    return pd.DataFrame(rows, columns=BATCH_COLUMNS)
+    return pd.DataFrame(rows, columns=BATCH_COLUMNS), {r.name: float(q) for r, q in zip(plan.rules, take[-1]["p"])}
 
 
 def candidates(declared: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:

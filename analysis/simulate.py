@@ -190,11 +190,13 @@ def adaptive_study(truths: dict[int, Truth], rng: np.random.Generator, noise: fl
 
     grid = declared_grid(tuple(truths))
     grid_compute = float(grid["compute"].sum())
-    table, rounds = pd.DataFrame(), []
+    table, rounds, predictions, predicted = pd.DataFrame(), [], [], {}
     for _ in range(max_rounds):
         cands = adaptive.candidates(grid, table)
         spent = adaptive.spent_compute(table)
         proposal = adaptive.propose(table, cands, grid_compute, budget * grid_compute - spent, settings)
+        predictions += adaptive.settle_outcomes(predicted, {r.name: r.settled for r in proposal.rules})
+        predicted = proposal.predicted
         rounds.append({"spent": spent / grid_compute, "trained": len(proposal.batch)})
         if proposal.stop:
             break
@@ -205,7 +207,7 @@ def adaptive_study(truths: dict[int, Truth], rng: np.random.Generator, noise: fl
     # decisions it stopped on
     stated = depth_vs_width_of(table, settings.draws, settings.seed) if len(table) else proposal.decisions
     return {"decisions": stated, "stopped_on": proposal.decisions, "compute": spent / grid_compute,
-            "rounds": len(rounds), "stop": proposal.stop}
+            "rounds": len(rounds), "stop": proposal.stop, "predictions": predictions}
 
 
 def resolution_winner(truth: Truth, r: float) -> str:
@@ -262,7 +264,8 @@ def _compare(f: str, i: int, names: list[str], seed: int, draws: int, settings) 
     out = {"family": f, "study": i, "noise": noise, "short": short.name,
            "grid": grid["by_regime"].get(LONG, {}).get("winner"),
            "adaptive": adaptive["decisions"]["by_regime"].get(LONG, {}).get("winner"),
-           "compute": adaptive["compute"], "rounds": adaptive["rounds"], "stop": adaptive["stop"]}
+           "compute": adaptive["compute"], "rounds": adaptive["rounds"], "stop": adaptive["stop"],
+           "predictions": adaptive["predictions"]}
     flip = expected_flip(short, long)
     for name, d in (("grid", grid), ("adaptive", adaptive["decisions"])):
         got = d["by_regime"].get(LONG, {})

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from analysis import rules, simulate
+from analysis import adaptive, rules, simulate
 
 GRID = dict(depths=(14, 26, 50, 101, 152), widths=(0.25, 0.5, 1.0, 1.5, 2.0), resolutions=(16, 24, 32, 48))
 
@@ -66,7 +66,7 @@ def bench_adaptive(args) -> list[tuple]:
     import os
 
     result = simulate.adaptive_vs_grid(n, draws=400, seed=0, processes=os.cpu_count() or 1)
-    result.pop("_details")
+    details = result.pop("_details")
     rows = []
     for family, r in result.items():
         case = f"{family}, {r['studies']} studies"
@@ -79,9 +79,17 @@ def bench_adaptive(args) -> list[tuple]:
                   ">= 1"),
                  (f"compute / full grid's (p90 {r['compute_p90']:.2f})", case, r["compute"], 1.0, r["compute"],
                   "<= 0.40")]
-    rows += _overall(result, n)
+    rows += _overall(result, n) + settle_rows([p for study in details for p in study["predictions"]])
     rows.append(("  adaptive benchmark run, s", f"{6 * n} studies x 2", time.perf_counter() - t0, None, None, ""))
     return rows
+
+
+def settle_rows(predictions: list[tuple[float, bool]]) -> list[tuple]:
+    """The chance a round predicts for settling each open rule against how often it then
+    settled, by bins of the prediction (the rounds of every simulated study)."""
+    return [(f"settled when predicted {c['bin'][0]:.1f}-{c['bin'][1]:.1f}", f"{c['n']} rule-rounds",
+             c["settled"], c["predicted"], None, "settled ~ predicted")
+            for c in adaptive.settle_calibration(predictions)]
 
 
 def _ratio(a: float, b: float):

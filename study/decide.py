@@ -208,7 +208,16 @@ def trace_text(trace: Trace) -> str:
     shown = t[["round", "spent_share", "trained", *regimes]].rename(
         columns={"spent_share": "cost used", **{c: c.replace("P(depth better) depth vs width at ", "P(depth) ")
                                                    for c in regimes}})
-    return "rounds:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-")
+    return "rounds:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-") + \
+        "".join(f"\nrounds predicted P(settled) {c['bin'][0]:.1f}-{c['bin'][1]:.1f} for {c['n']} rule(s): "
+                f"mean {c['predicted']:.2f}, settled {c['settled']:.2f}" for c in settle_table(trace.rounds))
+
+
+def settle_table(rounds: list[dict]) -> list[dict]:
+    """What each round predicted for settling its open rules against the next round's states."""
+    pairs = [p for a, b in zip(rounds, rounds[1:]) if "settled" in b
+             for p in adaptive.settle_outcomes(a.get("predicted", {}), b["settled"])]
+    return adaptive.settle_calibration(pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,7 +311,8 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
         trace.add({"round": n, "spent_share": spent / grid_cost, "trained": int(len(proposal.batch)),
                    "seconds": time.time() - t0, "stop": proposal.stop or "",
                    "p_depth_better": {r.name: r.p_depth_better for r in proposal.rules},
-                   "winners": {r.name: r.winner for r in proposal.rules}})
+                   "winners": {r.name: r.winner for r in proposal.rules},
+                   "predicted": proposal.predicted, "settled": {r.name: r.settled for r in proposal.rules}})
         if proposal.stop:
             break
         if rc and failures >= 2:

@@ -181,3 +181,23 @@ def test_proposals_and_stops_read_minival_never_the_test_split_the_report_states
 
     stated = depth_vs_width(simulate.configurations(table), 300)["by_regime"][LONG]["winner"]
     assert stated == "depth"  # what the report states: test
+
+
+def test_a_round_says_what_it_predicts_and_the_next_round_scores_it():
+    """Each open rule's predicted chance of being settled once the batch is trained is kept on
+    the proposal, and the rule states of the round after it say whether it was: the pairs the
+    calibration table of `make bench ARGS="--only adaptive"` bins."""
+    grid, table, rng = _grid(), pd.DataFrame(), np.random.default_rng(3)
+    truths = {SHORT: simulate.TRUTHS["width"], LONG: simulate.TRUTHS["width"]}
+    for _ in range(3):
+        proposal = _step(table, grid)
+        table = pd.concat([table, _train(proposal.batch, truths, rng, 0.1)], ignore_index=True)
+    assert proposal.predicted, "a fitted regime's round predicts its open rules"
+    open_rules = {r.name for r in proposal.rules if not r.settled}
+    assert set(proposal.predicted) <= open_rules and all(0 <= p <= 1 for p in proposal.predicted.values())
+    after = _step(table, grid)
+    scored = adaptive.settle_outcomes(proposal.predicted, {r.name: r.settled for r in after.rules})
+    assert [p for p, _ in scored] == list(proposal.predicted.values())
+    assert [s for _, s in scored] == [next(r.settled for r in after.rules if r.name == n) for n in proposal.predicted]
+    binned = adaptive.settle_calibration([(0.1, False), (0.15, True), (0.9, True), (1.0, True)])
+    assert [(c["bin"], c["n"], c["settled"]) for c in binned] == [((0, 0.2), 2, 0.5), ((0.8, 1.0), 2, 1.0)]

@@ -77,6 +77,22 @@ def test_a_proposed_point_has_the_same_identity_as_the_sweeps_own(tmp_path):
     assert keys[0] == keys[1]
 
 
+def test_the_trace_scores_each_rounds_prediction_against_the_next_round(tmp_path):
+    """A round keeps what it predicted for settling its open rules; the trace scores it against
+    the next round's rule states (a trace from before predictions were kept scores nothing)."""
+    trace = decide.Trace(tmp_path, "1")
+    rounds = [({"a": 0.9, "b": 0.1}, {"a": False, "b": False}), ({"b": 0.3}, {"a": True, "b": False}),
+              ({}, {"a": True, "b": True})]
+    for n, (predicted, settled) in enumerate(rounds, 1):
+        trace.add({"round": n, "spent_share": n / 10, "trained": 1, "seconds": 1.0, "stop": "",
+                   "p_depth_better": {}, "predicted": predicted, "settled": settled})
+    table = decide.settle_table(decide.Trace(tmp_path, "1").rounds)  # as a rerun reads it back
+    assert [(c["bin"], c["n"], c["settled"]) for c in table] == [((0, 0.2), 1, 0.0), ((0.2, 0.4), 1, 1.0),
+                                                                ((0.8, 1.0), 1, 1.0)]
+    assert "rounds predicted P(settled) 0.8-1.0 for 1 rule(s): mean 0.90, settled 1.00" in decide.trace_text(trace)
+    assert decide.settle_table([{"round": 1, "predicted": {"a": 0.5}}, {"round": 2}]) == []
+
+
 def test_declared_grid_is_the_sweep_files_axes():
     GlobalHydra.instance().clear()
     declared = decide.declared_grid(decide.compose_sweep(SWEEP, []))
