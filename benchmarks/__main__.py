@@ -1,7 +1,7 @@
 """`make bench` / `python -m benchmarks`: every figure is a ratio measured side by side in
 this one run, on this machine, so it is comparable across machines.
 
-1. trainer vs bare loop: images/s of study.trainer.fit against a minimal hand-written loop
+1. trainer vs bare loop: images/s of study.train.trainer.fit against a minimal hand-written loop
    (same model, data, batches, optimizer and schedule; nothing else), alternated, best of N.
 2. input pipeline vs training step: batches/s of the augmenting batcher alone against
    training steps/s.

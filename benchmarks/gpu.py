@@ -1,5 +1,5 @@
 """The GPU path, measured side by side in one run on a CUDA device (`python -m benchmarks.gpu`):
-the shared trainer (study.trainer.fit, its GPU-resident batcher, augmentation and evaluation)
+the shared trainer (study.train.trainer.fit, its GPU-resident batcher, augmentation and evaluation)
 at fp32 NCHW, bf16 autocast + channels_last, and the same + torch.compile, against a bare
 hand-written bf16 + channels_last loop over ready batches on the device; and achieved model
 FLOP/s (3 x forward FLOPs x images/s) over the measured bf16 matmul peak. Every figure is the

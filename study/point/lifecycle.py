@@ -12,7 +12,7 @@
 - skip: a FINISHED run of the run key (unless force=true) ends the point.
 - resume / adopt / start: continue the run named by a sound checkpoint, else take over the
   point's run left RUNNING by a killed process before its first checkpoint, else start a run.
-- tune: with tune.trials > 0, tune on minival (study.tune); the best settings go through the
+- tune: with tune.trials > 0, tune on minival (study.train.tune); the best settings go through the
   schema again and are recorded as the values trained with.
 - train, measure: the shared trainer, then FLOPs, parameters, latency and memory.
 - record: the result is written beside the checkpoint first, then sent to the store. A store

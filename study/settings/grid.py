@@ -72,7 +72,7 @@ TUNE_KEYED = frozenset({"tune.trials", "tune.sampler_seed", "tune.pruner", "tune
 # Settings added after key version 1: name -> neutral value, or a test of the flattened point
 # that says whether the setting is neutral there (keyed only where it is not).
 ADDED: dict[str, Any] = {
-    # EMA decay given per images seen at this batch (study.recipe): neutral with the EMA off,
+    # EMA decay given per images seen at this batch (study.train.recipe): neutral with the EMA off,
     # at the reference batch itself, or null (per step, the behaviour before it existed).
     "recipe.ema_reference_batch": lambda s: s["recipe.ema_reference_batch"] in (None, s["recipe.batch_size"])
     or s["recipe.ema_decay"] == 0,
