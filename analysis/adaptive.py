@@ -102,6 +102,11 @@ class Proposal:
     spent: float                    # training compute recorded so far
     predicted: dict = field(default_factory=dict)  # rule name -> P(settled once the batch is trained)
 
+    @property
+    def settled(self) -> dict[str, bool]:
+        """Each rule asked about: settled or not (what the previous round's `predicted` is scored on)."""
+        return {r.name: r.settled for r in self.rules}
+
 
 # --- rules and their state ---------------------------------------------------------------
 
@@ -346,15 +351,16 @@ def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int,
         return _empty(), {}
     target = int(np.argmax(ratios))
     take = [s for i, s in enumerate(seq) if s["compute"] <= round_compute or i < max(jobs, 1)]
+    p = take[-1]["p"]  # each open rule's chance once the whole round is trained
+    k = int(np.argmax(p))
     rows = []
     for s in take:
         c = s["candidate"]
-        p, k = take[-1]["p"], int(np.argmax(take[-1]["p"]))
         why = (f"{'new configuration' if c['new'] else 'one more seed'}; helps {s['helps']} most; after this "
                f"round P(settling {plan.rules[k].name}) {p[k]:.2f}; worth {ratios[target] * 0.01:.3f} rules "
                "per 1% of the grid's cost")
         rows.append(c.to_dict() | {"value": s["gain"], "why": why})
-    return pd.DataFrame(rows, columns=BATCH_COLUMNS), {r.name: float(q) for r, q in zip(plan.rules, take[-1]["p"])}
+    return pd.DataFrame(rows, columns=BATCH_COLUMNS), {r.name: float(q) for r, q in zip(plan.rules, p)}
 
 
 def candidates(declared: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:

@@ -195,7 +195,7 @@ def adaptive_study(truths: dict[int, Truth], rng: np.random.Generator, noise: fl
         cands = adaptive.candidates(grid, table)
         spent = adaptive.spent_compute(table)
         proposal = adaptive.propose(table, cands, grid_compute, budget * grid_compute - spent, settings)
-        predictions += adaptive.settle_outcomes(predicted, {r.name: r.settled for r in proposal.rules})
+        predictions += adaptive.settle_outcomes(predicted, proposal.settled)
         predicted = proposal.predicted
         rounds.append({"spent": spent / grid_compute, "trained": len(proposal.batch)})
         if proposal.stop:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.stability import opposite
+from analysis.stability import UNDECIDED, opposite
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLICATES = (0, 1, 2)
@@ -43,7 +43,7 @@ def bench_default_study(args) -> list[tuple]:
                          12.0, None, "<= 12 min"))
         alone = json.loads((Path(home) / "reports" / "default" / "rules.json").read_text())["by_replicate"]
     for r, answers in alone.items():
-        decided = [q for q, a in answers.items() if a not in ("undecided", "no decision")]
+        decided = [q for q, a in answers.items() if a not in UNDECIDED]
         dvw = [q for q in decided if q.startswith("Depth or width")]
         rows.append((f"  replicate {r} alone decides", "; ".join(f"{q}: {answers[q]}" for q in decided) or "nothing",
                      len(decided), 2, None, ">= 2, >= 1 depth vs width" + ("" if dvw else " (MISSED)")))

@@ -312,7 +312,7 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
                    "seconds": time.time() - t0, "stop": proposal.stop or "",
                    "p_depth_better": {r.name: r.p_depth_better for r in proposal.rules},
                    "winners": {r.name: r.winner for r in proposal.rules},
-                   "predicted": proposal.predicted, "settled": {r.name: r.settled for r in proposal.rules}})
+                   "predicted": proposal.predicted, "settled": proposal.settled})
         if proposal.stop:
             break
         if rc and failures >= 2:

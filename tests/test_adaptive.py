@@ -196,7 +196,7 @@ def test_a_round_says_what_it_predicts_and_the_next_round_scores_it():
     open_rules = {r.name for r in proposal.rules if not r.settled}
     assert set(proposal.predicted) <= open_rules and all(0 <= p <= 1 for p in proposal.predicted.values())
     after = _step(table, grid)
-    scored = adaptive.settle_outcomes(proposal.predicted, {r.name: r.settled for r in after.rules})
+    scored = adaptive.settle_outcomes(proposal.predicted, after.settled)
     assert [p for p, _ in scored] == list(proposal.predicted.values())
     assert [s for _, s in scored] == [next(r.settled for r in after.rules if r.name == n) for n in proposal.predicted]
     binned = adaptive.settle_calibration([(0.1, False), (0.15, True), (0.9, True), (1.0, True)])
