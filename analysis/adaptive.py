@@ -276,7 +276,8 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
             seq = sequence(plan, pool, grid_cost, left)
             round_compute = settings.growth * max(spent, float(first["compute"].sum()))
             more, p = _round(seq, plan, round_compute, settings.jobs - len(first), settings.worth)
-            predicted |= p
+            if e in decisions["by_regime"]:  # a prior plan's gap is the cheaper regime's: no forecast
+                predicted |= p
         if len(first) or len(more):
             picked += [b for b in (first, more) if len(b)]
             if settings.order == "cost":
