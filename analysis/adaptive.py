@@ -275,9 +275,10 @@ def propose(runs: pd.DataFrame, candidates: pd.DataFrame, grid_cost: float, budg
             pool = candidates[(candidates["epochs"] == e) & ~_in(candidates, first)]
             seq = sequence(plan, pool, grid_cost, left)
             round_compute = settings.growth * max(spent, float(first["compute"].sum()))
-            more, p = _round(seq, plan, round_compute, settings.jobs - len(first), settings.worth)
-            if e in decisions["by_regime"]:  # a prior plan's gap is the cheaper regime's: no forecast
-                predicted |= p
+            # a prior plan's gap is the cheaper regime's, not this one's: it forecasts nothing
+            more, p = _round(seq, plan, round_compute, settings.jobs - len(first), settings.worth,
+                             forecast=e in decisions["by_regime"])
+            predicted |= p
         if len(first) or len(more):
             picked += [b for b in (first, more) if len(b)]
             if settings.order == "cost":
@@ -343,10 +344,11 @@ def _first_batch(e, regime, declared, candidates, configs, decisions, open_rules
 
 
 def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int,
-           worth: float) -> tuple[pd.DataFrame, dict[str, float]]:
+           worth: float, forecast: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
     """The prefix of a greedy sequence a round trains, or nothing when no prefix settles
     `worth` rules per full grid's cost: up to `round_compute` training FLOPs (at least `jobs`
-    candidates); with each open rule's predicted chance of being settled once it is trained."""
+    candidates); with each open rule's predicted chance of being settled once it is trained
+    (none unless `forecast`: the plan is the regime's own surface)."""
     ratios = [s["gain"] / s["cost"] for s in seq]
     if not ratios or max(ratios) < worth:
         return _empty(), {}
@@ -357,11 +359,13 @@ def _round(seq: list[dict], plan: Plan, round_compute: float, jobs: int,
     rows = []
     for s in take:
         c = s["candidate"]
-        why = (f"{'new configuration' if c['new'] else 'one more seed'}; helps {s['helps']} most; after this "
-               f"round P(settling {plan.rules[k].name}) {p[k]:.2f}; worth {ratios[target] * 0.01:.3f} rules "
-               "per 1% of the grid's cost")
+        chance = f"after this round P(settling {plan.rules[k].name}) {p[k]:.2f}" if forecast else \
+            "planned on a cheaper regime's surface: where to look, no forecast"
+        why = (f"{'new configuration' if c['new'] else 'one more seed'}; helps {s['helps']} most; {chance}; "
+               f"worth {ratios[target] * 0.01:.3f} rules per 1% of the grid's cost")
         rows.append(c.to_dict() | {"value": s["gain"], "why": why})
-    return pd.DataFrame(rows, columns=BATCH_COLUMNS), {r.name: float(q) for r, q in zip(plan.rules, p)}
+    return pd.DataFrame(rows, columns=BATCH_COLUMNS), \
+        {r.name: float(q) for r, q in zip(plan.rules, p)} if forecast else {}
 
 
 def candidates(declared: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
