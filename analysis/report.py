@@ -275,8 +275,11 @@ def replication_lines(decisions: dict) -> list[str]:
     clash = [f"{r['question']}: {r['replicates'].removeprefix('OPPOSITE: ')}" for r in rows
              if r["replicates"].startswith("OPPOSITE")]
     reps = ", ".join(map(str, decisions["by_replicate"]))
-    return [f"Replicates {reps}, pooled: each replicate alone gives {agree} of the {len(decided)} decided answer(s)"
-            + (f"; OPPOSITE answers between replicates: {'; '.join(clash)}" if clash else "") + "."]
+    said = f"each replicate alone gives {agree} of the {len(decided)} decided answer(s)" if decided else \
+        "the pooled study decides nothing"
+    return [f"Replicates {reps}, pooled: {said}"
+            + (f"; OPPOSITE answers between replicates: {'; '.join(clash)}" if clash
+               else "; no two replicates decide a question opposite ways") + "."]
 
 
 def _counted(kinds) -> str:

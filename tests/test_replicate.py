@@ -57,7 +57,7 @@ def test_the_report_of_several_replicates_pools_them_and_has_a_stability_column(
     assert rows["Depth or width scaling, 10 epochs"]["replicates"] == "each agrees (3 of 3)"
     assert "each replicate alone" in report._decisions_markdown(decisions)
     line = [x for x in report.summary(decisions) if x.startswith("Replicates 0, 1, 2, pooled")]
-    assert line and "OPPOSITE" not in line[0]
+    assert line and "OPPOSITE" not in line[0] and "no two replicates decide a question opposite ways" in line[0]
     one = _decisions(table[table["replicate"] == 0])  # one replicate: no column, no line
     assert "by_replicate" not in one and "replicates" not in report.decision_rows(one)[0]
 
