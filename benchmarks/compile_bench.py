@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 POINTS = [  # (label, width, depth, resolution, images per epoch)
     ("default smallest w=0.125 d=14 r=12", 0.125, 14, 12, 3600),
     ("default largest w=0.5 d=38 r=28", 0.5, 38, 28, 3600),
-    ("cifar10_cpu largest w=0.5 d=38 r=32", 0.5, 38, 32, 45000),
+    ("cifar10 w=0.5 d=38 r=32", 0.5, 38, 32, 45000),
 ]
 BATCH, STEPS, REPEATS = 128, 10, 5
 

@@ -6,8 +6,8 @@ by default on this machine.
   cropped and flipped by the workers, normalised in the training process), with the recipe of
   the CPU study (recipe=short: no RandAugment); and with RandAugment's 2 ops (recipe=resnet_rs),
   which run in the training process on either path;
-- step img/s: SGD steps (forward, backward, update) of the smallest and largest models of
-  sweeps/cifar10_cpu.yaml on ready batches;
+- step img/s: SGD steps (forward, backward, update) of the smallest and largest models of the
+  CIFAR-10 study as shipped until 2026-12-07 (w=0.25 d=14, w=0.5 d=38) on ready batches;
 - decode img/s: study.data.imagefiles.decode alone, one thread; the whole worker task (decode + crop
   + flip), one thread.
 Each ratio is the median of 5 alternated repeats, printed with its min-max.
@@ -29,7 +29,7 @@ from study.train import models
 
 CPU = torch.device("cpu")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
-MODELS = ((0.25, 14), (0.5, 38))  # sweeps/cifar10_cpu.yaml: its smallest and largest
+MODELS = ((0.25, 14), (0.5, 38))  # the CIFAR-10 study's smallest and largest as shipped until 2026-12-07
 REPEATS, IMAGES, BATCH = 5, 5000, 128
 
 
