@@ -330,5 +330,5 @@ def test_prepare_data_takes_its_side_from_a_sweep(tmp_path):
     source = image_folder(tmp_path / "src", classes=2, per_class=4)
     # sweeps/cifar10_cpu.yaml: 16 and 24 px, whole images stored (eval_crop 1): 24 x 1.15 -> 28
     assert prepare.side_for_sweep("cifar10_cpu", [f"data.root={source}"]) == 28
-    assert prepare.side_for_sweep("cifar10_cpu", [f"data.root={source}", "data.resolution=16,32"]) == 37
+    assert prepare.side_for_sweep("cifar10_cpu", [f"data.root={source}", "data.resolution=32"]) == 37
     assert prepare.main(["--source", str(tmp_path / "nope"), "--dest", str(tmp_path / "d"), "--side", "9"]) == 2
