@@ -91,14 +91,12 @@ class Plan:
 
 
 def _seed_var(regime: pd.DataFrame, surface: Surface) -> float:
-    """Seed noise of one run's log error: pooled over the regime's repeated seeds, at most what
-    the residual variance holds (a configuration mean's seed noise, seed_var x mean(1/n), is
-    part of the residual), else all of it (then a seed's value is an upper bound). Uncapped, a
-    pooled estimate above the residual's share would plan the residual variance down to zero
-    and predict P(settled) near 1 for rules that then did not settle."""
-    whole = float(surface.sigma2 / np.mean(1 / regime["n_seeds"].to_numpy(float)))
+    """Seed noise of one run's log error: pooled over the regime's repeated seeds, else all of
+    the residual variance (then a seed's value is an upper bound). The surface's variance is
+    never below the pooled seeds' share (depth_width.seed_floor), so planned seeds never plan it
+    below zero (they did when it could be: P(settled) near 1 for rules that then did not settle)."""
     pooled = seed_var_log(regime)
-    return min(pooled, whole) if pooled else whole
+    return pooled if pooled else float(surface.sigma2 * regime["n_seeds"].mean())
 
 
 def _keys(frame: pd.DataFrame) -> list[tuple]:

@@ -80,16 +80,23 @@ def missed(grid: dict[str, str], adaptive: dict[str, str]) -> list[str]:
             if a not in UNDECIDED and adaptive.get(q) != a]
 
 
+def beyond(grid: dict[str, str], adaptive: dict[str, str]) -> list[str]:
+    """The adaptive study's decisions the grid's report does not make (undecided there, or opposite)."""
+    return [f"{q}: {a} (grid: {grid.get(q, 'not asked')})" for q, a in adaptive.items()
+            if a not in UNDECIDED and grid.get(q) != a]
+
+
 def bench_decide_vs_grid(args) -> list[tuple]:
     import numpy as np
 
-    walls, missing = {"grid": [], "decide": []}, []
+    walls, missing, extra = {"grid": [], "decide": []}, [], []
     for _ in range(max(args.repeats, 1)):
         with tempfile.TemporaryDirectory() as g, tempfile.TemporaryDirectory() as d:
             walls["grid"].append(_sweep(g))
             walls["decide"].append(_decide(d))
             grid, adaptive = _answers(g), _answers(d)
             missing.append(missed(grid, adaptive))
+            extra.append(beyond(grid, adaptive))
     ratios = np.array(walls["decide"]) / np.array(walls["grid"])
     rows = [("make sweep (full grid), min", f"{len(ratios)} runs, alternated", float(np.mean(walls["grid"])) / 60,
              None, None, f"spread {min(walls['grid']) / 60:.1f}-{max(walls['grid']) / 60:.1f}"),
@@ -99,6 +106,8 @@ def bench_decide_vs_grid(args) -> list[tuple]:
     decided = sorted(q for q, a in grid.items() if a not in UNDECIDED)
     rows.append(("grid's decisions", "; ".join(f"{q}: {grid[q]}" for q in decided) or "none", len(decided), None,
                  None, ""))
-    for i, miss in enumerate(missing):
+    for i, (miss, more) in enumerate(zip(missing, extra)):
         rows.append((f"  decide run {i + 1} misses", "; ".join(miss) or "none", len(miss), 0, None, "0"))
+        rows.append((f"  decide run {i + 1} decides beyond", "; ".join(more) or "none", len(more), 0, None,
+                     "0 (the grid's data do not support it)"))
     return rows

@@ -69,3 +69,20 @@ def test_seeds_cannot_shrink_the_lack_of_fit():
     assert next_step.seeds_needed(z=1.2, bound=1.645, now=2, seed_share=1.0) == all_seeds
     assert next_step.seeds_needed(z=1.5, bound=1.645, now=2, seed_share=0.5) > next_step.seeds_needed(z=1.5, bound=1.645, now=2)
     assert next_step.seeds_needed(z=1.0, bound=1.645, now=2, seed_share=0.5) is None  # 0.37 < 0.5 of it stays
+
+
+def test_a_surface_never_claims_less_noise_than_its_own_seeds_show():
+    """A residual on few degrees of freedom can fall below the noise the configurations' seeds
+    show (an adaptive study that looks every round meets that chance): the decision then uses
+    the seeds' variance, and the same means without seeds decide as before."""
+    from analysis.depth_width import Surface, depth_vs_width, seed_floor
+
+    exact = simulate.configurations(simulate.runs(simulate.TRUTHS["depth"], 40, np.random.default_rng(0), noise=0.0))
+    alone = depth_vs_width(exact, 200, 0)["by_regime"][40]
+    assert alone["winner"] == "depth" and alone["noise"]["seed_share"] is None
+    seeded = exact.assign(n_seeds=3, error_var=exact["error"] ** 2)  # seeds: 100% relative sd per run
+    s = Surface(seeded)
+    assert seed_floor(seeded) > s.residual_var and s.sigma2 == seed_floor(seeded)
+    d = depth_vs_width(seeded, 200, 0)["by_regime"][40]
+    assert d["winner"] == "undecided" and d["noise"]["seed_share"] == 1.0
+    assert d["log_gap"]["se"] > 10 * alone["log_gap"]["se"]
