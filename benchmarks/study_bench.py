@@ -74,16 +74,11 @@ def bench_default_study(args) -> list[tuple]:
     return rows
 
 
-def missed(grid: dict[str, str], adaptive: dict[str, str]) -> list[str]:
-    """The grid's decisions the adaptive study does not reach with the same answer."""
-    return [f"{q}: {a} (adaptive: {adaptive.get(q, 'not asked')})" for q, a in grid.items()
-            if a not in UNDECIDED and adaptive.get(q) != a]
-
-
-def beyond(grid: dict[str, str], adaptive: dict[str, str]) -> list[str]:
-    """The adaptive study's decisions the grid's report does not make (undecided there, or opposite)."""
-    return [f"{q}: {a} (grid: {grid.get(q, 'not asked')})" for q, a in adaptive.items()
-            if a not in UNDECIDED and grid.get(q) != a]
+def unmatched(mine: dict[str, str], theirs: dict[str, str], who: str) -> list[str]:
+    """`mine`'s decisions that `theirs` (named `who`) does not reach with the same answer: the
+    grid's that the adaptive study misses, or the adaptive study's beyond the grid's."""
+    return [f"{q}: {a} ({who}: {theirs.get(q, 'not asked')})" for q, a in mine.items()
+            if a not in UNDECIDED and theirs.get(q) != a]
 
 
 def bench_decide_vs_grid(args) -> list[tuple]:
@@ -95,8 +90,8 @@ def bench_decide_vs_grid(args) -> list[tuple]:
             walls["grid"].append(_sweep(g))
             walls["decide"].append(_decide(d))
             grid, adaptive = _answers(g), _answers(d)
-            missing.append(missed(grid, adaptive))
-            extra.append(beyond(grid, adaptive))
+            missing.append(unmatched(grid, adaptive, "adaptive"))
+            extra.append(unmatched(adaptive, grid, "grid"))
     ratios = np.array(walls["decide"]) / np.array(walls["grid"])
     rows = [("make sweep (full grid), min", f"{len(ratios)} runs, alternated", float(np.mean(walls["grid"])) / 60,
              None, None, f"spread {min(walls['grid']) / 60:.1f}-{max(walls['grid']) / 60:.1f}"),
