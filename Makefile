@@ -10,7 +10,8 @@ PORT ?= 5000
 TRIALS ?= 20
 JOBS ?= 1
 BUDGET ?= 1x
-LAUNCH := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
+PACK ?=
+LAUNCH := $(if $(PACK),hydra/launcher=packed hydra.launcher.pack=$(PACK),$(if $(filter auto,$(JOBS)),hydra/launcher=packed,$(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))))
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
 .DEFAULT_GOAL := help
@@ -27,11 +28,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default, JOBS=4 in parallel); finished points are skipped; ARGS="..." adds overrides
+sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default, JOBS=4 in parallel, JOBS=auto packed, PACK=N per GPU); finished points are skipped; ARGS="..." adds overrides
 	$(PY) -m study.run --multirun --config-dir sweeps --config-name $(SWEEP) $(LAUNCH) $(ARGS)
 
 decide: setup ## adaptive study of SWEEP: train only the points that settle depth vs width (BUDGET=1x grid, 3e13 FLOPs or 20m; JOBS=4)
-	$(PY) -m study.decide --sweep $(SWEEP) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
+	$(PY) -m study.decide --sweep $(SWEEP) --budget $(BUDGET) --jobs $(or $(if $(PACK),auto),$(JOBS)) $(if $(PACK),hydra.launcher.pack=$(PACK)) $(ARGS)
 
 point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=50 data.resolution=16 recipe.epochs=4"
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true $(POINT)

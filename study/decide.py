@@ -35,6 +35,7 @@ from analysis.rules import COLUMNS
 from study.record import view
 from study.settings import config, grid
 from study.settings.config import CODE_ROOT, ConfigError
+from study.settings.hardware import usable_cores
 from study.sweep.callback import axes, browse_hint, description
 from study.sweep import manifest
 from study.sweep.compose import compose_sweep, validate_grid
@@ -122,14 +123,33 @@ def write_points(batch: pd.DataFrame, folder: Path) -> list[str]:
     return names
 
 
-def round_args(sweep_file: str, names: list[str], folder: Path, jobs: int, overrides: list[str]) -> list[str]:
+def round_args(sweep_file: str, names: list[str], folder: Path, jobs: int | str, overrides: list[str],
+               pack: str = "auto") -> list[str]:
     """The arguments of `python -m study.run` that train a round: the sweep file with its
-    declared grid cleared and the proposed points as options of decide_point."""
-    launch = [] if jobs == 1 or any(o.startswith("hydra/launcher=") for o in overrides) else \
-        ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    declared grid cleared and the proposed points as options of decide_point; jobs `auto`: the
+    packed launcher (study.sweep.packed) with `pack`."""
+    if jobs == 1 or any(o.startswith("hydra/launcher=") for o in overrides):
+        launch = []
+    elif jobs == "auto":
+        launch = ["hydra/launcher=packed", f"hydra.launcher.pack={pack}"]
+    else:
+        launch = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     return ["--multirun", "--config-dir", str(CODE_ROOT / "sweeps"), "--config-name", sweep_file,
             "hydra.sweeper.params=null", f"hydra.searchpath=[file://{folder}]", f"+{GROUP}={','.join(names)}",
             "analysis.auto=false", "trainer.measure_alone=false", *launch, *overrides]  # both once, at the end
+
+
+def parse_jobs(text: str, pack: str) -> int | str:
+    """--jobs: a whole number >= 1, or auto (packed, with --pack checked); ConfigError naming them."""
+    from study.point.packing import parse_pack
+
+    if text.strip().lower() == "auto":
+        parse_pack(pack)
+        return "auto"
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"invalid settings:\n  --jobs={text!r} (JOBS): allowed are a whole number of points "
+                          "trained at once (1 or more) or auto (packed: hydra/launcher=packed)")
+    return int(text)
 
 
 def train_round(args: list[str]) -> int:
@@ -224,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.decide", description=__doc__.splitlines()[0])
     p.add_argument("--sweep", default="default", help="the sweep file in sweeps/ (without .yaml)")
     p.add_argument("--budget", default="1x", help="1x (full grids), 3e13 (training FLOPs), 20m (wall time)")
-    p.add_argument("--jobs", type=int, default=1, help="points trained in parallel (joblib launcher)")
+    p.add_argument("--jobs", default="1", help="points trained in parallel (joblib launcher), or auto: packed "
+                   "(hydra/launcher=packed: side by side a core each on CPUs, --pack per GPU)")
+    p.add_argument("--pack", default="auto", help="with --jobs auto: points at once per GPU (or on the cores), or auto")
     p.add_argument("--rules", default=",".join(adaptive.RULES), help=f"which of {','.join(adaptive.RULES)} to settle")
     p.add_argument("--order", default="cost", choices=adaptive.ORDERS)
     p.add_argument("--max-rounds", type=int, default=100)
@@ -236,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = grid.expand(dict(cfg.hydra.sweeper.params), [])
         studies = validate_grid(cfg, jobs)
         first = studies[0]
+        a.jobs = parse_jobs(a.jobs, a.pack)
         settings = adaptive.Settings(rules=tuple(x.strip() for x in a.rules.split(",") if x.strip()),
-                                     order=a.order, jobs=a.jobs)
+                                     order=a.order, jobs=usable_cores() if a.jobs == "auto" else a.jobs)
         try:
             settings.check()
         except ValueError as e:
@@ -305,7 +328,7 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
         if not proposal.stop:
             names = write_points(proposal.batch, folder)
             points = round_points(folder, proposal.batch, n, tracker.experiment_id)
-            rc = train_round(round_args(a.sweep, names, folder, settings.jobs, overrides))
+            rc = train_round(round_args(a.sweep, names, folder, a.jobs, overrides, a.pack))
             failures = failures + 1 if rc else 0
             _tag_round(tracker, points, n)
         trace.add({"round": n, "spent_share": spent / grid_cost, "trained": int(len(proposal.batch)),

@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> list[dict]:
     hc = HydraConfig.get()
     redact_hydra_output(Path(hc.runtime.output_dir, hc.output_subdir or ".hydra"))
     jobs, multirun = devices.parallel_jobs(hc.launcher), hc.mode == RunMode.MULTIRUN
+    slot = devices.take_slot(hc.launcher)  # a packed job's GPU, before anything starts CUDA
     try:
         study = config.validate(cfg)
         device = hardware.resolve_device(study.trainer.device)
@@ -57,7 +58,7 @@ def main(cfg: DictConfig) -> list[dict]:
         study = dataclasses.replace(study, trainer=dataclasses.replace(study.trainer, progress=False))
     label = console.label(Path(hc.sweep.dir), study.sweep) if multirun else ""
     kwargs = dict(position=_position(), choices=choices, resolved_config=redact(OmegaConf.to_yaml(cfg, resolve=True)),
-                  label=label, placement=devices.placement(hc.launcher) | why,
+                  label=label, placement=devices.placement(hc.launcher) | why | slot,
                   parallel_jobs=jobs * (study.trainer.processes // world.nodes if world.size > 1 else 1))
     outcomes = []
     for seed in range(study.seed, study.seed + study.seeds):  # seeds=N: N runs sharing one point key

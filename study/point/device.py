@@ -18,7 +18,7 @@ from study.settings.hardware import resolve_precision, usable_cores
 
 
 LAUNCHERS = {"BasicLauncher": "basic", "JoblibLauncher": "joblib", "SlurmLauncher": "submitit_slurm",
-             "LocalLauncher": "submitit_local"}
+             "LocalLauncher": "submitit_local", "PackedLauncher": "packed"}
 
 
 def placement(launcher) -> dict[str, str]:
@@ -50,9 +50,24 @@ def _slurm_tags() -> dict[str, str]:
 
 def parallel_jobs(launcher) -> int:
     """Jobs that run at once on this machine under a Hydra launcher config: the joblib
-    launcher's n_jobs (all cores when -1 or null), else 1."""
-    n_jobs = launcher.get("n_jobs", 1) if "joblib" in str(launcher.get("_target_", "")) else 1
+    launcher's n_jobs (all cores when -1 or null), the packed launcher's phase's, else 1."""
+    target = str(launcher.get("_target_", ""))
+    n_jobs = launcher.get("n_jobs", 1) if "joblib" in target or "study_packed" in target else 1
     return n_jobs if n_jobs and n_jobs > 0 else usable_cores()
+
+
+def take_slot(launcher) -> dict[str, str]:
+    """Under the packed launcher on GPUs: this process's slot and GPU (study.point.packing.hold_slot,
+    before CUDA starts), as tags of the run; else nothing."""
+    slots = launcher.get("slots") if "study_packed" in str(launcher.get("_target_", "")) else None
+    if not slots:
+        return {}
+    from pathlib import Path
+
+    from study.point.packing import hold_slot
+
+    slot, gpu = hold_slot(Path(launcher.slot_dir), list(slots))
+    return {"slot": str(slot), "gpu": str(gpu)}
 
 
 def threads_for(requested: int, cores: int, parallel_jobs: int) -> int:
