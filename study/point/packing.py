@@ -122,8 +122,9 @@ def parse_pack(text: str | int) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise ConfigError(f"invalid settings:\n  pack={text!r}: allowed are a whole number of points per GPU "
-                          "(1 or more) or auto (as many as the GPU's free memory holds)")
+        raise ConfigError(f"invalid settings:\n  hydra.launcher.pack={text} (PACK): allowed are a whole number of "
+                          "points per GPU (1 or more; on CPU cores, at once) or auto (as many as the GPU's free "
+                          "memory holds; on CPU cores, one per core)")
     return n
 
 

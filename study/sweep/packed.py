@@ -81,10 +81,11 @@ def plan(pack, studies: list) -> tuple[list, list[str]]:
 
 
 def phase_config(config: DictConfig, phase, slot_dir: Path) -> DictConfig:
-    """The sweep's config as a phase's jobs see it: how many run at once, and their slots."""
+    """The sweep's config as a phase's jobs see it: how many run at once, and their slots, as
+    Hydra overrides (Hydra composes each job's config again from them)."""
     cfg = copy.deepcopy(config)
+    slots = [f"hydra.launcher.slots=[{','.join(map(str, phase.slots))}]", f"hydra.launcher.slot_dir={slot_dir}"]
     with open_dict(cfg):
-        cfg.hydra.launcher.n_jobs = phase.jobs
-        cfg.hydra.launcher.slots = list(phase.slots) or None
-        cfg.hydra.launcher.slot_dir = str(slot_dir) if phase.slots else None
+        cfg.hydra.overrides.hydra = [*cfg.hydra.overrides.hydra, f"hydra.launcher.n_jobs={phase.jobs}",
+                                     *(slots if phase.slots else [])]
     return cfg
