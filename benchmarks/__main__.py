@@ -28,6 +28,9 @@ this one run, on this machine, so it is comparable across machines.
    embedded default as replicates 0, 1, 2, timed, what each decides alone, opposite decisions.
 13. decide-vs-grid (benchmarks/study_bench.py, opt-in: about 17 minutes a repeat): `make decide`
    against `make sweep` on the default, alternated, wall times and the grid's decisions it misses.
+14. pack (benchmarks/study_bench.py, opt-in: about 11 minutes a repeat): `make sweep JOBS=auto`
+   (packed: small points side by side, a core each) against one point at a time on the default,
+   alternated, points per hour and whether the two reports decide the same.
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_cali
 from benchmarks.compile_bench import bench_compile
 from benchmarks.identity_bench import bench_fingerprint
 from benchmarks.speed import bench_precision, bench_speed
-from benchmarks.study_bench import bench_decide_vs_grid, bench_default_study
+from benchmarks.study_bench import bench_decide_vs_grid, bench_default_study, bench_pack
 from benchmarks.latency_bench import bench_latency
 from benchmarks.stream_bench import bench_stream
 
@@ -181,7 +184,7 @@ def main(argv=None) -> None:
     p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
                                      "adaptive", "stream", "latency", "compile", "precision", "fingerprint", "default-study",
-                                     "decide-vs-grid"],
+                                     "decide-vs-grid", "pack"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -193,7 +196,7 @@ def main(argv=None) -> None:
                "stream": bench_stream, "latency": bench_latency, "compile": bench_compile,
                "precision": bench_precision, "fingerprint": bench_fingerprint}
     # run only when named: real sweeps, 30+ minutes
-    opt_in = {"default-study": bench_default_study, "decide-vs-grid": bench_decide_vs_grid}
+    opt_in = {"default-study": bench_default_study, "decide-vs-grid": bench_decide_vs_grid, "pack": bench_pack}
     machine = costs.machine(CPU)
     print(f"torch {torch.__version__}, {machine['measure.cpu']} ({machine['measure.isa']}), "
           f"{machine['measure.threads']} threads; trainer.precision=auto is {hardware.resolve_precision('auto', CPU)} here")

@@ -1,4 +1,4 @@
-"""The embedded default study, for real (issue 41), two opt-in benchmarks:
+"""The embedded default study, for real (issues 41 and 44), three opt-in benchmarks:
 
 - `make bench ARGS="--only default-study"` (about 32 minutes on 2 cores): `make sweep` on the
   MNIST sample as replicates 0, 1 and 2 (independent training randomness, one store), each timed
@@ -7,7 +7,11 @@
 - `make bench ARGS="--only decide-vs-grid --repeats 2"` (about 17 minutes a repeat): `make sweep`
   and `make decide` on the default, alternated, each in a fresh store; their wall times side by
   side (target: decide <= 0.5x the grid) and whether the adaptive study's report reaches every
-  decision the grid's report reaches, with the same answer."""
+  decision the grid's report reaches, with the same answer.
+- `make bench ARGS="--only pack --repeats 2"` (about 11 minutes a repeat): `make sweep` of the
+  default one point at a time against JOBS=auto (hydra/launcher=packed: small points side by side,
+  a core each), alternated (which goes first swaps every repeat), each in a fresh store; points
+  per hour side by side (target >= 1.3x on 2 cores) and whether the two reports decide the same."""
 from __future__ import annotations
 
 import json
@@ -33,10 +37,10 @@ def _timed(home: str, *command: str) -> float:
     return time.perf_counter() - t0
 
 
-def _sweep(home: str, replicate: int = 0) -> float:
-    """`make sweep` of the default study, one replicate."""
+def _sweep(home: str, replicate: int = 0, *launch: str) -> float:
+    """`make sweep` of the default study, one replicate (with `launch`: JOBS=auto's launcher)."""
     return _timed(home, "study.run", "--multirun", "--config-dir", "sweeps", "--config-name", "default",
-                  f"replicate={replicate}")
+                  f"replicate={replicate}", *launch)
 
 
 def _decide(home: str) -> float:
@@ -105,4 +109,34 @@ def bench_decide_vs_grid(args) -> list[tuple]:
         rows.append((f"  decide run {i + 1} misses", "; ".join(miss) or "none", len(miss), 0, None, "0"))
         rows.append((f"  decide run {i + 1} decides beyond", "; ".join(more) or "none", len(more), 0, None,
                      "0 (the grid's data do not support it)"))
+    return rows
+
+
+def bench_pack(args) -> list[tuple]:
+    import numpy as np
+
+    from study.settings import grid
+    from study.sweep.compose import compose_sweep
+
+    points = len(grid.expand(dict(compose_sweep("default", []).hydra.sweeper.params), []))
+    ways = {"one at a time": (), "packed": ("hydra/launcher=packed",)}
+    walls, answers = {w: [] for w in ways}, {w: [] for w in ways}
+    for i in range(max(args.repeats, 1)):
+        for way in (list(ways) if i % 2 == 0 else list(ways)[::-1]):
+            with tempfile.TemporaryDirectory() as home:
+                walls[way].append(_sweep(home, 0, *ways[way]))
+                answers[way].append(_answers(home))
+    gains = np.array(walls["one at a time"]) / np.array(walls["packed"])
+    per_hour = {w: [points * 3600 / t for t in walls[w]] for w in ways}
+    rows = [(f"{w}, points/h", f"{len(gains)} runs, alternated", float(np.median(per_hour[w])), None, None,
+             f"spread {min(per_hour[w]):.0f}-{max(per_hour[w]):.0f} ({points} points, "
+             f"{min(walls[w]) / 60:.1f}-{max(walls[w]) / 60:.1f} min)") for w in ways]
+    rows.append(("JOBS=auto over one at a time", "points per hour", float(np.median(per_hour["packed"])),
+                 float(np.median(per_hour["one at a time"])), float(np.median(gains)),
+                 f">= 1.3 (each pair: {', '.join(f'{g:.2f}' for g in gains)})"))
+    for i, (one, packed) in enumerate(zip(answers["one at a time"], answers["packed"])):
+        differ = unmatched(one, packed, "packed") + unmatched(packed, one, "one at a time")
+        decided = sorted(f"{q}: {a}" for q, a in one.items() if a not in UNDECIDED)
+        rows.append((f"  repeat {i + 1}: decisions that differ", "; ".join(differ) or "none", len(differ), 0, None,
+                     f"one at a time decides: {'; '.join(decided) or 'nothing'}"))
     return rows
