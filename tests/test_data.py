@@ -68,6 +68,24 @@ def test_training_batches_are_augmented_per_image_on_the_device():
     assert changed.float().mean() > 0.5  # each image draws its own crop / flip
 
 
+def test_a_split_held_on_the_device_gives_the_batches_of_the_host_path_for_the_same_seed():
+    """The GPU path (each split copied to the device once as uint8; crops, flips, RandAugment and the
+    normalisation made there from the CPU generator's draws), run on CPU tensors."""
+    ds = sets.prepare(DataConfig(name="synthetic", resolution=16))
+    settings = dict(device=torch.device("cpu"), augment="flip_crop", crop_padding=0.25, randaugment=(2, 9.0))
+    host, held = batches.Batcher(ds, **settings), batches.Batcher(ds, **settings)
+    held.resident = True
+    for epoch in range(2):
+        a = list(host.train(ds.train, 64, torch.Generator().manual_seed(epoch)))
+        b = list(held.train(ds.train, 64, torch.Generator().manual_seed(epoch)))
+        assert len(a) == len(b) > 1 and all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+    evaluated = [torch.equal(x, u) for (x, _), (u, _) in zip(host.evaluate(ds.test, 50), held.evaluate(ds.test, 50))]
+    assert evaluated and all(evaluated)
+    copies = held._resident
+    assert len(copies) == 2 and all(c.images.dtype == torch.uint8 for c in copies.values())  # once per split
+    assert all(c.images.data_ptr() != s.images.data_ptr() for c, s in zip(copies.values(), (ds.train, ds.test)))
+
+
 def test_normalisation_uses_training_statistics():
     ds = sets.prepare(DataConfig())
     batcher = batches.Batcher(ds, device=torch.device("cpu"), augment="none", crop_padding=0)

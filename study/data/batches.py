@@ -144,14 +144,17 @@ class Batcher:
         mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1 / (255 * std), -mean / std
+        self.resident = device.type != "cpu"  # each split held on the device once; a test sets it on CPU tensors
         self._resident: dict[int, Split] = {}
 
     def _on_device(self, split: Split) -> Split:
-        if self.device.type == "cpu":
+        """The split's copy on the device, made once (uint8, from pinned memory on a GPU)."""
+        if not self.resident:
             return split
         if id(split) not in self._resident:
-            self._resident[id(split)] = Split(split.images.pin_memory().to(self.device, non_blocking=True),
-                                              split.labels.pin_memory().to(self.device, non_blocking=True))
+            pin = (lambda t: t.pin_memory()) if self.device.type == "cuda" else (lambda t: t.clone())
+            self._resident[id(split)] = Split(pin(split.images).to(self.device, non_blocking=True),
+                                              pin(split.labels).to(self.device, non_blocking=True))
         return self._resident[id(split)]
 
     def train(self, split: Split, batch_size: int, generator: torch.Generator,
