@@ -31,8 +31,8 @@ $(VENV)/.installed: pyproject.toml
 sweep: setup ## run the grid of sweeps/SWEEP.yaml (SWEEP=default, JOBS=4 in parallel, JOBS=auto packed, PACK=N per GPU); finished points are skipped; ARGS="..." adds overrides
 	$(PY) -m study.run --multirun --config-dir sweeps --config-name $(SWEEP) $(LAUNCH) $(ARGS)
 
-decide: setup ## adaptive study of SWEEP: train only the points that settle depth vs width (BUDGET=1x grid, 3e13 FLOPs or 20m; JOBS=4)
-	$(PY) -m study.decide --sweep $(SWEEP) --budget $(BUDGET) --jobs $(or $(if $(PACK),auto),$(JOBS)) $(if $(PACK),hydra.launcher.pack=$(PACK)) $(ARGS)
+decide: setup ## adaptive study of SWEEP: train only the points that settle depth vs width (BUDGET=1x grid, 3e13 FLOPs or 20m; JOBS=4, JOBS=auto packed)
+	$(PY) -m study.decide --sweep $(SWEEP) --budget $(BUDGET) --jobs $(if $(PACK),auto,$(JOBS)) $(if $(PACK),--pack $(PACK)) $(ARGS)
 
 point: setup ## (re)run one grid point of SWEEP: make point POINT="model.width=0.5 model.depth=50 data.resolution=16 recipe.epochs=4"
 	$(PY) -m study.run --config-dir sweeps --config-name $(SWEEP) force=true $(POINT)

@@ -182,3 +182,15 @@ def test_decide_composes_with_the_submitit_launcher(tmp_path):
     finished = runs[runs["status"] == "FINISHED"]
     assert len(finished) > len(before) and len(finished) == finished["run_key"].nunique()
     assert set(before["run_id"]) <= set(finished["run_id"])  # the sweep's points were not trained again
+
+
+@pytest.mark.slow
+def test_decide_jobs_auto_trains_its_rounds_packed(tmp_path):
+    done = _decide(tmp_path, "--max-rounds", "1", "--jobs", "auto")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "packing: " in done.stdout and " packed, " in done.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([find_experiment(client, SWEEP).experiment_id], "tags.run_key != ''")
+    assert runs and {r.data.tags["launcher"] for r in runs} == {"packed"}
