@@ -97,6 +97,11 @@ def test_a_bad_pack_setting_is_refused_before_any_point_trains(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "hydra.launcher.pack=0 (PACK)" in done.stderr and "whole number of points per GPU" in done.stderr
     assert point_runs(tmp_path, "packed") == []
+    small_gpu = dict(env, STUDY_FAKE_GPUS="1500")  # 476 MiB above the reserve: no point fits with a CUDA context
+    refused = subprocess.run(["make", "sweep", "SWEEP=smoke", "PACK=auto", f"ARGS={TINY} data.resolution=8"], cwd=ROOT,
+                             env=small_gpu, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "needs about" in refused.stderr and "more than the largest GPU" in refused.stderr
+    assert point_runs(tmp_path, "packed") == []
     bad = subprocess.run(["make", "decide", "JOBS=two", f"ARGS=sweep=packed"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "--jobs='two' (JOBS): allowed are a whole number" in bad.stderr
