@@ -177,10 +177,11 @@ def replication(table: pd.DataFrame, replicates: int, seed: int) -> dict:
 
 def _undecidable(decisions: dict) -> dict:
     """Regimes with no depth-vs-width decision, and why: every point failed, or too few finished."""
-    decided = set(decisions.get("depth_vs_width", {}).get("by_regime", {}))
+    # rules.json's keys are strings, the regimes list's numbers: compare them as text
+    decided = {str(e) for e in decisions.get("depth_vs_width", {}).get("by_regime", {})}
     regimes = set(decisions.get("regimes", [])) | {e for e in _missing(decisions)["by_regime"] if e != "unknown"}
     out = {}
-    for e in sorted(regimes - decided):
+    for e in sorted((e for e in regimes if str(e) not in decided), key=float):
         lost = _missing(decisions)["by_regime"].get(e, {"missing": 0})["missing"]
         out[e] = (f"all {lost} point run(s) of this regime did not finish" if e not in decisions.get("regimes", [])
                   else "too few finished configurations to fit its surface"

@@ -78,3 +78,16 @@ def test_a_replicate_that_decides_the_opposite_is_named():
     assert stability.stability("depth", "decided", {0: "depth", 1: "undecided"}) == \
         "1 of 2 agree; replicate 1 alone: undecided"
     assert stability.stability("undecided", "undecided", {0: None, 1: "undecided"}) == "undecided in each (2)"
+
+
+def test_rules_json_read_back_gives_the_reports_own_decision_table():
+    """What the benchmarks and other tools read (rules.json: its keys turned to strings) answers
+    every question as the report did; a decided regime is never also listed as 'no decision'."""
+    import json
+
+    table = _replicated({10: simulate.TRUTHS["width"], 40: simulate.TRUTHS["depth"]}, 1, seed=4)
+    decisions = _decisions(table)
+    read_back = json.loads(json.dumps(report._clean(decisions)))
+    rows = [(r["question"], r["answer"]) for r in report.decision_rows(decisions)]
+    assert [(r["question"], r["answer"]) for r in report.decision_rows(read_back)] == rows
+    assert len({q for q, _ in rows}) == len(rows) and "no decision" not in {a for _, a in rows}
