@@ -41,7 +41,7 @@ RESERVE_MB = 1024.0  # kept free on every GPU
 MAX_PER_GPU = 16
 # On CPU cores a training step above this runs alone on all cores. Below it two threads buy less
 # than two jobs: on a 2-core AMD EPYC every point of the default study (up to 31 GFLOP a step,
-# w=0.5 d=101 at 22 px, batch 128) trained 1.26-1.8x faster per core one thread each, side by side.
+# w=0.5 d=101 at 22 px, batch 128) trained 1.13-1.8x faster per core one thread each, side by side.
 ALONE_STEP_GFLOP = 100.0
 FAKE_GPUS = "STUDY_FAKE_GPUS"
 
