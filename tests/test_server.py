@@ -159,6 +159,28 @@ def test_served_hosts_name_what_the_server_serves():
         "http://localhost:5001", "https://mlflow.lab.org"]
 
 
+def test_the_servers_secrets_in_a_checkout_never_show_in_git_status(tmp_path):
+    """make server's home is the checkout by default: `git add -A` there must not commit the
+    admin's password, a user's, the database's or the UI's key."""
+    from study.record.users import ADMIN_FILE, user_file, write_secret, write_secret_env
+
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    write_secret(tmp_path / "postgres.password", "pg")  # what ensure_cluster writes
+    write_secret_env(tmp_path / ADMIN_FILE, "admin", "secret")
+    write_secret_env(user_file(tmp_path, "alice"), "alice", "secret")
+    server.stored_secret(tmp_path / server.SECRET_KEY_FILE)
+    server.ensure_auth(tmp_path, 5433)  # the admin's file exists: no database is asked
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() and ".git/" not in
+               p.as_posix()}
+    assert {"postgres.password", ADMIN_FILE, "users/alice.env", server.SECRET_KEY_FILE, server.AUTH_CONFIG} < written
+    listed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert listed == ["??", ".gitignore"]
+
+
 @needs_postgres
 def test_server_and_database_listen_on_loopback_only(tracking_server):
     listening = _listening()
