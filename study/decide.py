@@ -38,6 +38,7 @@ from study.settings.config import CODE_ROOT, ConfigError
 from study.settings.hardware import usable_cores
 from study.sweep.callback import axes, browse_hint, description
 from study.sweep import manifest
+from study.sweep.cluster import check_store_for_launcher
 from study.sweep.compose import compose_sweep, validate_grid
 
 AXES = {k: COLUMNS[k] for k in ("recipe.epochs", "model.depth", "model.width", "data.resolution")}  # -> analysis names
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(str(e)) from None
         from study.record.access import check_store
 
+        check_store_for_launcher(first.tracking.uri, cfg.hydra.launcher)
         check_store(first.tracking.uri, first.sweep)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +21,9 @@ pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "deploy" / "slurm" / "cluster.sh"
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch")
 # one core and 1 GB per point, so two points run at once on a 2-core machine
+# the cluster's one node (cluster.sh names it `hostname -s`): the local SQLite store may be shared
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_task=0", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=1"]
+         "hydra.launcher.mem_gb=1", f"+hydra.launcher.additional_parameters.nodelist={socket.gethostname().split('.')[0]}"]
 # deterministic, one thread: its metrics do not depend on where or in how many attempts it ran
 EXACT = ["recipe=resnet_rs", "trainer.deterministic=true", "trainer.threads=1", "trainer.latency_repeats=2",
          "trainer.progress=false"]

@@ -16,6 +16,7 @@ from study.record import view
 from study.settings import config, grid, hardware
 from study.settings.config import ConfigError, stored_size
 from study.sweep import handoff, manifest, progress
+from study.sweep.cluster import check_store_for_launcher
 from study.sweep.compose import validate_grid
 
 
@@ -36,6 +37,7 @@ class SweepCallback(Callback):
         redact_logs()  # Hydra echoes each job's overrides
 
         try:
+            check_store_for_launcher(first.tracking.uri, config.hydra.launcher)
             check_store(first.tracking.uri, first.sweep)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)

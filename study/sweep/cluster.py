@@ -1,0 +1,40 @@
+"""What a sweep spread over a cluster's nodes needs, checked in the launching process before
+anything is submitted: a store every node can write at once. A SQLite file (tracking=local)
+on a filesystem several nodes share corrupts under concurrent writers, so a SLURM sweep
+records into a tracking server (tracking=server) unless the user pins every task to one node
+(`+hydra.launcher.additional_parameters.nodelist=HOST`, SLURM's own --nodelist)."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from study.settings.config import ConfigError
+
+SLURM_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+LOCAL_SCHEMES = ("sqlite:", "file:")
+
+
+def local_store(uri: str) -> bool:
+    """A store in a file of this machine (SQLite, or MLflow's file store): not for several writers
+    on several machines."""
+    return uri.startswith(LOCAL_SCHEMES) or "://" not in uri
+
+
+def one_node(launcher: DictConfig) -> str | None:
+    """The one node a SLURM launcher pins every task to (its sbatch --nodelist names a single
+    host), else None."""
+    extra = dict(launcher.get("additional_parameters") or {})
+    nodes = str(extra.get("nodelist") or "").strip()
+    return nodes if nodes and not any(c in nodes for c in ",[ ") else None
+
+
+def check_store_for_launcher(uri: str, launcher: DictConfig) -> None:
+    """ConfigError naming tracking=server when a SLURM sweep (tasks on any of the cluster's
+    nodes) would record into a local SQLite store."""
+    if launcher.get("_target_") != SLURM_TARGET or not local_store(uri) or one_node(launcher):
+        return
+    raise ConfigError(
+        f"invalid settings:\n  tracking.uri={uri!r} with hydra/launcher=slurm: the SLURM tasks run on any node of "
+        "the cluster, and a SQLite store (tracking=local) on a filesystem they share corrupts under concurrent "
+        "writers. Use tracking=server (make server on a host the nodes reach, ARGS=\"--host 0.0.0.0\"; "
+        "docs/scale-out.md), or, when every task runs on one node, say which: "
+        "+hydra.launcher.additional_parameters.nodelist=HOST")
