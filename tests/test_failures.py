@@ -64,3 +64,18 @@ def test_a_twice_diverged_points_rerun_command_changes_its_learning_rate_instead
     cfg = replace(cfg, recipe=replace(cfg.recipe, lr_per_256=250.0))  # diverged again: 125, said once
     again = another_way(DivergedError("loss is nan"), cfg, again.partition(": ")[2])
     assert again.count("recipe.lr_per_256=") == 1 and "recipe.lr_per_256=125 " in again, again
+
+
+def test_the_rerun_of_failed_points_keeps_the_sweeps_launcher_and_its_settings():
+    """A SLURM sweep's failed points rerun on SLURM, not on the login node."""
+    from study.sweep.callback import failed_groups
+
+    results = [{"status": "FAILED", "name": "w=0.25 d=14 r=12 e=1", "reason": "error: RuntimeError: boom"},
+               {"status": "FINISHED", "name": "w=0.5 d=14 r=12 e=1"}]
+    text = failed_groups(results, "smoke", ["tracking=server", "model.width=0.25,0.5"],
+                         ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.sweep.dir=/tmp/x",
+                          "+hydra.launcher.additional_parameters.nodelist=node1", "hydra.job.chdir=false"])
+    assert text.splitlines()[-1] == (
+        'rerun only the failed points (finished ones are skipped): make sweep SWEEP=smoke ARGS="hydra/launcher=slurm '
+        'hydra.launcher.partition=gpu +hydra.launcher.additional_parameters.nodelist=node1 tracking=server '
+        'model.width=0.25,0.5"')

@@ -63,7 +63,8 @@ class SweepCallback(Callback):
         results = handoff.read_outcomes(sweep_dir)
         progress.Console().end()
         print(summary_table(results), flush=True)
-        if failures := failed_groups(results, config.hydra.job.config_name, list(config.hydra.overrides.task)):
+        if failures := failed_groups(results, config.hydra.job.config_name, list(config.hydra.overrides.task),
+                                     list(config.hydra.overrides.hydra)):
             print(failures, flush=True)
         failed = any(r["status"] in ("FAILED", "UNRECORDED") for r in results)
         self.tracker.close_sweep(failed)
@@ -168,10 +169,11 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def failed_groups(results: list[dict], config_name: str, task_overrides: list[str]) -> str:
+def failed_groups(results: list[dict], config_name: str, task_overrides: list[str],
+                  hydra_overrides: list[str] = ()) -> str:
     """The failed points grouped by what failed them, with the command that reruns only them
-    (the sweep again: finished points are skipped) and, for each, the one that reruns it
-    another way. Empty when none failed."""
+    (the sweep again, on the same launcher and its settings: finished points are skipped) and,
+    for each, the one that reruns it another way. Empty when none failed."""
     from analysis.load import failure_kind
 
     failed = [r for r in results if r["status"] == "FAILED"]
@@ -185,7 +187,8 @@ def failed_groups(results: list[dict], config_name: str, task_overrides: list[st
         lines.append(f"  {len(points)} {kind} (e.g. {points[0].get('reason', 'unknown')[len(kind) + 2:]}): "
                      + ", ".join(p["name"] for p in points))
         lines += [f"      {p['name']}: rerun it {p['rerun']}" for p in points if p.get("rerun")]
-    args = " ".join(o for o in task_overrides if not o.startswith("hydra"))
+    launch = [o for o in hydra_overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher."))]
+    args = " ".join([*launch, *(o for o in task_overrides if not o.startswith("hydra"))])
     lines.append(f"rerun only the failed points (finished ones are skipped): make sweep SWEEP={config_name}"
                  + (f' ARGS="{args}"' if args else ""))
     return "\n".join(lines)
