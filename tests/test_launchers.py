@@ -3,6 +3,9 @@ a lab needs, and a sweep runs through submitit's local executor (the same code p
 without a cluster)."""
 from __future__ import annotations
 
+import re
+import socket
+
 import pytest
 
 from tests.conftest import TINY, point_runs, run_cli
@@ -44,22 +47,36 @@ def test_a_slurm_sweep_into_the_local_sqlite_store_is_refused_before_submission(
     assert not list(tmp_path.rglob(".submitit"))
 
 
-@pytest.mark.parametrize("overrides, refused", [
-    ([], True),
-    (["+hydra.launcher.additional_parameters.nodelist=node1"], False),     # every task on one node
-    (["+hydra.launcher.additional_parameters.nodelist='node[1-2]'"], True),  # several nodes
-    (["tracking=server"], False),
+HOST = socket.gethostname().split(".")[0]
+SQLITE, LOOPBACK, SERVER = "sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5001", "http://head.lab:5001"
+PIN = "+hydra.launcher.additional_parameters.nodelist="
+
+
+@pytest.mark.parametrize("uri, overrides, refused", [
+    (SQLITE, [], "tracking=server"),
+    (SQLITE, [f"{PIN}node1"], None),                     # every task on one node
+    (SQLITE, [f"{PIN}'node[1-2]'"], "tracking=server"),  # several nodes
+    (SERVER, [], None),
+    (LOOPBACK, [], "STUDY_SERVER=http://HOST:5001"),      # each node's own loopback
+    (LOOPBACK, [f"{PIN}node1"], "STUDY_SERVER=http://HOST:5001"),
+    (LOOPBACK, [f"{PIN}{HOST}"], None),                  # every task on this machine
 ])
-def test_only_a_slurm_sweep_pinned_to_one_node_may_share_a_sqlite_store(overrides, refused):
+def test_a_slurm_sweep_needs_a_store_every_node_shares_and_reaches(uri, overrides, refused):
     from study.settings.config import ConfigError
     from study.sweep.cluster import check_store_for_launcher
     from study.sweep.compose import compose_sweep
 
-    cfg = compose_sweep("smoke", ["hydra/launcher=slurm", *overrides])
-    uri = "http://127.0.0.1:5001" if "tracking=server" in overrides else "sqlite:////tmp/x/mlflow.db"
+    launcher = compose_sweep("smoke", ["hydra/launcher=slurm", *overrides]).hydra.launcher
     if refused:
-        with pytest.raises(ConfigError, match="tracking=server"):
-            check_store_for_launcher(uri, cfg.hydra.launcher)
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            check_store_for_launcher(uri, launcher)
     else:
-        check_store_for_launcher(uri, cfg.hydra.launcher)
+        check_store_for_launcher(uri, launcher)
     check_store_for_launcher(uri, compose_sweep("smoke", []).hydra.launcher)  # not SLURM: always allowed
+
+
+def test_the_server_the_jobs_record_into_is_named_by_study_server(monkeypatch):
+    from study.sweep.compose import compose_sweep
+
+    monkeypatch.setenv("STUDY_SERVER", SERVER)
+    assert compose_sweep("smoke", ["tracking=server"]).tracking.uri == SERVER

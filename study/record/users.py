@@ -79,7 +79,9 @@ def remove(client, home: Path, name: str) -> str:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.server user", description=__doc__.splitlines()[0])
-    p.add_argument("--server", default=f"http://127.0.0.1:{os.environ.get('STUDY_SERVER_PORT', 5001)}")
+    p.add_argument("--server", default=os.environ.get("STUDY_SERVER")
+                   or f"http://127.0.0.1:{os.environ.get('STUDY_SERVER_PORT', 5001)}",
+                   help="the tracking server (default: $STUDY_SERVER, else http://127.0.0.1:$STUDY_SERVER_PORT)")
     p.add_argument("--home", default=project_root(), help="the server's home: its admin's file, users' files")
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("add", help="a new user with a random password").add_argument("name")

@@ -1,9 +1,15 @@
 """What a sweep spread over a cluster's nodes needs, checked in the launching process before
-anything is submitted: a store every node can write at once. A SQLite file (tracking=local)
-on a filesystem several nodes share corrupts under concurrent writers, so a SLURM sweep
-records into a tracking server (tracking=server) unless the user pins every task to one node
-(`+hydra.launcher.additional_parameters.nodelist=HOST`, SLURM's own --nodelist)."""
+anything is submitted: a store every node can write at once, at an address every node reaches.
+A SQLite file (tracking=local) on a filesystem several nodes share corrupts under concurrent
+writers, so a SLURM sweep records into a tracking server (tracking=server) unless the user pins
+every task to one node (`+hydra.launcher.additional_parameters.nodelist=HOST`, SLURM's own
+--nodelist); and a server at 127.0.0.1 is, on a compute node, that node itself, so the server
+must be named by a host the nodes reach (STUDY_SERVER=http://HOST:5001) unless every task runs
+on this machine."""
 from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
 
 from omegaconf import DictConfig
 
@@ -27,10 +33,28 @@ def one_node(launcher: DictConfig) -> str | None:
     return nodes if nodes and not any(c in nodes for c in ",[ ") else None
 
 
+def loopback(uri: str) -> bool:
+    host = (urlsplit(uri).hostname or "").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def this_host(node: str | None) -> bool:
+    return node is not None and node.split(".")[0] == socket.gethostname().split(".")[0]
+
+
 def check_store_for_launcher(uri: str, launcher: DictConfig) -> None:
-    """ConfigError naming tracking=server when a SLURM sweep (tasks on any of the cluster's
-    nodes) would record into a local SQLite store."""
-    if launcher.get("_target_") != SLURM_TARGET or not local_store(uri) or one_node(launcher):
+    """ConfigError naming the fix when a SLURM sweep (tasks on any of the cluster's nodes) would
+    record into a local SQLite store, or into a server at a loopback address."""
+    if launcher.get("_target_") != SLURM_TARGET:
+        return
+    if loopback(uri) and not local_store(uri) and not this_host(one_node(launcher)):
+        raise ConfigError(
+            f"invalid settings:\n  tracking.uri={uri!r} with hydra/launcher=slurm: {urlsplit(uri).hostname} is each "
+            "compute node's own loopback, not this machine. Start the server where the nodes reach it (make server "
+            "ARGS=\"--host 0.0.0.0\") and name it by that host: STUDY_SERVER=http://HOST:5001 (or "
+            "tracking.uri=http://HOST:5001); or, when every task runs on this machine, "
+            f"+hydra.launcher.additional_parameters.nodelist={socket.gethostname().split('.')[0]}")
+    if not local_store(uri) or one_node(launcher):
         return
     raise ConfigError(
         f"invalid settings:\n  tracking.uri={uri!r} with hydra/launcher=slurm: the SLURM tasks run on any node of "
