@@ -11,6 +11,7 @@ TRIALS ?= 20
 JOBS ?= 1
 BUDGET ?= 1x
 PACK ?=
+STORE ?=
 LAUNCH := $(if $(PACK),hydra/launcher=packed hydra.launcher.pack=$(PACK),$(if $(filter auto,$(JOBS)),hydra/launcher=packed,$(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))))
 STORE_DIR := $(or $(STUDY_HOME),$(CURDIR))
 
@@ -55,11 +56,11 @@ user-grant: setup ## a user's permission on a sweep: make user-grant NAME=bob SW
 user-remove: setup ## remove a user of make server: make user-remove NAME=alice
 	$(PY) -m study.server user --home $(STORE_DIR) remove $(NAME)
 
-analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEEP/ and on the sweep parent run; ARGS="--measured-on MACHINE" reads that machine's latency
-	$(PY) -m analysis --sweep $(SWEEP) $(ARGS)
+analyze: setup ## fit and compare scaling rules of SWEEP: report in reports/SWEEP/ and on the sweep parent run (STORE=http://HOST:5001: a server's); ARGS="--measured-on MACHINE" reads that machine's latency
+	$(PY) -m analysis --sweep $(SWEEP) $(if $(STORE),--tracking-uri $(STORE)) $(ARGS)
 
-recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6) [MEASURED_ON=machine]
-	$(PY) -m analysis recommend --sweep $(SWEEP) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS)) $(if $(MEASURED_ON),--measured-on $(MEASURED_ON))
+recommend: setup ## best depth/width/resolution in a budget: make recommend EPOCHS=4 LATENCY_MS=10 (or FLOPS=5e6) [MEASURED_ON=machine] [STORE=uri]
+	$(PY) -m analysis recommend --sweep $(SWEEP) $(if $(STORE),--tracking-uri $(STORE)) --epochs $(EPOCHS) $(if $(FLOPS),--flops $(FLOPS),--latency-ms $(LATENCY_MS)) $(if $(MEASURED_ON),--measured-on $(MEASURED_ON))
 
 measure: setup ## measure a finished sweep's points alone (training step at batch <= 128): make measure SWEEP=default [DEVICE=cuda] [FORCE=1: again, on this machine]
 	$(PY) -m study.measure.alone --sweep $(SWEEP) --store $(or $(STORE),sqlite:///$(STORE_DIR)/mlflow.db) --device $(or $(DEVICE),auto) $(if $(FORCE),--force)
