@@ -80,3 +80,13 @@ def test_the_server_the_jobs_record_into_is_named_by_study_server(monkeypatch):
 
     monkeypatch.setenv("STUDY_SERVER", SERVER)
     assert compose_sweep("smoke", ["tracking=server"]).tracking.uri == SERVER
+
+
+def test_a_slurm_sweep_is_measured_alone_on_a_compute_node_not_where_it_was_launched():
+    from study.sweep.cluster import measure_elsewhere
+    from study.sweep.compose import compose_sweep
+
+    slurm = compose_sweep("smoke", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
+    assert measure_elsewhere(slurm, "paper", SERVER).endswith(
+        f"srun --partition=gpu --gpus=1 make measure SWEEP=paper STORE={SERVER}")
+    assert measure_elsewhere(compose_sweep("smoke", []).hydra.launcher, "paper", SERVER) is None

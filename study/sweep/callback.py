@@ -16,7 +16,7 @@ from study.record import view
 from study.settings import config, grid, hardware
 from study.settings.config import ConfigError, stored_size
 from study.sweep import handoff, manifest, progress
-from study.sweep.cluster import check_store_for_launcher
+from study.sweep.cluster import check_store_for_launcher, measure_elsewhere
 from study.sweep.compose import validate_grid
 
 
@@ -72,7 +72,8 @@ class SweepCallback(Callback):
         if self.study.trainer.measure_alone:  # the jobs have ended: the machine is the phase's alone
             from study.measure import alone
 
-            print(alone.after_sweep(self.tracker, self.study.trainer.device), flush=True)
+            elsewhere = measure_elsewhere(config.hydra.launcher, self.study.sweep, self.study.tracking.uri)
+            print(elsewhere or alone.after_sweep(self.tracker, self.study.trainer.device), flush=True)
         if self.study.analysis.auto:
             print("\n".join(_report(self.study)), flush=True)
         print(f"browse: {browse_hint(self.study.tracking.uri, self.tracker.experiment_id)}", flush=True)

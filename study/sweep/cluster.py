@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from omegaconf import DictConfig
 
+from study.record.redaction import redact
 from study.settings.config import ConfigError
 
 SLURM_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -62,3 +63,15 @@ def check_store_for_launcher(uri: str, launcher: DictConfig) -> None:
         "writers. Use tracking=server (make server on a host the nodes reach, ARGS=\"--host 0.0.0.0\"; "
         "docs/scale-out.md), or, when every task runs on one node, say which: "
         "+hydra.launcher.additional_parameters.nodelist=HOST")
+
+
+def measure_elsewhere(launcher: DictConfig, sweep: str, uri: str) -> str | None:
+    """For a SLURM sweep, the line saying where to measure its points alone (a compute node of
+    its partition: this process runs on the node that launched the array, whose CPU is not the
+    points'); None for a launcher that ran the points on this machine."""
+    if launcher.get("_target_") != SLURM_TARGET:
+        return None
+    partition = f" --partition={launcher.partition}" if launcher.get("partition") else ""
+    gpus = f" --gpus={launcher.gpus_per_task}" if launcher.get("gpus_per_task") else ""
+    return (f"measured alone: not on this node, which launched the array but trained none of its points; on a "
+            f"compute node: srun{partition}{gpus} make measure SWEEP={sweep} STORE={redact(uri)}")
