@@ -174,6 +174,8 @@ def test_scancel_of_one_task_kills_only_that_point_and_a_rerun_trains_only_it(dr
     code, out = drills["rerun"]
     assert code == 0, out[-3000:]
     assert "4 points: 1 finished, 3 skipped, 0 failed" in out
+    assert "slurm: this process waits for the whole array" in out  # what the launching process is for
+    assert "measured alone: not on this node" in out and "make measure SWEEP=drills STORE=sqlite:///" in out
     assert _named(drills["again"], CANCELLED).info.run_id == cancelled.info.run_id
 
 

@@ -16,7 +16,7 @@ from study.record import view
 from study.settings import config, grid, hardware
 from study.settings.config import ConfigError, stored_size
 from study.sweep import handoff, manifest, progress
-from study.sweep.cluster import check_store_for_launcher, measure_elsewhere
+from study.sweep.cluster import check_store_for_launcher, measure_elsewhere, waiting_line
 from study.sweep.compose import validate_grid
 
 
@@ -54,6 +54,8 @@ class SweepCallback(Callback):
         print(f"sweep '{first.sweep}': {len(jobs)} points, recorded in {redact(first.tracking.uri)}", flush=True)
         print(f"data: {data_path(first, config, largest)}", flush=True)
         print(precision, flush=True)
+        if waiting := waiting_line(config.hydra.launcher):
+            print(waiting, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from study.record.redaction import redact_hydra_output

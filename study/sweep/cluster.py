@@ -75,3 +75,14 @@ def measure_elsewhere(launcher: DictConfig, sweep: str, uri: str) -> str | None:
     gpus = f" --gpus={launcher.gpus_per_task}" if launcher.get("gpus_per_task") else ""
     return (f"measured alone: not on this node, which launched the array but trained none of its points; on a "
             f"compute node: srun{partition}{gpus} make measure SWEEP={sweep} STORE={redact(uri)}")
+
+
+def waiting_line(launcher: DictConfig) -> str | None:
+    """For a SLURM sweep, what the launching process is for: it waits for the whole array, then
+    makes the report; ended early (a logout), the tasks go on and the same command later skips
+    what finished and makes it."""
+    if launcher.get("_target_") != SLURM_TARGET:
+        return None
+    return ("slurm: this process waits for the whole array, then makes the report; keep it running (tmux, screen, "
+            "or sbatch --wrap \"make sweep ...\"). If it ends early the tasks go on: the same command run again "
+            "later trains only what did not finish and makes the report")
