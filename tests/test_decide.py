@@ -116,8 +116,8 @@ def test_bad_input_stops_before_any_training(tmp_path, args, message):
 @pytest.mark.slow
 def test_decide_killed_mid_round_continues_in_parallel_to_the_reports_statement(tmp_path):
     """make decide JOBS=2 SIGKILLed (its whole process group) once four points of its first round
-    have finished; the rerun trains nothing twice, keeps the finished runs and goes on to the
-    report's statement."""
+    have finished; the rerun, packed (JOBS=auto), trains nothing twice, keeps the finished runs
+    and goes on to the report's statement."""
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "study.decide", "--sweep", SWEEP, "--budget", "1x", "--jobs",
                                  "2"], cwd=ROOT, env=dict(os.environ, STUDY_HOME=str(tmp_path)), stdout=log,
@@ -130,10 +130,11 @@ def test_decide_killed_mid_round_continues_in_parallel_to_the_reports_statement(
     before = _finished(tmp_path)
     done_before = before[before["status"] == "FINISHED"]
     assert len(done_before) >= 4, (tmp_path / "killed.log").read_text()[-3000:]
-    done = _decide(tmp_path, "--budget", "1x", "--jobs", "2")
+    done = _decide(tmp_path, "--budget", "1x", "--jobs", "auto")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "round 1:" in out and "initial design" in out and "skipped" in out
+    assert "packing: " in out and " packed, " in out  # the rounds go through hydra/launcher=packed
     stop = out.split("make decide stopped: ")[-1]
     assert stop.startswith(("every rule asked about is decided", "the budget is spent", "no candidate is worth"))
     runs = _finished(tmp_path)
@@ -152,6 +153,9 @@ def test_decide_killed_mid_round_continues_in_parallel_to_the_reports_statement(
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = find_experiment(client, SWEEP)
     parent = client.search_runs([exp.experiment_id], "tags.role = 'parent'")[0].info.run_id
+    trained_after = [r for r in client.search_runs([exp.experiment_id], "tags.run_key != ''")
+                     if r.info.run_id not in set(before["run_id"])]
+    assert trained_after and {r.data.tags["launcher"] for r in trained_after} == {"packed"}
     logged = {f.path for f in client.list_artifacts(parent, "decide")}
     assert {"decide/trace.csv", "decide/trace.png"} <= logged
     assert any(f.path == "report/report.html" for f in client.list_artifacts(parent, "report"))
@@ -182,15 +186,3 @@ def test_decide_composes_with_the_submitit_launcher(tmp_path):
     finished = runs[runs["status"] == "FINISHED"]
     assert len(finished) > len(before) and len(finished) == finished["run_key"].nunique()
     assert set(before["run_id"]) <= set(finished["run_id"])  # the sweep's points were not trained again
-
-
-@pytest.mark.slow
-def test_decide_jobs_auto_trains_its_rounds_packed(tmp_path):
-    done = _decide(tmp_path, "--max-rounds", "1", "--jobs", "auto")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "packing: " in done.stdout and " packed, " in done.stdout
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([find_experiment(client, SWEEP).experiment_id], "tags.run_key != ''")
-    assert runs and {r.data.tags["launcher"] for r in runs} == {"packed"}
