@@ -40,16 +40,19 @@ def _free_port() -> int:
 class Server:
     """One `python -m study.server` with its home; started, stopped and started again."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, host: str = "127.0.0.1", name: str | None = None) -> None:
+        """`host`: the interface it listens on; `name`: the host name clients reach it by."""
         self.home, self.port, self.pg_port = home, _free_port(), _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
+        self.host, self.name = host, name
+        self.uri = f"http://{name or host}:{self.port}"
         self.log = home.parent / f"{home.name}-server.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         out = open(self.log, "a")
+        named = ["--host", self.host] + (["--allowed-hosts", f"{self.name}:{self.port}"] if self.name else [])
         self.proc = subprocess.Popen([sys.executable, "-m", "study.server", "--home", str(self.home), "--port",
-                                      str(self.port), "--pg-port", str(self.pg_port)], cwd=ROOT, stdout=out,
+                                      str(self.port), "--pg-port", str(self.pg_port), *named], cwd=ROOT, stdout=out,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -72,6 +75,8 @@ class Server:
     def env(self, user: str | None, study_home: Path, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
         env |= {"STUDY_HOME": str(study_home), "STUDY_SERVER_PORT": str(self.port), **extra}
+        if self.name:
+            env["STUDY_SERVER"] = self.uri
         return env | (self.credentials(user) if user else {})
 
     def client(self, user: str = "admin") -> MlflowClient:

@@ -1,0 +1,147 @@
+"""A SLURM cluster of several nodes on this machine (deploy/slurm/cluster.sh start DIR 2): each
+node in its own network and UTS namespace, with its own host name and address on a bridge the
+script creates; the tracking server reached by the controller's name on that bridge, STUDY_HOME
+on the one filesystem every node sees. A sweep spreads over the nodes as a lab's would."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study.record import server
+from tests.conftest import ROOT
+from tests.test_server import HAVE_POSTGRES, Server
+from tests.test_slurm import DAEMONS, EXACT, SCRIPT
+
+NODES = 2
+HEAD = "study-head"
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_task=0", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=1"]
+POINTS = ["--config-dir", "sweeps", "--config-name", "smoke", "data=synthetic", "model.width=0.25,0.5",
+          "model.depth=14", "data.resolution=8,12", "recipe.epochs=2", "data.synthetic_images=400", *EXACT]
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the cluster's namespaces and daemons need root (sudo deploy/slurm/cluster.sh start DIR 2)"
+    if missing := [d for d in (*DAEMONS, "ip", "unshare") if not shutil.which(d)]:
+        return f"{', '.join(missing)} not installed (apt-get install slurm-wlm slurmdbd munge mariadb-server iproute2)"
+    if not HAVE_POSTGRES:
+        return "PostgreSQL server programs are not installed (apt-get install postgresql): the nodes record into make server"
+    probe = subprocess.run(["ip", "netns", "add", "study-probe"], capture_output=True, text=True)
+    subprocess.run(["ip", "netns", "del", "study-probe"], capture_output=True)
+    if probe.returncode:
+        return f"network namespaces are not available here ({probe.stderr.strip()})"
+    return None
+
+
+def _ours(folder: Path) -> dict[str, list[str]]:
+    """What cluster.sh made for the cluster in `folder`, as the system lists it now."""
+    tag = subprocess.run(["bash", "-c", f"echo -n {folder} | sha256sum | cut -c1-6"], capture_output=True,
+                         text=True).stdout.strip()
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    hosts = Path("/etc/hosts").read_text()
+    return {"namespaces": re.findall(rf"st{tag}-node\d+", netns), "links": re.findall(rf"(?:stbr|v){tag}\d*", links),
+            "hosts": [line for line in hosts.splitlines() if f"# study-slurm {tag}" in line],
+            "daemons": [p for p in ("slurmctld", "slurmd", "slurmdbd") if (folder / f"{p}.pid").exists()]
+            + [p.name for p in folder.glob("slurmd-node*.pid")]}
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """SLURM_CONF of a 2-node cluster in namespaces; stopped after the module, and then nothing of
+    it is left: no namespace, link, /etc/hosts line or daemon."""
+    if reason := _unavailable():
+        pytest.skip(f"no multi-node SLURM cluster: {reason}")
+    folder = tmp_path_factory.mktemp("nodes")
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(folder), str(NODES)], capture_output=True,
+                             text=True, timeout=180)
+    if started.returncode:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True)
+        pytest.fail(f"the cluster did not start: {started.stdout[-1000:]} {started.stderr[-2000:]}")
+    yield {"SLURM_CONF": str(folder / "slurm.conf"), "folder": folder}
+    subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True, timeout=120)
+    left = {k: v for k, v in _ours(folder).items() if v}
+    assert not left, f"cluster.sh stop left {left}"
+
+
+@pytest.fixture(scope="module")
+def head_server(nodes, tmp_path_factory):
+    """make server on the controller's bridge address, reached by the name study-head."""
+    home = tmp_path_factory.mktemp("head")
+    address = next(line.split()[0] for line in Path("/etc/hosts").read_text().splitlines()
+                   if line.split()[1:2] == [HEAD])
+    srv = Server(home, host=address, name=HEAD)
+    srv.start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(server.cluster_dir(home.resolve()), ignore_errors=True)
+
+
+def _slurm(env: dict, *args: str) -> str:
+    return subprocess.run(list(args), env=dict(os.environ, SLURM_CONF=env["SLURM_CONF"]), capture_output=True,
+                          text=True, timeout=60).stdout
+
+
+def test_each_node_has_its_own_name_and_address_and_reaches_the_head_by_name(nodes):
+    listed = _slurm(nodes, "sinfo", "-h", "-N", "-o", "%N %t").split()
+    assert listed == ["node1", "idle", "node2", "idle"], listed
+    seen = _slurm(nodes, "srun", "-N", "2", "-n", "2", "bash", "-c",
+                  f"echo $(hostname) $(hostname -I) $(getent hosts {HEAD} | cut -d' ' -f1)").splitlines()
+    names = sorted(line.split()[0] for line in seen)
+    assert names == ["node1", "node2"], seen
+    addresses = {line.split()[1] for line in seen}
+    assert len(addresses) == 2 and all(line.split()[2] == line.split()[1].rsplit(".", 1)[0] + ".1" for line in seen)
+
+
+def test_a_sweep_spreads_over_the_nodes_into_the_server_by_name_and_a_rerun_trains_nothing(nodes, head_server,
+                                                                                          tmp_path):
+    env = head_server.env("admin", tmp_path, SLURM_CONF=nodes["SLURM_CONF"], PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "study.run", "--multirun", *POINTS, *SLURM, "tracking=server", "sweep=nodes",
+               "hydra.launcher.timeout_min=10"]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "4 points: 4 finished, 0 skipped, 0 failed" in first.stdout
+    assert f"recorded in {head_server.uri}" in first.stdout
+    client = head_server.client()
+    from analysis.load import find_experiment
+
+    exp = find_experiment(client, "nodes")
+    runs = [r for r in client.search_runs([exp.experiment_id], "tags.run_key != ''")]
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    hosts = {r.data.tags["host"] for r in runs}
+    assert hosts == {"node1", "node2"}, hosts  # the array ran on both nodes
+    assert (tmp_path / "reports" / "nodes" / "report.html").exists()  # the report, made where it was launched
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 points: 0 finished, 4 skipped, 0 failed" in again.stdout
+
+
+def test_one_point_spanning_two_nodes_trains_as_two_local_processes_do(nodes, head_server, tmp_path):
+    """trainer.processes=2 over 2 nodes x 1 task: DDP over gloo, TCP between the namespaces,
+    rendezvous at the first node (MASTER_ADDR from SLURM's node list, by its name); rank 0
+    records; the metrics equal two processes on one machine."""
+    from tests.conftest import point_runs, run_cli
+    from tests.test_slurm import COMPARED
+
+    point = ["data=synthetic", "model.width=0.25", "model.depth=14", "data.resolution=12", *EXACT, "recipe.epochs=3",
+             "data.synthetic_images=1000", "trainer.processes=2"]
+    env = head_server.env("admin", tmp_path, SLURM_CONF=nodes["SLURM_CONF"], PYTHONUNBUFFERED="1")
+    spanning = subprocess.run([sys.executable, "-m", "study.run", "--multirun", *point, *SLURM, "hydra.launcher.nodes=2",
+                               "hydra.launcher.tasks_per_node=1", "hydra.launcher.timeout_min=10", "tracking=server",
+                               "sweep=span"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert spanning.returncode == 0, spanning.stdout[-3000:] + spanning.stderr[-3000:]
+    local = run_cli(*point, "sweep=local", home=tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    head_server.client()  # the admin's credentials, for reading the server
+    (run,) = point_runs(tmp_path, "span", uri=head_server.uri)
+    (ref,) = point_runs(tmp_path / "local", "local")
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and (tags["processes"], tags["nodes"]) == ("2", "2"), tags
+    assert {k: run.data.metrics[k] for k in COMPARED} == {k: ref.data.metrics[k] for k in COMPARED}
