@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from omegaconf import DictConfig
 
 from study.record.redaction import redact
+from study.record.server import is_loopback
 from study.settings.config import ConfigError
 
 SLURM_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -35,8 +36,7 @@ def one_node(launcher: DictConfig) -> str | None:
 
 
 def loopback(uri: str) -> bool:
-    host = (urlsplit(uri).hostname or "").lower()
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    return is_loopback((urlsplit(uri).hostname or "").lower())
 
 
 def this_host(node: str | None) -> bool:
