@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,51 @@ def test_one_point_spanning_two_nodes_trains_as_two_local_processes_do(nodes, he
     tags = run.data.tags
     assert run.info.status == "FINISHED" and (tags["processes"], tags["nodes"]) == ("2", "2"), tags
     assert {k: run.data.metrics[k] for k in COMPARED} == {k: ref.data.metrics[k] for k in COMPARED}
+
+
+def _checkpointed(home: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the point has written its first checkpoint (after its first epoch)."""
+    deadline = time.monotonic() + timeout
+    while not list(home.glob("checkpoints/*/*.pt")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.2)
+
+
+def test_a_lost_node_requeues_its_point_which_resumes_on_another_node_once(nodes, head_server, tmp_path):
+    """The last test of the module: it leaves node1 or node2 dead. The node that trains the point
+    dies (its slurmd and everything in its namespace, SIGKILL) after a checkpoint; SLURM marks it
+    down, requeues the job (JobRequeue=1), the job starts on the other node, and the point
+    resumes from its checkpoint in the same run: one run, FINISHED, nothing left RUNNING."""
+    from tests.conftest import point_runs
+
+    point = ["data=synthetic", "model.width=0.25", "model.depth=14", "data.resolution=12", "recipe.epochs=30",
+             "data.synthetic_images=2000", *EXACT, "sweep=lost"]
+    env = head_server.env("admin", tmp_path, SLURM_CONF=nodes["SLURM_CONF"], PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", "--multirun", *point, *SLURM, "tracking=server",
+                             "hydra.launcher.timeout_min=10"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _checkpointed(tmp_path, proc)
+        (where,) = _slurm(nodes, "squeue", "-h", "-o", "%N").split()
+        killed = subprocess.run(["bash", str(SCRIPT), "kill-node", str(nodes["folder"]), where], capture_output=True,
+                                text=True, timeout=60)
+        assert killed.returncode == 0, killed.stderr
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert proc.returncode == 0, out[-4000:]
+    assert "1 points: 1 finished, 0 skipped, 0 failed" in out, out[-4000:]
+    head_server.client()
+    runs = point_runs(tmp_path, "lost", uri=head_server.uri)
+    assert len(runs) == 1, [(r.info.status, r.data.tags.get("host")) for r in runs]  # no duplicate
+    (run,) = runs
+    tags = run.data.tags
+    assert run.info.status == "FINISHED", tags
+    assert tags["host"] != where and tags["host"] in {"node1", "node2"}, (where, tags["host"])
+    assert int(tags.get("resumed", 0)) >= 1 and int(tags["restarts"]) >= 1, tags  # from its checkpoint
+    steps = sorted(m.step for m in head_server.client().get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == list(range(1, 31)), "each epoch recorded once"
+    down = _slurm(nodes, "sinfo", "-h", "-N", "-n", where, "-o", "%t").split()
+    assert down and down[0].startswith("down"), down
