@@ -31,6 +31,10 @@ this one run, on this machine, so it is comparable across machines.
 14. pack (benchmarks/study_bench.py, opt-in: about 11 minutes a repeat): `make sweep JOBS=auto`
    (packed: small points side by side, a core each) against one point at a time on the default,
    alternated, points per hour and whether the two reports decide the same.
+15. server (benchmarks/server_bench.py, opt-in: about 5 minutes): N concurrent point jobs (1-32)
+   recording into `make server` (PostgreSQL, authentication on) at 1, 2 and 4 workers: requests/s,
+   p50/p99 latency and errors against N; a restart of the server under 16 jobs against the
+   clients' retry budget.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ from study.train import recipe as recipes
 from benchmarks.analysis_bench import bench_adaptive, bench_analysis, bench_calibration
 from benchmarks.compile_bench import bench_compile
 from benchmarks.identity_bench import bench_fingerprint
+from benchmarks.server_bench import bench_server
 from benchmarks.speed import bench_precision, bench_speed
 from benchmarks.study_bench import bench_decide_vs_grid, bench_default_study, bench_pack
 from benchmarks.latency_bench import bench_latency
@@ -184,7 +189,7 @@ def main(argv=None) -> None:
     p.add_argument("--studies", type=int, default=100, help="simulated studies per truth family (adaptive)")
     p.add_argument("--only", choices=["trainer", "pipeline", "fixed", "skip", "speed", "analysis", "calibration",
                                      "adaptive", "stream", "latency", "compile", "precision", "fingerprint", "default-study",
-                                     "decide-vs-grid", "pack"],
+                                     "decide-vs-grid", "pack", "server"],
                    action="append")
     args = p.parse_args(argv)
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them after)
@@ -196,7 +201,8 @@ def main(argv=None) -> None:
                "stream": bench_stream, "latency": bench_latency, "compile": bench_compile,
                "precision": bench_precision, "fingerprint": bench_fingerprint}
     # run only when named: real sweeps, 30+ minutes
-    opt_in = {"default-study": bench_default_study, "decide-vs-grid": bench_decide_vs_grid, "pack": bench_pack}
+    opt_in = {"default-study": bench_default_study, "decide-vs-grid": bench_decide_vs_grid, "pack": bench_pack,
+              "server": bench_server}
     machine = costs.machine(CPU)
     print(f"torch {torch.__version__}, {machine['measure.cpu']} ({machine['measure.isa']}), "
           f"{machine['measure.threads']} threads; trainer.precision=auto is {hardware.resolve_precision('auto', CPU)} here")

@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.record import server
+from study.record.tracking import EPOCH_RETRY_S
 from study.record.users import read_secret_env
 from tests.conftest import ROOT, point_runs
 
@@ -271,7 +272,8 @@ def test_credentials_that_stop_working_mid_point_keep_the_training(users, tmp_pa
 
     remover = threading.Thread(target=remove_carol_once_her_first_epoch_is_logged)
     remover.start()
-    point = TINY.replace("recipe.epochs=1", "recipe.epochs=40") + " sweep=carol_sweep data.synthetic_images=600"
+    # long enough to outlast the servers' password cache (server.AUTH_CACHE_S) after the removal
+    point = TINY.replace("recipe.epochs=1", "recipe.epochs=60") + " sweep=carol_sweep data.synthetic_images=2000"
     done = _make(users, "carol", "point", "SWEEP=smoke", f"POINT={point}", study_home=tmp_path)
     stop.set()
     remover.join()
@@ -325,16 +327,39 @@ def test_a_restart_keeps_users_and_permissions_and_a_lost_admin_file_gets_a_new_
 
 @needs_postgres
 @pytest.mark.slow
-def test_parallel_sweep_records_into_the_server(users, tmp_path):
-    grid = ("model.width=0.25,0.5 model.depth=14 data.resolution=8,12 recipe.epochs=1 recipe.batch_size=32 "
-            "data.synthetic_images=200 trainer.latency_repeats=1 trainer.progress=false tracking=server sweep=served")
-    done = _make(users, "alice", "sweep", "SWEEP=smoke", "JOBS=4", f"ARGS={grid}", study_home=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "4 points: 4 finished, 0 skipped, 0 failed" in done.stdout
-    assert users.credentials("alice")["MLFLOW_TRACKING_PASSWORD"] not in done.stdout + done.stderr
+def test_a_parallel_sweep_loses_nothing_when_postgresql_and_mlflow_restart_mid_sweep(users, tmp_path):
+    """4 points in 2 jobs into the server with tracking=server; after the first checkpoint the
+    server (MLflow and its PostgreSQL) stops for longer than an epoch's log waits, and starts
+    again. Training goes on meanwhile; every point ends FINISHED once, every epoch recorded once,
+    with its artifacts, and nothing waits on disk to be recorded."""
+    grid = ("model.width=0.25,0.5 model.depth=14 data.resolution=12,16 recipe.epochs=12 recipe.batch_size=32 "
+            "data.synthetic_images=3000 trainer.latency_repeats=1 trainer.progress=false tracking=server sweep=served")
+    env = users.env("alice", tmp_path, PYTHONUNBUFFERED="1")
+    sweep = subprocess.Popen(["make", "-s", "sweep", "SWEEP=smoke", "JOBS=2", f"ARGS={grid}"], cwd=ROOT, env=env,
+                             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob("checkpoints/*/*.pt")):
+            assert sweep.poll() is None and time.monotonic() < deadline, sweep.stdout.read()[-3000:]
+            time.sleep(0.2)
+        users.stop()  # MLflow, then PostgreSQL
+        time.sleep(EPOCH_RETRY_S + 2)
+        users.start()
+        out, _ = sweep.communicate(timeout=900)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 0, out[-3000:]
+    assert "4 points: 4 finished, 0 skipped, 0 failed" in out and "logging paused, training goes on" in out, out[-3000:]
+    assert users.credentials("alice")["MLFLOW_TRACKING_PASSWORD"] not in out
     client = users.client("alice")
     runs = point_runs(tmp_path, "served", uri=users.uri)
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
-    assert {"record.json", "config.yaml"} <= artifacts
+    assert len({r.data.tags["point_key"] for r in runs}) == 4
+    for run in runs:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+        assert steps == list(range(1, 13)), "every epoch recorded once"
+        assert {"top1", "flops", "latency_ms"} <= run.data.metrics.keys()
+        assert {"record.json", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not list(tmp_path.glob("checkpoints/*/*.record.json"))  # nothing left to record later
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local store

@@ -10,11 +10,14 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
+from base64 import b64encode
 from pathlib import Path
 
 import pytest
 
 from study.record import server
+from study.record.users import read_secret_env
 from tests.conftest import ROOT
 from tests.test_server import HAVE_POSTGRES, Server
 from tests.test_slurm import DAEMONS, EXACT, SCRIPT
@@ -103,25 +106,66 @@ def test_each_node_has_its_own_name_and_address_and_reaches_the_head_by_name(nod
 
 def test_a_sweep_spreads_over_the_nodes_into_the_server_by_name_and_a_rerun_trains_nothing(nodes, head_server,
                                                                                           tmp_path):
+    """One point fails (an injected fault); the sweep says how to rerun only it, on the cluster;
+    that command trains it there, and run again trains nothing. What a lab does after a cluster
+    sweep works from the launching node against the server by its name: the report, make
+    analyze and make recommend with STORE=, a user added with make user-add."""
     env = head_server.env("admin", tmp_path, SLURM_CONF=nodes["SLURM_CONF"], PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "study.run", "--multirun", *POINTS, *SLURM, "tracking=server", "sweep=nodes",
                "hydra.launcher.timeout_min=10"]
-    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "4 points: 4 finished, 0 skipped, 0 failed" in first.stdout
+    first = subprocess.run(command, cwd=ROOT, env=env | {"STUDY_INJECT_FAULT": "exception:w=0.5 d=14 r=12"},
+                           capture_output=True, text=True, timeout=900)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "4 points: 3 finished, 0 skipped, 1 failed" in first.stdout, first.stdout[-3000:]
     assert f"recorded in {head_server.uri}" in first.stdout
+    assert "slurm: this process waits for the whole array" in first.stdout
+    assert f"srun make measure SWEEP=nodes STORE={head_server.uri}" in first.stdout  # on a compute node
+    (rerun,) = [line.split(": ", 1)[1] for line in first.stdout.splitlines() if line.startswith("rerun only the failed")]
+    assert "hydra/launcher=slurm" in rerun and "tracking=server" in rerun, rerun  # on the cluster, not here
+    second = subprocess.run(["bash", "-c", rerun.replace("make ", "make -s ", 1)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "4 points: 1 finished, 3 skipped, 0 failed" in second.stdout, second.stdout[-3000:]
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 points: 0 finished, 4 skipped, 0 failed" in again.stdout
+
     client = head_server.client()
     from analysis.load import find_experiment
 
     exp = find_experiment(client, "nodes")
-    runs = [r for r in client.search_runs([exp.experiment_id], "tags.run_key != ''")]
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    runs = [r for r in client.search_runs([exp.experiment_id], "tags.run_key != ''") if r.info.status == "FINISHED"]
+    assert len(runs) == 4 and len({r.data.tags["point_key"] for r in runs}) == 4
     hosts = {r.data.tags["host"] for r in runs}
     assert hosts == {"node1", "node2"}, hosts  # the array ran on both nodes
     assert (tmp_path / "reports" / "nodes" / "report.html").exists()  # the report, made where it was launched
-    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "4 points: 0 finished, 4 skipped, 0 failed" in again.stdout
+    make = dict(cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    analyzed = subprocess.run(["make", "-s", "analyze", "SWEEP=nodes", f"STORE={head_server.uri}"], **make)
+    assert analyzed.returncode == 0 and "report in" in analyzed.stdout, analyzed.stdout[-2000:] + analyzed.stderr
+    recommended = subprocess.run(["make", "-s", "recommend", "SWEEP=nodes", f"STORE={head_server.uri}", "EPOCHS=2",
+                                  "FLOPS=1e9"], **make)
+    assert recommended.returncode == 0 and '"width":' in recommended.stdout, recommended.stdout + recommended.stderr
+    added = subprocess.run(["make", "-s", "user-add", "NAME=carol", f"STORE_DIR={tmp_path}"], **make)
+    assert added.returncode == 0, added.stdout + added.stderr  # reached as STUDY_SERVER=http://study-head:PORT
+    carol = read_secret_env(tmp_path / "users" / "carol.env")
+    token = b64encode(f"{carol['MLFLOW_TRACKING_USERNAME']}:{carol['MLFLOW_TRACKING_PASSWORD']}".encode()).decode()
+    search = urllib.request.Request(f"{head_server.uri}/api/2.0/mlflow/experiments/search?max_results=1",
+                                    headers={"Authorization": f"Basic {token}"})
+    assert urllib.request.urlopen(search, timeout=30).status == 200  # carol gets in, by the head's name
+
+
+def test_a_cluster_sweep_into_a_store_the_nodes_cannot_share_is_refused_before_submission(nodes, tmp_path):
+    """Without a node pinned: the local SQLite store is refused naming tracking=server, and a
+    server at a loopback address (what the nodes cannot reach) is refused naming STUDY_SERVER."""
+    env = dict(os.environ, SLURM_CONF=nodes["SLURM_CONF"], STUDY_HOME=str(tmp_path))
+    env.pop("STUDY_SERVER", None)
+    command = [sys.executable, "-m", "study.run", "--multirun", *POINTS, *SLURM, "sweep=refused"]
+    for tracking, said in (("tracking=local", "tracking=server"), ("tracking=server", "STUDY_SERVER=http://")):
+        done = subprocess.run([*command, tracking], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and said in done.stderr, (tracking, done.stdout[-2000:], done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
+    assert not list(tmp_path.rglob(".submitit")) and not (tmp_path / "mlflow.db").exists()
+    assert not _slurm(nodes, "squeue", "-h").strip()  # nothing was submitted
 
 
 def test_one_point_spanning_two_nodes_trains_as_two_local_processes_do(nodes, head_server, tmp_path):

@@ -38,6 +38,28 @@ PG_HOST = "127.0.0.1"  # PostgreSQL never listens beyond loopback
 AUTH_CONFIG = "server-auth.ini"
 SECRET_KEY_FILE = "server-secret.key"  # the UI's CSRF key: the same across restarts and workers
 DATABASES = ("mlflow", "mlflow_auth")
+# Measured by `make bench ARGS="--only server"` (docs/scale-out.md, "The server under load"):
+# - MLflow checks a password with scrypt, ~0.1 s of CPU, on every request unless it caches the
+#   check: with the cache on, 32 jobs get ~9x the requests/s. A removed user or a changed password
+#   then stops working within AUTH_CACHE_S on every worker (at once on the one that changed it).
+# - A uvicorn worker serves up to 40 requests at once (anyio's thread limit); with SQLAlchemy's
+#   default pool (5 + 10 connections) the others waited 30 s for a connection and failed, losing
+#   points at 32 jobs. Each worker's two stores (runs, users) get a connection per thread, and
+#   PostgreSQL enough connections for every worker.
+AUTH_CACHE_S = 10
+WORKERS = 2
+THREADS_PER_WORKER = 40
+
+
+def pool_env() -> dict[str, str]:
+    """MLflow's SQLAlchemy pool: a connection for each request a worker serves at once."""
+    return {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10",
+            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(THREADS_PER_WORKER - 10)}
+
+
+def max_connections(workers: int) -> int:
+    """PostgreSQL's connection limit: both stores' pools in every worker, and room for tools."""
+    return 2 * THREADS_PER_WORKER * workers + 20
 
 
 def pg_tool(name: str) -> str:
@@ -84,8 +106,8 @@ def ensure_cluster(home: Path, data: Path) -> str:
     return secret.read_text().strip()
 
 
-def start_postgres(data: Path, host: str, port: int) -> None:
-    options = f"-p {port} -c listen_addresses={host} -k {data}"
+def start_postgres(data: Path, host: str, port: int, connections: int = 100) -> None:
+    options = f"-p {port} -c listen_addresses={host} -k {data} -c max_connections={connections}"
     subprocess.run(_as_owner([pg_tool("pg_ctl"), "-D", str(data), "-o", options, "-l", str(data / "server.log"),
                               "-w", "start"]), check=True)
 
@@ -153,17 +175,19 @@ def auth_database_uri(pg_port: int) -> str:
     return f"postgresql+psycopg2://mlflow@{PG_HOST}:{pg_port}/mlflow_auth"
 
 
-def ensure_auth(home: Path, pg_port: int) -> tuple[Path, str]:
+def ensure_auth(home: Path, pg_port: int, cache_s: int = AUTH_CACHE_S) -> tuple[Path, str]:
     """(MLflow's auth config, the admin's password). The config holds no secret; the admin's
     password lives in <home>/server-admin.env. When that file is gone, the admin gets a new
-    password (the users and permissions stay)."""
+    password (the users and permissions stay). `cache_s`: how long a worker trusts a checked
+    password (MLflow's auth_cache_ttl_seconds; 0: it hashes every request's)."""
     config = home / AUTH_CONFIG
     config.write_text("[mlflow]\n"
                       "# every user reads every sweep; a sweep's creator manages it; others write only when granted\n"
                       "default_permission = READ\n"
                       f"database_uri = {auth_database_uri(pg_port)}\n"
                       f"admin_username = {ADMIN}\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                      f"auth_cache_ttl_seconds = {cache_s}\n")
     secret = home / ADMIN_FILE
     if secret.exists():
         return config, read_secret_env(secret)["MLFLOW_TRACKING_PASSWORD"]
@@ -186,7 +210,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("STUDY_SERVER_PORT", 5001)))
     p.add_argument("--pg-port", type=int, default=int(os.environ.get("STUDY_PG_PORT", 5433)))
     p.add_argument("--home", default=project_root(), help="where the cluster's password, the admin's file and artifacts live")
-    p.add_argument("--workers", default="2")
+    p.add_argument("--workers", type=int, default=WORKERS, help=f"uvicorn workers (default {WORKERS}; about one a core)")
+    p.add_argument("--auth-cache-s", type=int, default=AUTH_CACHE_S,
+                   help=f"how long a worker trusts a checked password (default {AUTH_CACHE_S}; 0: hash every request's)")
     p.add_argument("--no-auth", action="store_true", help="no users or permissions: refused unless --host is loopback")
     p.add_argument("--allowed-hosts", default="", help="more Host headers to answer, comma-separated (a reverse proxy's name)")
     p.add_argument("--cors-allowed-origins", default="", help="more origins allowed to call the API, comma-separated")
@@ -207,23 +233,23 @@ def main(argv: list[str] | None = None) -> None:
     home = Path(a.home).resolve()
     data = cluster_dir(home)
     password = ensure_cluster(home, data)
-    start_postgres(data, PG_HOST, a.pg_port)
+    start_postgres(data, PG_HOST, a.pg_port, max_connections(a.workers))
     try:
         ensure_databases(a.pg_port, password)
         os.environ["PGPASSWORD"] = password  # for the auth store opened here; never in a URI or a log
         artifacts = home / "server-artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         hosts = served_hosts(a.host, a.port, a.allowed_hosts)
-        env = dict(os.environ, PGPASSWORD=password)
+        env = dict(os.environ, PGPASSWORD=password, **pool_env())
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", a.host, "--port", str(a.port),
-               "--workers", a.workers, "--artifacts-destination", str(artifacts),
+               "--workers", str(a.workers), "--artifacts-destination", str(artifacts),
                "--backend-store-uri", f"postgresql+psycopg2://mlflow@{PG_HOST}:{a.pg_port}/mlflow",
                "--allowed-hosts", ",".join(hosts),
                "--cors-allowed-origins", ",".join(served_origins(hosts, a.cors_allowed_origins))]
         if a.no_auth:
             access = "no authentication (--no-auth, loopback only)"
         else:
-            config, admin_password = ensure_auth(home, a.pg_port)
+            config, admin_password = ensure_auth(home, a.pg_port, a.auth_cache_s)
             cmd += ["--app-name", "basic-auth"]
             env |= {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
                     "MLFLOW_FLASK_SERVER_SECRET_KEY": stored_secret(home / SECRET_KEY_FILE),
