@@ -129,6 +129,12 @@ def test_a_sweep_spreads_over_the_nodes_into_the_server_by_name_and_a_rerun_trai
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "4 points: 0 finished, 4 skipped, 0 failed" in again.stdout
+    (measure,) = [line.split("on a compute node: ", 1)[1] for line in again.stdout.splitlines()
+                  if "on a compute node: srun" in line]
+    measured = subprocess.run(["bash", "-c", measure.replace("make ", "make -s ", 1)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert measured.returncode == 0, measured.stdout[-2000:] + measured.stderr[-2000:]
+    assert "of 4 point run(s) of nodes alone" in measured.stdout, measured.stdout  # the printed line works as is
 
     client = head_server.client()
     from analysis.load import find_experiment
