@@ -68,8 +68,20 @@ measure: setup ## measure a finished sweep's points alone (training step at batc
 prepare-data: setup ## resized copy of an image folder: make prepare-data SRC=/data/imagenet DST=/data/imagenet_small SWEEP=resnet_rs_paper (or SIDE=296)
 	$(PY) -m study.sweep.prepare --source $(SRC) --dest $(DST) $(if $(SIDE),--side $(SIDE),--sweep $(SWEEP)) $(ARGS)
 
-test: setup ## run the whole test suite (what CI runs)
+# The SLURM drills mostly wait on the scheduler, the tracking server and SLURM's node time-out: they
+# run beside the rest, in a pytest of their own (its output after the rest's); the suite fails if either
+# does. ARGS naming test files (ARGS=tests/test_x.py) runs just those.
+CLUSTER_TESTS = tests/test_slurm.py tests/test_slurm_nodes.py
+test: setup ## run the whole test suite (what CI runs; the SLURM drills beside the rest)
+ifneq ($(findstring tests/,$(ARGS)),)
 	$(PY) -m pytest -q $(ARGS)
+else
+	@log=$$(mktemp); base=$$(mktemp -d); \
+	$(PY) -m pytest -q -p no:cacheprovider --basetemp=$$base/tmp $(ARGS) $(CLUSTER_TESTS) > $$log 2>&1 & drills=$$!; \
+	$(PY) -m pytest -q $(addprefix --ignore=,$(CLUSTER_TESTS)) $(ARGS); rest=$$?; \
+	wait $$drills; status=$$?; echo "==== $(CLUSTER_TESTS), run beside the rest ===="; cat $$log; \
+	rm -rf $$log $$base; for code in $$rest $$status; do [ $$code -eq 0 ] || [ $$code -eq 5 ] || exit 1; done  # 5: none selected
+endif
 
 test-quick: setup ## the tests but the long end-to-end ones marked slow (a few minutes)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
