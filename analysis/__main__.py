@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     _measured_on(p)
     a = p.parse_args(argv)
     from analysis import report
-    from analysis.load import load_runs, refused
+    from analysis.load import load_runs
+    from study.record.contract import refused
 
     out = a.out or Path(os.environ.get("STUDY_HOME") or ROOT) / "reports" / a.sweep
     try:

@@ -2,7 +2,8 @@
 
 Reads only the run record documented in docs/run-record.md: params, final metrics and tags of the
 child runs under the sweep's parent run, and the study's manifest (analysis.manifest): only the
-points of the grids the sweep declared are the study's. Nothing here imports the training package.
+points of the grids the sweep declared are the study's. Of study/ it imports only the contract
+(study.record.contract), never the training side.
 """
 from __future__ import annotations
 
@@ -12,13 +13,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis import manifest as manifests
+from study.record.contract import ALONE_METRICS, AXIS_PARAMS, FINAL_METRICS, find_experiment
 
-FINAL_METRICS = ("top1", "top5", "error", "minival/top1", "minival/top5", "flops", "params",
-                 "activations", "latency_ms", "latency_batch", "train_step_ms", "train_img_per_s",
-                 "peak_mem_mb", "train_time_s", "step_latency_ms", "step_latency_min_ms", "step_latency_max_ms",
-                 "step_batch", "step_img_per_s", "step_peak_mem_mb")
-ALONE_METRICS = ("step_latency_ms", "step_latency_min_ms", "step_latency_max_ms", "step_batch", "step_img_per_s",
-                 "step_peak_mem_mb")
 LATENCY_ALONE = "the training step at batch <= 128, measured alone on {machine} (step_latency_ms)"
 LATENCY_IN_JOB = ("inference at batch 32, measured in each job beside the sweep's other jobs (latency_ms); "
                   "make measure SWEEP={sweep} measures the training step alone")
@@ -46,35 +42,6 @@ def missing_point(run) -> dict:
     return {"name": tags.get("mlflow.runName", run.info.run_id[:8]), **axes, "status": run.info.status,
             "reason": tags.get("status_reason", "") or ("still running or killed without a reason"
                                                         if run.info.status == "RUNNING" else run.info.status)}
-
-
-AXIS_PARAMS = (("recipe", "epochs"), ("model", "width"), ("model", "depth"), ("data", "resolution"))
-
-
-def failure_kind(reason: str) -> str:
-    """What a failure reason (the `status_reason` tag) says before its details: 'diverged in
-    bf16', 'out of memory', 'error: ValueError'."""
-    head, _, rest = reason.partition(": ")
-    return f"{head}: {rest.partition(':')[0]}" if head == "error" else head
-
-
-def refused(error: BaseException) -> str | None:
-    """What a tracking server's refusal means for this user (HTTP 401: who are you; 403: not
-    yours to change), or None when the error is another."""
-    text = str(error)
-    if "error code 401" in text or "401 Client Error" in text:
-        return ("the tracking server refused the credentials: set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to a user of the server")
-    if "error code 403" in text or "403 Client Error" in text:
-        return "the sweep belongs to another user, who has not granted you EDIT on it"
-    return None
-
-
-def find_experiment(client, sweep: str):
-    """The sweep's experiment: the one tagged `sweep=<name>`; a store no version since has
-    opened keeps it under the bare sweep name. None when there is none."""
-    tagged = client.search_experiments(filter_string=f"tags.sweep = '{sweep}'", max_results=1)
-    return tagged[0] if tagged else client.get_experiment_by_name(sweep)
 
 
 def load_runs(sweep: str, tracking_uri: str, measured_on: str | None = None, include_outside: bool = False) -> Runs:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import manifest, next_step, plots, rules, stability
-from analysis.load import by_configuration, failure_kind, find_experiment, load_runs, refused
+from analysis.load import by_configuration, load_runs
+from study.record.contract import failure_kind, find_experiment, refused
 
 # One line under each figure: what to look for in it.
 CAPTIONS = {
@@ -93,7 +94,7 @@ def runs_link(sweep: str, tracking_uri: str) -> str:
     `make ui` serves it)."""
     from mlflow.tracking import MlflowClient
 
-    from study.record.view import runs_link as link, ui_base
+    from study.record.contract import runs_link as link, ui_base
 
     exp = find_experiment(MlflowClient(tracking_uri=tracking_uri), sweep)
     return link(ui_base(tracking_uri), exp.experiment_id) if exp else ""

@@ -25,7 +25,7 @@ GRID = ["model.width=0.25,0.5", "model.depth=14,26", "data.resolution=28", "reci
 def _sweep(home: str, jobs: int) -> dict[str, dict[str, float]]:
     from mlflow.tracking import MlflowClient
 
-    from analysis.load import find_experiment
+    from study.record.contract import find_experiment
 
     launch = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     cmd = [sys.executable, "-m", "study.run", "--multirun", "--config-dir", "sweeps", "--config-name", "default",

@@ -51,7 +51,7 @@ def _template(home: Path) -> dict:
     """The run record of one real point (params, tags, epochs' metrics, final metrics, artifacts)."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.load import find_experiment
+    from study.record.contract import find_experiment
 
     subprocess.run([sys.executable, "-m", "study.run", "data=synthetic", "model.width=0.25", "model.depth=14",
                     "data.resolution=8", f"recipe.epochs={EPOCHS}", "data.synthetic_images=200", "sweep=template",

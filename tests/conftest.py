@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from analysis.load import find_experiment
+from study.record.contract import find_experiment
 from study.settings import config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.load import find_experiment
+from study.record.contract import find_experiment
 from analysis.report import CAPTIONS
 from tests.conftest import ROOT, run_cli
 

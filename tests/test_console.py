@@ -8,10 +8,12 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.load import find_experiment, load_runs
+from analysis.load import load_runs
+from study.record.contract import find_experiment
 from study.record.tracking import MlflowTracker
 from study.record.ui import sweep_links
-from study.record.view import VIEW_TAG, runs_link, ui_base
+from study.record.contract import runs_link, ui_base
+from study.record.view import VIEW_TAG
 from study.sweep import handoff, progress
 from tests.conftest import compose_cfg
 

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from analysis.load import find_experiment
+from study.record.contract import find_experiment
 from study import decide
 from study.settings import config, grid
 from study.settings.config import ConfigError

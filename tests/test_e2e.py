@@ -10,7 +10,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.load import find_experiment
+from study.record.contract import find_experiment
 from tests.conftest import ROOT, point_runs, run_cli
 
 TINY_SWEEP = ["--multirun", "--config-dir", "sweeps", "--config-name", "smoke",

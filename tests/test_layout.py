@@ -1,6 +1,7 @@
 """The floor plan holds: study/ is a few front doors over sub-packages, each sub-package says in
 its docstring which others it may import ("May import: ..."), every import in study/ (deferred
-ones included) keeps to that, and no module of study/ reaches itself through its imports."""
+ones included) keeps to that, and no module of study/ reaches itself through its imports.
+analysis/ reads the run record through one module of study/, the contract, and nothing else."""
 import ast
 import re
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 STUDY = Path(__file__).resolve().parents[1] / "study"
+ANALYSIS = STUDY.parent / "analysis"
+CONTRACT = "study.record.contract"
 FRONT_DOORS = {"__init__", "run", "decide", "server", "models"}
 
 
@@ -99,3 +102,11 @@ def test_the_checks_see_a_wrong_import(tmp_path, monkeypatch):
     fake.parent.mkdir(parents=True)
     fake.write_text(source)
     assert "study.train.trainer" in imports(fake) and floor("study.train.trainer") not in allowed("settings")
+
+
+def test_analysis_imports_of_study_nothing_but_the_run_record_contract():
+    """Deferred imports included; the contract itself imports nothing of study."""
+    wrong = [f"analysis/{f.name} imports {m}" for f in sorted(ANALYSIS.rglob("*.py"))
+             for m in sorted(imports(f)) if m != CONTRACT]
+    assert not wrong, "\n".join(wrong)
+    assert not imports(STUDY / "record" / "contract.py")

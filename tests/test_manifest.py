@@ -8,7 +8,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis import report, simulate
-from analysis.load import find_experiment, load_runs
+from analysis.load import load_runs
+from study.record.contract import find_experiment
 from study.sweep import manifest
 
 SWEEP = "planted"

@@ -137,7 +137,7 @@ def test_a_sweep_spreads_over_the_nodes_into_the_server_by_name_and_a_rerun_trai
     assert "of 4 point run(s) of nodes alone" in measured.stdout, measured.stdout  # the printed line works as is
 
     client = head_server.client()
-    from analysis.load import find_experiment
+    from study.record.contract import find_experiment
 
     exp = find_experiment(client, "nodes")
     runs = [r for r in client.search_runs([exp.experiment_id], "tags.run_key != ''") if r.info.status == "FINISHED"]

@@ -92,7 +92,7 @@ def after_sweep(tracker, device_name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
-    from analysis.load import find_experiment
+    from study.record.contract import find_experiment
     from study.settings.config import ConfigError
     from study.record.access import check_store
 

@@ -331,7 +331,7 @@ def _quietly(call: Callable[[], None], say: Echo) -> None:
 
 def _brief(e: BaseException) -> str:
     """One line; a tracking server's refusal (credentials that stopped working) says so first."""
-    from analysis.load import refused
+    from study.record.contract import refused
 
     line = redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300]
     return f"{why}; {line}" if (why := refused(e)) else line

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 from study.record.redaction import redact
-from study.record.tracking import experiment_name
+from study.record.contract import experiment_name
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:

@@ -11,12 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from study.record.contract import PARENT_ROLE, experiment_name
 from study.record.redaction import redact, redact_values
 
-PARENT_ROLE = "parent"
-# Each sweep's experiment: named so that none can be taken for MLflow's own `Default`, tagged
-# with its sweep (what analysis looks it up by) and with MLflow 3's kind for model training.
-EXPERIMENT_PREFIX = "sweep/"
+# Each sweep's experiment (study.record.contract.experiment_name) is also tagged with MLflow 3's
+# kind for model training.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 NOTE_TAG = "mlflow.note.content"
 # Errors that pass: a busy store (SQLite allows one writer at a time: parallel jobs meet
@@ -337,10 +336,6 @@ def _root_of(tags: dict[str, str], config_text) -> str | None:
     except yaml.YAMLError:
         return None
     return str(Path(root).expanduser().resolve()) if root else None
-
-
-def experiment_name(sweep: str) -> str:
-    return EXPERIMENT_PREFIX + sweep
 
 
 def is_transient(error: BaseException) -> bool:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from study.record import view
-from study.record.tracking import PARENT_ROLE, mlflow_tracker
+from study.record.contract import PARENT_ROLE, runs_link
+from study.record.tracking import mlflow_tracker
 
 
 def sweep_links(uri: str, base: str) -> list[tuple[str, int, str]]:
@@ -35,7 +36,7 @@ def sweep_links(uri: str, base: str) -> list[tuple[str, int, str]]:
             mlflow_tracker(uri, sweep, None)  # renames and tags it
         points = len(client.search_runs([exp.experiment_id], "tags.point_key != ''", max_results=50000))
         _install(client, exp.experiment_id, sweep)
-        found.append((sweep, points, view.runs_link(base, exp.experiment_id)))
+        found.append((sweep, points, runs_link(base, exp.experiment_id)))
     return sorted(found)
 
 

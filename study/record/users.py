@@ -19,7 +19,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from study.record.tracking import experiment_name
+from study.record.contract import experiment_name
 from study.settings.config import project_root
 
 ADMIN = "admin"

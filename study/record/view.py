@@ -1,4 +1,5 @@
-"""The saved view a sweep's experiment carries in MLflow's UI, and the link that opens it.
+"""The saved view a sweep's experiment carries in MLflow's UI (the link that opens it is the
+contract's: study.record.contract.runs_link).
 
 MLflow 3's runs page keeps its state (columns, grouping, chart cards) in the browser; a view
 shared from it is an experiment tag `mlflow.sharedViewState.<key>` holding that state as JSON,
@@ -23,9 +24,9 @@ from __future__ import annotations
 
 import json
 import math
-from urllib.parse import urlsplit
 
-VIEW_KEY = "scaling-study"
+from study.record.contract import VIEW_KEY
+
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 COLOR_TAG = "mlflow.runColor"
 ROUND_TAG = "decide_round"  # the make decide round that proposed a point run
@@ -36,21 +37,6 @@ EPOCH_CURVE = "val/top1"  # logged each epoch (step = epoch)
 # MLflow's own run palette, one colour per epoch budget in increasing order.
 PALETTE = ("#077A9D", "#FFAB00", "#00A972", "#FF3621", "#8BCAE7", "#AB4057", "#99DDB4", "#FCA4A1", "#919191", "#BF7080")
 SECTION = "scaling-study-section"
-
-
-def ui_base(uri: str, port: int = 5000) -> str:
-    """Where the UI of a store is: a tracking server serves its own; `make ui` serves a
-    file store on 127.0.0.1:PORT."""
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):
-        return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
-    return f"http://127.0.0.1:{port}"
-
-
-def runs_link(base: str, experiment_id: str) -> str:
-    """The link that opens an experiment's runs on the study's view, in MLflow 3's "Model
-    training" mode (without `workflowType` the UI opens its GenAI overview of traces)."""
-    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
 
 
 def _column(kind: str, name: str) -> str:

@@ -120,7 +120,7 @@ def _report(study: config.StudyConfig) -> list[str]:
 
 def browse_hint(uri: str, experiment_id: str) -> str:
     """The link to the sweep's runs, and what serves it."""
-    from study.record.view import runs_link, ui_base
+    from study.record.contract import runs_link, ui_base
 
     link = runs_link(ui_base(uri), experiment_id)
     return link if uri.startswith("http") else f"make ui, then open {link}"
@@ -177,7 +177,7 @@ def failed_groups(results: list[dict], config_name: str, task_overrides: list[st
     """The failed points grouped by what failed them, with the command that reruns only them
     (the sweep again, on the same launcher and its settings: finished points are skipped) and,
     for each, the one that reruns it another way. Empty when none failed."""
-    from analysis.load import failure_kind
+    from study.record.contract import failure_kind
 
     failed = [r for r in results if r["status"] == "FAILED"]
     if not failed:
