@@ -109,3 +109,27 @@ def test_the_ema_reference_batch_is_keyed_only_where_it_changes_the_training():
     per_step = point("config", [*ema, "recipe.ema_reference_batch=null"])
     assert "recipe.ema_reference_batch" not in grid.keyed_settings(per_step)
     assert grid.legacy_run_key(per_step) is not None and grid.legacy_run_key(point("config", ema)) is None
+
+
+def test_expand_lists_the_jobs_hydras_basic_sweeper_launches_in_its_order(tmp_path):
+    """grid.expand goes through Hydra's BasicSweeper (hydra._internal, not a public API): this
+    pins it to what a real `--multirun` launches, so an upgrade of hydra-core that changes the
+    jobs or their order fails here."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "app.yaml").write_text(
+        "a: 0\nb: 0\nc: x\nhydra:\n  sweeper:\n    params:\n      a: 1,2\n      c: x,y,z\n")
+    (tmp_path / "app.py").write_text(
+        "import json, hydra\nfrom hydra.core.hydra_config import HydraConfig\n"
+        "@hydra.main(version_base=None, config_path='conf', config_name='app')\n"
+        "def main(cfg):\n    print('JOB', json.dumps(list(HydraConfig.get().overrides.task)))\n"
+        "main()\n")
+    done = subprocess.run([sys.executable, "app.py", "--multirun", "b=5,6", f"hydra.sweep.dir={tmp_path}/multirun"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    launched = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("JOB ")]
+    assert launched == grid.expand({"a": "1,2", "c": "x,y,z"}, ["b=5,6"])
+    assert len(launched) == 12

@@ -100,7 +100,7 @@ class RecipeConfig:
     batch_size: int = 128           # images per step, >= 1
     lr_per_256: float = 0.1         # lr = lr_per_256 * batch_size / 256 (linear scaling rule)
     warmup_epochs: float = 1.0      # linear warm-up from 0, then the schedule; >= 0, capped
-                                    # at WARMUP_CAP x epochs (study.recipe.warmup_steps)
+                                    # at WARMUP_CAP x epochs (study.train.recipe.warmup_steps)
     schedule: str = "cosine"        # one of SCHEDULES: cosine decay to 0, or step decay
     step_milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 8 / 9])
                                     # step: fractions of the run where lr x= step_gamma (90-epoch
@@ -130,7 +130,7 @@ class RecipeConfig:
                                     # the same number of images at any batch (paper: 0.9999 at 4096);
                                     # null = ema_decay per step whatever the batch, >= 1
     ema_horizon: float = 0.1        # the EMA averages over at most this share of the run's steps
-                                    # (study.recipe.ema_decay_at), (0, 1]
+                                    # (study.train.recipe.ema_decay_at), (0, 1]
 
 
 @dataclass(frozen=True)
