@@ -185,3 +185,18 @@ def test_reflect_padding_mirrors_the_border_as_torch_pads():
                                                               torch.Generator().manual_seed(0))
              for mode in ("zero", "reflect")}
     assert (crops["zero"] == 0).any() and not (crops["reflect"] == 0).any()  # no black border
+
+
+def test_every_data_set_the_schema_allows_has_a_loader_and_a_config_group():
+    """config.DATASETS (what validation accepts), the loaders of study.data.sets and conf/data/
+    name the same data sets: a name accepted but unloadable fails here, not in a sweep."""
+    from pathlib import Path
+
+    import yaml
+
+    from study.settings.config import DATASETS
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "data"
+    groups = {yaml.safe_load(p.read_text())["name"]: p.stem for p in conf.glob("*.yaml")}
+    assert set(sets._LOADERS) == set(DATASETS) == set(groups)
+    assert all(name == stem for name, stem in groups.items())  # data=NAME selects data.name NAME
