@@ -139,12 +139,12 @@ def test_random_resized_boxes_have_torchvisions_statistics():
     assert abs(centre_x.mean() - ref_centre_x.mean()) < 0.02 and abs(centre_x.std() - ref_centre_x.std()) < 0.02
 
 
-def _ramp_dataset(stored: int, resolution: int) -> sets.Dataset:
+def _ramp_dataset(stored: int, resolution: int) -> sets.DataSplits:
     """One image whose pixel (row, col) holds 15 x col in every channel (a horizontal ramp)."""
     value = (15 * torch.arange(stored)[None, :]).expand(stored, stored)
     images = value.to(torch.uint8).expand(1, 3, stored, stored).contiguous()
     split = sets.Split(images, torch.zeros(1, dtype=torch.long))
-    return sets.Dataset("ramp", split, split, split, 2, (0.0,) * 3, (1 / 255,) * 3, stored, resolution)
+    return sets.DataSplits("ramp", split, split, split, 2, (0.0,) * 3, (1 / 255,) * 3, stored, resolution)
 
 
 def test_the_whole_image_at_scale_one_and_the_centre_crop_in_evaluation():
@@ -178,7 +178,7 @@ def test_reflect_padding_mirrors_the_border_as_torch_pads():
     expected = F.pad(torch.arange(n).float()[None, None, :], (p, p), mode="reflect")[0, 0].long()
     assert torch.equal(batches._reflect(torch.arange(-p, n + p), n), expected)
     ds = _ramp_dataset(8, 8)
-    ds = sets.Dataset("bright", *(sets.Split(s.images + 10, s.labels) for s in (ds.train, ds.minival, ds.test)),
+    ds = sets.DataSplits("bright", *(sets.Split(s.images + 10, s.labels) for s in (ds.train, ds.minival, ds.test)),
                       2, (0.0,) * 3, (1 / 255,) * 3, 8, 8)
     crops = {mode: batches.Batcher(ds, device=torch.device("cpu"), augment="crop", crop_padding=0.25,
                                 padding_mode=mode).crop(ds.train.images.expand(64, -1, -1, -1),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from study.data.augment import rand_augment
-from study.data.sets import Dataset, Split
+from study.data.sets import DataSplits, Split
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -132,7 +132,7 @@ class Batcher:
     to the device once (uint8, from pinned memory), so batches are cut, augmented and normalised
     there. study.data.stream.StreamBatcher serves streamed sets with the same interface."""
 
-    def __init__(self, ds: Dataset, *, device: torch.device, augment: str, crop_padding: float,
+    def __init__(self, ds: DataSplits, *, device: torch.device, augment: str, crop_padding: float,
                  memory_format: torch.memory_format = torch.channels_last,
                  randaugment: tuple[int, float] = (0, 0.0), crop: str = "pad",
                  crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),

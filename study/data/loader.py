@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from study.data.batches import Batcher
-from study.data.sets import Dataset
+from study.data.sets import DataSplits
 from study.data.stream import StreamBatcher
 from study.settings.config import DataConfig
 
 
-def batcher(ds: Dataset, d: DataConfig, *, device: torch.device, memory_format: torch.memory_format,
+def batcher(ds: DataSplits, d: DataConfig, *, device: torch.device, memory_format: torch.memory_format,
             randaugment: tuple[int, float], workers: int = 0) -> Batcher:
     """The point's batcher: in memory, or streamed with `workers` loader processes."""
     settings = dict(device=device, augment=d.augment, crop_padding=d.crop_padding, crop=d.crop,

@@ -46,7 +46,9 @@ class Split:
 
 
 @dataclass(frozen=True)
-class Dataset:
+class DataSplits:
+    """A prepared data set: its train, minival and test splits, class count and normalisation
+    (what a point trains and evaluates on; torch's Dataset is the per-item reader, stream.BatchFiles)."""
     name: str
     train: Split | FileSplit  # FileSplit: streamed from image files (study.data.stream)
     minival: Split | FileSplit
@@ -79,7 +81,7 @@ class Dataset:
                 "data.in_chans": self.in_chans, "data.native_resolution": self.native_resolution}
 
 
-def prepare(cfg: DataConfig) -> Dataset:
+def prepare(cfg: DataConfig) -> DataSplits:
     """The data set of a grid point at its resolution (decoded and resized once, cached),
     stored at stored_size: larger than the resolution when evaluation takes a centre crop.
     Streamed (data.loader resolved to stream, study.data.stream): lists of files, decoded at that
@@ -100,7 +102,7 @@ def _source_key(cfg: DataConfig) -> DataConfig:
 
 
 @lru_cache(maxsize=2)
-def _load(cfg: DataConfig) -> Dataset:
+def _load(cfg: DataConfig) -> DataSplits:
     pool, test, num_classes = _LOADERS[cfg.name](cfg)
     if test is None:
         pool, test = _split(pool, cfg.test_fraction, cfg.split_seed)
@@ -114,12 +116,12 @@ def _load(cfg: DataConfig) -> Dataset:
             sample = train.take(torch.arange(min(len(train), STATS_IMAGES)))
             small = side if STATS_IMAGES * 3 * side ** 2 <= 2 ** 28 else 128
             mean, std = _channel_stats(_decode_files(sample, small, {}).images)
-            return Dataset(cfg.name, train, minival, test, num_classes, mean, std, native_resolution=side,
+            return DataSplits(cfg.name, train, minival, test, num_classes, mean, std, native_resolution=side,
                            resolution=side, unreadable=unreadable)
         train, minival, test = (_decode_files(s, side, unreadable) for s in (train, minival, test))
         imagefiles.report_unreadable(unreadable, cfg.root)
     mean, std = _channel_stats(train.images)
-    return Dataset(cfg.name, train, minival, test, num_classes, mean, std,
+    return DataSplits(cfg.name, train, minival, test, num_classes, mean, std,
                    native_resolution=train.images.shape[-1], resolution=train.images.shape[-1],
                    unreadable=unreadable)
 
@@ -139,9 +141,9 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 @lru_cache(maxsize=4)
-def _resized(ds: Dataset, stored: int, resolution: int) -> Dataset:
+def _resized(ds: DataSplits, stored: int, resolution: int) -> DataSplits:
     resize = lambda s: Split(resize_uint8(s.images, stored), s.labels)  # noqa: E731
-    return Dataset(ds.name, resize(ds.train), resize(ds.minival), resize(ds.test), ds.num_classes,
+    return DataSplits(ds.name, resize(ds.train), resize(ds.minival), resize(ds.test), ds.num_classes,
                    ds.mean, ds.std, ds.native_resolution, resolution, unreadable=ds.unreadable)
 
 

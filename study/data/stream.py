@@ -11,7 +11,7 @@ seed from the point's generator, which orders the epoch, and each image draws it
 from its own generator seeded by (that seed, its index). So a point is deterministic whatever the
 number of workers, and resumes at an epoch boundary in the same order (the generator is
 checkpointed). Evaluation decodes the centre crop, in order. Unreadable files are skipped,
-counted and named (Dataset.unreadable).
+counted and named (DataSplits.unreadable).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import sys
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import DataLoader, Dataset
 
 from study.data import imagefiles
 from study.data.batches import Batcher, Crops, centre, share
 from study.data.imagefiles import FileSplit
-from study.data.sets import Dataset
+from study.data.sets import DataSplits
 
 log = logging.getLogger(__name__)
 _MIX = (6364136223846793005, 1442695040888963407)
@@ -40,7 +40,7 @@ def image_seed(epoch_seed: int, index: int) -> int:
     return (epoch_seed * _MIX[0] + (index + 1) * _MIX[1]) % 2 ** 63
 
 
-class BatchFiles(TorchDataset):
+class BatchFiles(Dataset):
     """What a loader worker does with one task (train|eval, split name, epoch seed, indices):
     decode, crop, stack. Returns (uint8 batch, labels, [(path, reason) of unreadable files])."""
 
@@ -82,7 +82,7 @@ def _as_is(batch):
 class StreamBatcher(Batcher):
     """Batcher's interface over FileSplits: batches come from `workers` loader processes."""
 
-    def __init__(self, ds: Dataset, *, workers: int, **settings):
+    def __init__(self, ds: DataSplits, *, workers: int, **settings):
         super().__init__(ds, **settings)
         self.workers, self.unreadable = workers, ds.unreadable
         self.names = {id(ds.train): "train", id(ds.minival): "minival", id(ds.test): "test"}

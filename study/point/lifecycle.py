@@ -171,7 +171,7 @@ def _lifecycle(study, files, tracker, device, name, prefix, parallel_jobs, resol
     return _record(record, study, files, tracker, say)
 
 
-def data_tags(study: StudyConfig, ds: sets.Dataset, workers: int) -> dict[str, str]:
+def data_tags(study: StudyConfig, ds: sets.DataSplits, workers: int) -> dict[str, str]:
     """How the data was read: in memory or streamed (and by how many workers), from which folder
     and from which copy (`make prepare-data`)."""
     tags = {"data.loader": "stream" if ds.streamed else "memory"}
@@ -376,7 +376,7 @@ def _with(command: str, override: str) -> str:
     return f'{command[:-1]} {override}"' if command.endswith('"') else f"{command} {override}"
 
 
-def _train(study: StudyConfig, *, ds: sets.Dataset, device: torch.device, memory_format, sink,
+def _train(study: StudyConfig, *, ds: sets.DataSplits, device: torch.device, memory_format, sink,
            evaluate_test: bool = True, label: str = "", workers: int = 0, world: World = ALONE,
            **resume) -> tuple[torch.nn.Module, trainer.FitResult]:
     """Build and fit the point's model; `resume` passes checkpoint, resume and run_id on."""
@@ -415,14 +415,14 @@ def _memory_format(study: StudyConfig) -> torch.memory_format:
     return torch.channels_last if study.trainer.channels_last else torch.contiguous_format
 
 
-def _build(study: StudyConfig, ds: sets.Dataset) -> torch.nn.Module:
+def _build(study: StudyConfig, ds: sets.DataSplits) -> torch.nn.Module:
     m, r = study.model, study.recipe
     return models.build_model(m.depth, m.width, num_classes=ds.num_classes, in_chans=ds.in_chans,
                               se=m.se, se_ratio=m.se_ratio, resnet_d=m.resnet_d, dropout=r.dropout,
                               stochastic_depth=r.stochastic_depth, stochastic_depth_rule=r.stochastic_depth_rule)
 
 
-def _measure(model, ds: sets.Dataset, study: StudyConfig, fitted: trainer.FitResult, device, memory_format) -> dict:
+def _measure(model, ds: sets.DataSplits, study: StudyConfig, fitted: trainer.FitResult, device, memory_format) -> dict:
     """The final metrics: the trainer's, peak memory, complexity and inference latency."""
     t = study.trainer
     latency = costs.inference_latency(

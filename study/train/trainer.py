@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from study.data.batches import Batcher
-from study.data.sets import Dataset, Split
+from study.data.sets import DataSplits, Split
 from study.settings.config import RecipeConfig, TrainerConfig
 from study.train import compiling, distributed
 from study.train import recipe as recipes
@@ -53,7 +53,7 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def fit(model: nn.Module, ds: Dataset, batcher: Batcher, recipe: RecipeConfig, settings: TrainerConfig,
+def fit(model: nn.Module, ds: DataSplits, batcher: Batcher, recipe: RecipeConfig, settings: TrainerConfig,
         *, seed: int, sink: EpochSink, device: torch.device, evaluate_test: bool = True,
         checkpoint: Checkpoint | None = None, resume: dict | None = None,
         run_id: str = "", label: str = "", world: World = ALONE) -> FitResult:
