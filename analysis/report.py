@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -439,40 +440,34 @@ def _table_html(columns: tuple, rows: list[dict]) -> str:
     return pd.DataFrame(rows, columns=list(columns)).to_html(index=False, float_format="%.4g")
 
 
+TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
+
+
+@lru_cache(maxsize=1)
+def _page():
+    """The report's template, its layout's line breaks and indentation removed (the page is one line)."""
+    import jinja2
+
+    text = "".join(line.strip() for line in TEMPLATE.read_text().splitlines())
+    env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)
+    env.filters["esc"] = lambda value: html.escape(str(value))
+    return env.from_string(text)
+
+
 def _html(sweep: str, decisions: dict, figures: list[Path], configs: pd.DataFrame) -> str:
-    images = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
-                     f'alt="{p.stem}"><figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>'
-                     for p in figures)
-    columns = row_columns(decisions)
-    cells = lambda r: "".join(f"<td>{html.escape(r[k])}</td>" for k in columns)  # noqa: E731
-    headers = "".join(f"<th>{ROW_HEADERS.get(c, c)}</th>" for c in columns)
-    rows = "".join(f'<tr class="{r["status"]}">{cells(r)}</tr>' for r in decision_rows(decisions))
-    items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
-    warnings = [f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"]
-    table = configs[[c for c in CONFIG_COLUMNS if c in configs]].to_html(index=False, float_format="%.4g")
     points = _missing(decisions)["points"]
-    missing = _table_html(MISSING_COLUMNS, points) if points else "<p>none: every point run finished</p>"
     outside = decisions.get("outside", [])
-    outside_html = (f'<h2 id="outside">Outside the study ({len(outside)})</h2><p>{html.escape(OUTSIDE_TEXT)}.</p>'
-                    + _table_html(OUTSIDE_COLUMNS, outside)) if outside else ""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep)} scaling report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
-            "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-            "tr.decided td:nth-child(2){font-weight:bold}tr.undecided td{color:#777}"
-            "figcaption{font-size:13px;color:#333;margin-bottom:1.5em}</style>"
-            f"</head><body><h1>Scaling report: {html.escape(sweep)}</h1>{_browse_html(decisions)}"
-            f"{''.join(f'<p class=scope>{html.escape(x)}</p>' for x in _scope(decisions))}<h2>Decisions</h2>"
-            f'<table id="decisions"><tr>{headers}</tr>{rows}</table><ul>{items(summary(decisions))}</ul>'
-            f'<h2 id="missing">Missing points ({len(points)})</h2>{missing}{outside_html}<h2>Figures</h2>{images}'
-            f"<h2>Warnings</h2><ul>{items(warnings)}</ul>"
-            f"<h2>Configurations</h2>{table}<h2>rules.json</h2><pre>"
-            f"{html.escape(json.dumps(_clean(decisions), indent=1))}</pre></body></html>")
-
-
-def _browse_html(decisions: dict) -> str:
-    link = html.escape(decisions.get("runs_link", ""))
-    return (f'<p id="runs">Runs in MLflow\'s UI (<code>make ui</code> serves a local store): '
-            f'<a href="{link}">{link}</a></p>') if link else ""
+    return _page().render(
+        sweep=sweep, runs_link=decisions.get("runs_link", ""), scope=_scope(decisions),
+        columns=row_columns(decisions), headers=ROW_HEADERS, rows=decision_rows(decisions), summary=summary(decisions),
+        n_missing=len(points), missing_table=_table_html(MISSING_COLUMNS, points) if points else "",
+        n_outside=len(outside), outside_text=OUTSIDE_TEXT,
+        outside_table=_table_html(OUTSIDE_COLUMNS, outside) if outside else "",
+        figures=[{"png": base64.b64encode(p.read_bytes()).decode(), "name": p.stem,
+                  "caption": CAPTIONS.get(p.stem, p.stem)} for p in figures],
+        warnings=[f"{w['code']}: {w['message']}" for w in all_warnings(decisions)] or ["none"],
+        configs_table=configs[[c for c in CONFIG_COLUMNS if c in configs]].to_html(index=False, float_format="%.4g"),
+        rules_json=json.dumps(_clean(decisions), indent=1))
 
 
 def _clean(obj):
