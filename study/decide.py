@@ -24,6 +24,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -64,10 +65,11 @@ def declared_grid(cfg) -> pd.DataFrame:
 def flops_of(declared: pd.DataFrame, study: config.StudyConfig, num_classes: int, in_chans: int) -> pd.Series:
     """Forward FLOPs of one image of every configuration, counted on the meta device (no
     weights, no compute): what each point will record as `flops`."""
-    from study.sweep.progress import forward_flops
+    from study.measure.costs import configuration_complexity
 
     m = study.model
-    return pd.Series([forward_flops(int(d), float(w), int(r), m.se, m.se_ratio, m.resnet_d, num_classes, in_chans)
+    return pd.Series([configuration_complexity(replace(m, depth=int(d), width=float(w)), int(r), num_classes,
+                                               in_chans)["flops"]
                       for d, w, r in declared[["depth", "width", "resolution"]].itertuples(index=False)],
                      index=declared.index, dtype=float)
 

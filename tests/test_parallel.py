@@ -60,10 +60,11 @@ def test_jobs_auto_packs_small_points_a_core_each_and_packing_never_enters_a_key
 @pytest.mark.slow
 def test_on_fake_gpus_jobs_hold_distinct_slots_never_overfill_a_gpu_and_alone_points_run_last(tmp_path):
     from study.point.packing import CONTEXT_MB, RESERVE_MB, estimate_peak_mb
-    from study.sweep.progress import _complexity
+    from study.measure.costs import configuration_complexity
+    from study.settings.config import ModelConfig
 
     def need(resolution):  # the plan's figure for a point of this grid (the model's defaults: SE, ResNet-D)
-        c = _complexity(14, 0.25, resolution, True, 0.25, True, 10, 3)
+        c = configuration_complexity(ModelConfig(depth=14, width=0.25), resolution)
         return estimate_peak_mb(c["params"], c["activations"], 32, "bf16") + CONTEXT_MB
 
     # two GPUs of two slots each whose share holds the 8 and 12 px points but not the 32 px one

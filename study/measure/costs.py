@@ -14,6 +14,7 @@ import resource
 import statistics
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from study.settings import hardware
+from study.settings.config import ModelConfig
+from study.train import models
 
 
 def complexity(model: nn.Module, resolution: int, in_chans: int) -> dict[str, int]:
@@ -228,3 +231,13 @@ def machine(device: torch.device) -> dict[str, str]:
         what = out["measure.gpu"] = torch.cuda.get_device_name(device)
     out["measure.machine"] = re.sub(r"[^A-Za-z0-9.]+", "-", f"{device.type} {what}").strip("-")
     return out
+
+
+@lru_cache(maxsize=None)
+def configuration_complexity(m: ModelConfig, resolution: int, num_classes: int = 10,
+                             in_chans: int = 3) -> dict[str, int]:
+    """Parameters, forward FLOPs and activations of one image of a model configuration, counted
+    on the meta device (no weights, no compute): what a point of it records (`flops`, `params`)."""
+    with torch.device("meta"):
+        model = models.model_of(m, num_classes=num_classes, in_chans=in_chans)
+    return complexity(model, resolution, in_chans)

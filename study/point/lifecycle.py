@@ -416,10 +416,7 @@ def _memory_format(study: StudyConfig) -> torch.memory_format:
 
 
 def _build(study: StudyConfig, ds: sets.DataSplits) -> torch.nn.Module:
-    m, r = study.model, study.recipe
-    return models.build_model(m.depth, m.width, num_classes=ds.num_classes, in_chans=ds.in_chans,
-                              se=m.se, se_ratio=m.se_ratio, resnet_d=m.resnet_d, dropout=r.dropout,
-                              stochastic_depth=r.stochastic_depth, stochastic_depth_rule=r.stochastic_depth_rule)
+    return models.model_of(study.model, num_classes=ds.num_classes, in_chans=ds.in_chans, recipe=study.recipe)
 
 
 def _measure(model, ds: sets.DataSplits, study: StudyConfig, fitted: trainer.FitResult, device, memory_format) -> dict:

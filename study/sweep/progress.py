@@ -18,7 +18,6 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TextIO
 
@@ -31,38 +30,17 @@ BAR_WIDTH = 24
 CLEAR = "\r\x1b[K"
 
 
-def forward_flops(depth: int, width: float, resolution: int, se: bool, se_ratio: float, resnet_d: bool,
-                  num_classes: int = 10, in_chans: int = 3) -> int:
-    """Forward FLOPs of one image, counted on the meta device."""
-    return _complexity(depth, width, resolution, se, se_ratio, resnet_d, num_classes, in_chans)["flops"]
-
-
 def complexity_of(study: StudyConfig) -> dict[str, int]:
-    """Parameters, forward FLOPs and activations of one image of a point's model (study.measure.costs),
-    counted on the meta device; the 10-class, 3-channel model, as `weight` counts it."""
-    m = study.model
-    return _complexity(m.depth, m.width, study.data.resolution, m.se, m.se_ratio, m.resnet_d, 10, 3)
-
-
-@lru_cache(maxsize=None)
-def _complexity(depth: int, width: float, resolution: int, se: bool, se_ratio: float, resnet_d: bool,
-                num_classes: int, in_chans: int) -> dict[str, int]:
-    import torch
-
+    """Parameters, forward FLOPs and activations of one image of a point's model
+    (study.measure.costs.configuration_complexity); the 10-class, 3-channel model, as `weight` counts it."""
     from study.measure import costs
-    from study.train import models
 
-    with torch.device("meta"):
-        model = models.build_model(depth, width, num_classes=num_classes, in_chans=in_chans, se=se,
-                                   se_ratio=se_ratio, resnet_d=resnet_d)
-    return costs.complexity(model, resolution, in_chans)
+    return costs.configuration_complexity(study.model, study.data.resolution)
 
 
 def weight(study: StudyConfig) -> float:
     """A point's training compute, up to a factor shared by the sweep's points."""
-    m = study.model
-    flops = forward_flops(m.depth, m.width, study.data.resolution, m.se, m.se_ratio, m.resnet_d)
-    return float(flops) * study.recipe.epochs * study.seeds * (study.data.max_train_images or 1)
+    return float(complexity_of(study)["flops"]) * study.recipe.epochs * study.seeds * (study.data.max_train_images or 1)
 
 
 @dataclass(frozen=True)

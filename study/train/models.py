@@ -13,6 +13,7 @@ from torch import nn
 from timm.layers import DropPath, get_attn, make_divisible
 from timm.models.resnet import Bottleneck, ResNet
 
+from study.settings.config import ModelConfig, RecipeConfig
 from study.settings.family import BLOCKS_PER_STAGE, STAGE_DROP_SCALE
 
 BASE_CHANNELS = (64, 128, 256, 512)  # bottleneck planes per stage at width 1.0 (x4 out)
@@ -76,6 +77,16 @@ def build_model(
     if not resnet_d:
         _scale_plain_stem(model, scale_channels(PLAIN_STEM_WIDTH, width), in_chans)
     return model
+
+
+def model_of(m: ModelConfig, *, num_classes: int, in_chans: int = 3,
+             recipe: RecipeConfig | None = None) -> ResNet:
+    """The network of a point's model section; with its recipe, the recipe's dropout and
+    stochastic depth too (without: none, as FLOPs and parameters count it)."""
+    regularization = dict(dropout=recipe.dropout, stochastic_depth=recipe.stochastic_depth,
+                          stochastic_depth_rule=recipe.stochastic_depth_rule) if recipe else {}
+    return build_model(m.depth, m.width, num_classes=num_classes, in_chans=in_chans, se=m.se, se_ratio=m.se_ratio,
+                       resnet_d=m.resnet_d, **regularization)
 
 
 def _drop_path_per_stage(model: ResNet, rate: float) -> None:
