@@ -12,7 +12,7 @@ import os
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -39,120 +39,194 @@ class ConfigError(ValueError):
     """One or more settings are invalid; the message names each setting and what is allowed."""
 
 
+# --- what a setting allows, declared beside its field --------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    ok: Callable[[Any], bool]       # the value is allowed
+    text: str                       # what is allowed, as the error says it: "must be ..."
+
+
+def setting(default: Any = None, rule: Rule | None = None, *, factory: Callable[[], Any] | None = None):
+    """A field with its default and the rule its value keeps (validate() checks every one)."""
+    meta = {"rule": rule} if rule else {}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def _noted(text: str, note: str) -> str:
+    return f"{text} ({note})" if note else text
+
+
+def at_least(low: float, note: str = "") -> Rule:
+    return Rule(lambda v: v >= low, _noted(f"must be >= {low}", note))
+
+
+def above(low: float, note: str = "") -> Rule:
+    return Rule(lambda v: v > low, _noted(f"must be > {low}", note))
+
+
+def interval(text: str, note: str = "") -> Rule:
+    """'(0, 1]', '[0, 0.5]', ...: the bounds and whether each is included, as written."""
+    low, high = (float(x) for x in text[1:-1].split(","))
+    above_low = (lambda v: v > low) if text[0] == "(" else (lambda v: v >= low)
+    below_high = (lambda v: v < high) if text[-1] == ")" else (lambda v: v <= high)
+    return Rule(lambda v: above_low(v) and below_high(v), _noted(f"must be in {text}", note))
+
+
+def one_of(choices, suffix: str = "") -> Rule:
+    return Rule(lambda v: v in choices, f"must be one of {', '.join(map(str, choices))}{suffix}")
+
+
+def or_null(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.ok(v), f"{rule.text} or null")
+
+
+def ordered_pair(high: float | None = None) -> Rule:
+    """[low, high] with 0 < low <= high (<= `high` when given)."""
+    return Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1] and (high is None or v[1] <= high),
+                "must be [low, high] with 0 < low <= high" + (f" <= {high:g}" if high is not None else ""))
+
+
+MILESTONES = Rule(lambda v: all(0 < a < 1 for a in v) and list(v) == sorted(set(v)),
+                  "must be increasing fractions of the run in (0, 1)")
+A_MODE = Rule(lambda v: mode(v) in MODES, f"must be one of {', '.join(MODES)}")  # a YAML true arrives as True
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    depth: int = 26                 # network depth, a key of study.settings.family.BLOCKS_PER_STAGE
-    width: float = 1.0              # multiplier on every stage's channels and the stem, > 0
+    depth: int = setting(26, one_of(sorted(BLOCKS_PER_STAGE)))
+                                    # network depth, a key of study.settings.family.BLOCKS_PER_STAGE
+    width: float = setting(1.0, above(0))  # multiplier on every stage's channels and the stem
     se: bool = True                 # squeeze-and-excitation in every block (paper: on)
-    se_ratio: float = 0.25          # SE bottleneck ratio, in (0, 1] (paper: 0.25)
+    se_ratio: float = setting(0.25, interval("(0, 1]"))  # SE bottleneck ratio (paper: 0.25)
     resnet_d: bool = True           # ResNet-D stem + avg-pool shortcut, stem pool -> stride-2 conv
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "mnist"             # one of DATASETS
+    name: str = setting("mnist", one_of(DATASETS))
     root: Optional[str] = None      # image_folder: the folder; cifar10/100: download folder. Where
                                     # the data lies is not part of a point: what it holds is (fingerprint)
     fingerprint: Optional[str] = None  # derived, never set: image_folder: the fingerprint of the folder's
                                     # images (study.settings.identity), part of the point key; null for
                                     # the named sets (mnist, cifar10, ...), whose name says what they hold
     download: bool = False          # cifar10/100: fetch through torchvision if absent
-    resolution: int = 28            # px, square, train and evaluation, >= 8
-    minival_fraction: float = 0.02  # share of the training pool held out for every selection (paper:
-                                    # 2%); the test split is only reported, never used to choose, (0, 0.5]
-    test_fraction: float = 0.2      # share held out as test, only for sets without a test split
+    resolution: int = setting(28, at_least(8, "pixels"))  # px, square, train and evaluation
+    minival_fraction: float = setting(0.02, interval("(0, 0.5]"))
+                                    # share of the training pool held out for every selection (paper:
+                                    # 2%); the test split is only reported, never used to choose
+    test_fraction: float = setting(0.2, interval("(0, 0.5]"))
+                                    # share held out as test, only for sets without a test split
     split_seed: int = 0             # seed of the train/minival/test split (fixed per study)
-    max_train_images: Optional[int] = None  # use a subset of the training split, >= 1
-    augment: str = "crop"           # one of AUGMENTS: random crop (+ horizontal flip), or none
-    crop_padding: float = 0.125     # random-crop padding, fraction of the resolution, [0, 0.5]
-    crop_padding_mode: str = "zero"  # one of PADDING_MODES: what the pad crop fills the border with:
+    max_train_images: Optional[int] = setting(None, or_null(at_least(1)))  # use a subset of the training split
+    augment: str = setting("crop", one_of(AUGMENTS))  # one of AUGMENTS: random crop (+ horizontal flip), or none
+    crop_padding: float = setting(0.125, interval("[0, 0.5]"))
+                                    # random-crop padding, fraction of the resolution
+    crop_padding_mode: str = setting("zero", one_of(PADDING_MODES))
+                                    # one of PADDING_MODES: what the pad crop fills the border with:
                                     # black (zero) or the image mirrored at its edge (reflect; natural
                                     # images: CIFAR-10 and image folders)
-    crop: Optional[str] = None      # one of CROPS: `pad`, a random crop of the zero-padded image
+    crop: Optional[str] = setting(None, one_of(CROPS, " (or null: by the recipe)"))
+                                    # one of CROPS: `pad`, a random crop of the zero-padded image
                                     # (crop_padding); `random_resized`, Inception-style scale augmentation
-                                    # (a random area and aspect ratio, resized to the resolution);
+                                    # (a random area and aspect ratio, resized to the resolution)
                                     # null = random_resized from recipe.random_resized_from px, else pad
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random_resized: range of
-                                    # the crop's area over the image's, 0 < low <= high <= 1
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random_resized: range of
-                                    # the crop's aspect ratio (sampled log-uniformly), 0 < low <= high
-    eval_crop: Optional[float] = None  # evaluation: the centre crop's side over the stored image's, (0, 1];
+    crop_scale: list[float] = setting(factory=lambda: [0.08, 1.0], rule=ordered_pair(high=1))
+                                    # random_resized: range of the crop's area over the image's
+    crop_ratio: list[float] = setting(factory=lambda: [3 / 4, 4 / 3], rule=ordered_pair())
+                                    # random_resized: range of the crop's aspect ratio (sampled
+                                    # log-uniformly)
+    eval_crop: Optional[float] = setting(None, interval("(0, 1]"))
+                                    # evaluation: the centre crop's side over the stored image's, (0, 1]
                                     # images are stored at resolution / eval_crop; null = 0.875 with
                                     # random_resized, 1 (the whole image) with pad
-    synthetic_images: int = 2000    # synthetic: number of images (all splits)
-    synthetic_classes: int = 10     # synthetic: number of classes, >= 2
-    synthetic_size: int = 16        # synthetic: native image side in px, >= 8
-    loader: str = "auto"            # one of LOADERS: `memory` decodes every image once into memory;
+    synthetic_images: int = setting(2000, at_least(50))  # synthetic: number of images (all splits)
+    synthetic_classes: int = setting(10, at_least(2))  # synthetic: number of classes
+    synthetic_size: int = setting(16, at_least(8, "pixels"))  # synthetic: native image side in px
+    loader: str = setting("auto", one_of(LOADERS))  # one of LOADERS: `memory` decodes every image once into memory
                                     # `stream` (image_folder only) decodes batches from the files in
                                     # loader workers (study.data.stream); `auto` streams when the decoded
                                     # splits at the sweep's largest resolution exceed memory_budget_gb.
                                     # Both train the same point: not part of the point key
-    memory_budget_gb: Optional[float] = None  # auto: memory the decoded splits may take, > 0; null =
+    memory_budget_gb: Optional[float] = setting(None, or_null(above(0, "GB")))
+                                    # auto: memory the decoded splits may take, > 0; null =
                                     # half the machine's RAM over the parallel jobs (on a GPU, also at
                                     # most half its memory)
-    workers: Optional[int] = None   # stream: loader worker processes, >= 0 (0 = in the training
+    workers: Optional[int] = setting(None, or_null(at_least(0)))
+                                    # stream: loader worker processes, >= 0 (0 = in the training
                                     # process); null = from the job's cores (study.data.sets.workers_for)
 
 
 @dataclass(frozen=True)
 class RecipeConfig:
-    epochs: int = 8                 # passes over the training split, >= 1
-    batch_size: int = 128           # images per step, >= 1
-    lr_per_256: float = 0.1         # lr = lr_per_256 * batch_size / 256 (linear scaling rule)
-    warmup_epochs: float = 1.0      # linear warm-up from 0, then the schedule; >= 0, capped
+    epochs: int = setting(8, at_least(1))  # passes over the training split
+    batch_size: int = setting(128, at_least(1))  # images per step
+    lr_per_256: float = setting(0.1, above(0))  # lr = lr_per_256 * batch_size / 256 (linear scaling rule)
+    warmup_epochs: float = setting(1.0, at_least(0))  # linear warm-up from 0, then the schedule; >= 0, capped
                                     # at WARMUP_CAP x epochs (study.train.recipe.warmup_steps)
-    schedule: str = "cosine"        # one of SCHEDULES: cosine decay to 0, or step decay
-    step_milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 8 / 9])
+    schedule: str = setting("cosine", one_of(SCHEDULES))  # one of SCHEDULES: cosine decay to 0, or step decay
+    step_milestones: list[float] = setting(factory=lambda: [1 / 3, 2 / 3, 8 / 9], rule=MILESTONES)
                                     # step: fractions of the run where lr x= step_gamma (90-epoch
-                                    # baseline: epochs 30, 60, 80), increasing, in (0, 1)
-    step_gamma: float = 0.1         # step: lr multiplier at each milestone, (0, 1]
-    momentum: float = 0.9           # Nesterov momentum, [0, 1)
+                                    # baseline: epochs 30, 60, 80)
+    step_gamma: float = setting(0.1, interval("(0, 1]"))  # step: lr multiplier at each milestone
+    momentum: float = setting(0.9, interval("[0, 1)"))  # Nesterov momentum
     nesterov: bool = True
-    weight_decay: float = 4e-5      # L2 on conv/linear weights, not on BN or biases (paper)
+    weight_decay: float = setting(4e-5, at_least(0))  # L2 on conv/linear weights, not on BN or biases (paper)
     decay_norm_and_bias: bool = False  # also decay batch-norm parameters and biases (what a plain
                                     # torch.optim.SGD(model.parameters(), weight_decay=...) loop does)
-    label_smoothing: float = 0.1    # [0, 1)
-    dropout: float = 0.0            # dropout before the classifier, [0, 1)
-    random_resized_from: Optional[int] = None  # with data.crop null: random-resized crops from this
+    label_smoothing: float = setting(0.1, interval("[0, 1)"))
+    dropout: float = setting(0.0, interval("[0, 1)"))  # dropout before the classifier
+    random_resized_from: Optional[int] = setting(None, or_null(at_least(8, "pixels")))
+                                    # with data.crop null: random-resized crops from this
                                     # resolution on (recipe=resnet_rs: 128 px, the paper's ImageNet
-                                    # recipe); null = never, >= 8
-    dropout_width_slope: float = 0.1  # recipe=resnet_rs: dropout added per doubling of the width
-                                    # multiplier above 1 (study.settings.regularization.dropout), [0, 0.5]
-    stochastic_depth: float = 0.0   # drop-path rate of the last stage (or block), [0, 1)
-    stochastic_depth_rule: str = "stage"  # one of study.settings.family.DROP_PATH_RULES: the paper's
+                                    # recipe); null = never
+    dropout_width_slope: float = setting(0.1, interval("[0, 0.5]"))
+                                    # recipe=resnet_rs: dropout added per doubling of the width
+                                    # multiplier above 1 (study.settings.regularization.dropout)
+    stochastic_depth: float = setting(0.0, interval("[0, 1)"))  # drop-path rate of the last stage (or block)
+    stochastic_depth_rule: str = setting("stage", one_of(DROP_PATH_RULES))
+                                    # one of study.settings.family.DROP_PATH_RULES: the paper's
                                     # 0.4/0.6/0.8/1.0 x rate per stage, or timm's linear per block
-    randaugment_ops: int = 0        # RandAugment ops per image after crop/flip, 0 = off, 0..5
-    randaugment_magnitude: float = 10.0  # TF's 0-10 scale (values above 10 extrapolate), [0, 30]
-    ema_decay: float = 0.0          # weight EMA decay (paper 0.9999), 0 = off, [0, 1); evaluation
+    randaugment_ops: int = setting(0, Rule(lambda v: 0 <= v <= 5, "must be in 0..5 (0 = off)"))
+                                    # RandAugment ops per image after crop/flip, 0 = off, 0..5
+    randaugment_magnitude: float = setting(10.0,
+                                           interval("[0, 30]", "TF's scale: 10 = the strongest of the original range"))
+                                    # TF's 0-10 scale (values above 10 extrapolate)
+    ema_decay: float = setting(0.0, interval("[0, 1)", "0 = no EMA"))
+                                    # weight EMA decay (paper 0.9999), 0 = off, [0, 1); evaluation
                                     # then uses the EMA weights and batch-norm statistics
-    ema_reference_batch: Optional[int] = 4096  # the batch ema_decay is given for: per step the decay
+    ema_reference_batch: Optional[int] = setting(4096, or_null(at_least(1)))
+                                    # the batch ema_decay is given for: per step the decay
                                     # is ema_decay^(batch_size / ema_reference_batch), so the EMA spans
-                                    # the same number of images at any batch (paper: 0.9999 at 4096);
-                                    # null = ema_decay per step whatever the batch, >= 1
-    ema_horizon: float = 0.1        # the EMA averages over at most this share of the run's steps
-                                    # (study.train.recipe.ema_decay_at), (0, 1]
+                                    # the same number of images at any batch (paper: 0.9999 at 4096)
+                                    # null = ema_decay per step whatever the batch
+    ema_horizon: float = setting(0.1, interval("(0, 1]"))  # the EMA averages over at most this share of the run's steps
+                                    # (study.train.recipe.ema_decay_at)
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    device: str = "auto"            # one of DEVICES; auto = cuda when available
-    precision: str = "auto"         # one of PRECISIONS; bf16 = autocast; auto = bf16 on a CUDA GPU
+    device: str = setting("auto", one_of(DEVICES))  # one of DEVICES; auto = cuda when available
+    precision: str = setting("auto", one_of(PRECISIONS))
+                                    # one of PRECISIONS; bf16 = autocast; auto = bf16 on a CUDA GPU
                                     # with bf16, else fp32; bf16 on a CPU is refused (not sound in
                                     # torch 2.14.1's oneDNN: study.point.device); keyed as resolved
     channels_last: bool = True      # NHWC memory format (1.2x on this 2-core AVX2 CPU, 1.4x on AVX-512)
-    compile: str = "auto"           # torch.compile the training steps: true, false, or auto = after the
+    compile: str = setting("auto", A_MODE)
+                                    # torch.compile the training steps: true, false, or auto = after the
                                     # first epoch, where the expected saving exceeds the compile time
                                     # (study.train.compiling; never on a CPU, where it did not pay)
-    threads: int = 0                # intra-op threads; 0 = this process's cores / parallel jobs
-    processes: int = 1              # processes that train one point together (DistributedDataParallel,
+    threads: int = setting(0, at_least(0, "0 = all cores"))
+                                    # intra-op threads; 0 = this process's cores / parallel jobs
+    processes: int = setting(1, at_least(1))  # processes that train one point together (DistributedDataParallel
                                     # study.train.distributed: gloo on CPUs, nccl on GPUs); recipe.batch_size
                                     # stays the global batch, split evenly among them
-    sync_batchnorm: str = "auto"    # batch norm over the global batch when processes > 1: true, false,
-                                    # or auto = true on GPUs, false on CPUs (SyncBatchNorm needs a GPU);
+    sync_batchnorm: str = setting("auto", A_MODE)
+                                    # batch norm over the global batch when processes > 1: true, false
+                                    # or auto = true on GPUs, false on CPUs (SyncBatchNorm needs a GPU)
                                     # false keys trainer.processes (it changes what is trained)
-    eval_batch_size: int = 512      # images per evaluation batch, >= 1
-    latency_batch_size: int = 32    # batch of the inference-latency measurement, >= 1
-    latency_repeats: int = 10       # timed repeats (median reported), >= 1
+    eval_batch_size: int = setting(512, at_least(1))  # images per evaluation batch
+    latency_batch_size: int = setting(32, at_least(1))  # batch of the inference-latency measurement
+    latency_repeats: int = setting(10, at_least(1))  # timed repeats (median reported)
     measure_alone: bool = True      # when a sweep's last point has ended, measure each finished point's
                                     # training step alone on all cores (study.measure.alone: step_latency_ms)
     progress: bool = True           # a progress bar within each point (on a terminal)
@@ -165,8 +239,9 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"   # MLflow tracking URI (conf/tracking sets an absolute path)
     artifact_root: Optional[str] = None  # folder for artifacts of new experiments
-    retry_s: float = 300.0          # how long a store call is retried while the store is busy or
-                                    # unreachable (a server restart) before the call gives up, >= 0;
+    retry_s: float = setting(300.0, at_least(0, "seconds"))
+                                    # how long a store call is retried while the store is busy or
+                                    # unreachable (a server restart) before the call gives up, >= 0
                                     # epoch metrics are buffered meanwhile and training goes on
 
 
@@ -183,11 +258,12 @@ class SearchRange:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    trials: int = 0                 # 0: no tuning; N: tune with N trials in all (restarts included) on
+    trials: int = setting(0, at_least(0, "0 = no tuning"))
+                                    # 0: no tuning; N: tune with N trials in all (restarts included) on
                                     # the minival split, then train the point with the best settings
     sampler_seed: int = 0           # seed of Optuna's TPE sampler
-    pruner: str = "median"          # one of PRUNERS: stops trials whose val/top1 trails at an epoch
-    startup_trials: int = 2         # trials that run to the end before pruning starts
+    pruner: str = setting("median", one_of(PRUNERS))  # one of PRUNERS: stops trials whose val/top1 trails at an epoch
+    startup_trials: int = setting(2, at_least(0))  # trials that run to the end before pruning starts
     storage: Optional[str] = None   # Optuna storage URL (postgresql://... on a cluster); null = the
                                     # journal file <project>/optuna/journal.log (safe for parallel workers)
     space: dict[str, SearchRange] = field(default_factory=dict)  # dotted setting -> range (conf/tune/)
@@ -197,7 +273,8 @@ class TuneConfig:
 class AnalysisConfig:
     auto: bool = True               # analyse the sweep when it ends: the report (make analyze's) goes to
                                     # reports/<sweep>/ and the sweep's parent run; false = off
-    replicates: int = 1000          # bootstrap refits of that report, >= 1000 as make analyze
+    replicates: int = setting(1000, at_least(1000, "bootstrap refits of the report's decisions"))
+                                    # bootstrap refits of that report, >= 1000 as make analyze
 
 
 @dataclass(frozen=True)
@@ -212,11 +289,14 @@ class StudyConfig:
     vars: dict[str, Any] = field(default_factory=dict)  # free values for interpolation in sweep
                                     # files (${vars.name}); not recorded, what they set is
     seed: int = 0                   # seed of initialisation, batch order and augmentation
-    seeds: int = 1                  # train each point with seeds seed .. seed+seeds-1: separate runs
+    seeds: int = setting(1, at_least(1))  # train each point with seeds seed .. seed+seeds-1: separate runs
                                     # that share the point key (tag run_key tells them apart)
-    replicate: int = 0              # K > 0 reruns the whole study with independent training randomness
+    replicate: int = setting(0, Rule(lambda v: v >= 0, "must be an integer >= 0 (0: the study itself; K: its K-th "
+                                                       "rerun with independent training randomness)"))
+                                    # K > 0 reruns the whole study with independent training randomness
                                     # (training_seed) as other points in the same store; 0: the study
-    sweep: str = "adhoc"            # sweep name: the MLflow experiment and parent run
+    sweep: str = setting("adhoc", Rule(lambda v: bool(v) and "/" not in v, "must be a non-empty name without '/'"))
+                                    # sweep name: the MLflow experiment and parent run
     force: bool = False             # run the point even when a FINISHED run has its key
 
 
@@ -348,98 +428,33 @@ def _space_checks(s: StudyConfig):
 
 
 def _checks(s: StudyConfig, space: bool = True):
-    m, d, r, t = s.model, s.data, s.recipe, s.trainer
-    depths = ", ".join(map(str, sorted(BLOCKS_PER_STAGE)))
-    rules = [
-        ("model.depth", m.depth, m.depth in BLOCKS_PER_STAGE, f"must be one of {depths}"),
-        ("model.width", m.width, m.width > 0, "must be > 0"),
-        ("model.se_ratio", m.se_ratio, 0 < m.se_ratio <= 1, "must be in (0, 1]"),
-        ("data.name", d.name, d.name in DATASETS, f"must be one of {', '.join(DATASETS)}"),
-        ("data.resolution", d.resolution, d.resolution >= 8, "must be >= 8 (pixels)"),
-        ("data.minival_fraction", d.minival_fraction, 0 < d.minival_fraction <= 0.5, "must be in (0, 0.5]"),
-        ("data.test_fraction", d.test_fraction, 0 < d.test_fraction <= 0.5, "must be in (0, 0.5]"),
-        ("data.max_train_images", d.max_train_images, d.max_train_images is None or d.max_train_images >= 1,
-         "must be >= 1 or null"),
-        ("data.augment", d.augment, d.augment in AUGMENTS, f"must be one of {', '.join(AUGMENTS)}"),
-        ("data.crop_padding", d.crop_padding, 0 <= d.crop_padding <= 0.5, "must be in [0, 0.5]"),
-        ("data.crop_padding_mode", d.crop_padding_mode, d.crop_padding_mode in PADDING_MODES,
-         f"must be one of {', '.join(PADDING_MODES)}"),
-        ("data.crop", d.crop, d.crop in CROPS, f"must be one of {', '.join(CROPS)} (or null: by the recipe)"),
-        ("data.crop_scale", d.crop_scale, len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
-         "must be [low, high] with 0 < low <= high <= 1"),
-        ("data.crop_ratio", d.crop_ratio, len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
-         "must be [low, high] with 0 < low <= high"),
-        ("data.eval_crop", d.eval_crop, 0 < d.eval_crop <= 1, "must be in (0, 1]"),
+    """Every rule a field declares (in declaration order), then the rules across settings."""
+    yield from _field_checks(s)
+    d, r, t = s.data, s.recipe, s.trainer
+    across = [
         ("data.eval_crop", d.eval_crop, d.eval_crop == 1 or d.crop == "random_resized",
          "a centre crop goes with data.crop=random_resized (pad crops train on the whole image)"),
-        ("recipe.random_resized_from", r.random_resized_from, r.random_resized_from is None
-         or r.random_resized_from >= 8, "must be >= 8 (pixels) or null"),
-        ("data.loader", d.loader, d.loader in LOADERS, f"must be one of {', '.join(LOADERS)}"),
         ("data.loader", d.loader, d.loader != "stream" or d.name == "image_folder",
          "stream reads image files: only data=image_folder has them (use memory or auto)"),
-        ("data.memory_budget_gb", d.memory_budget_gb, d.memory_budget_gb is None or d.memory_budget_gb > 0,
-         "must be > 0 (GB) or null"),
-        ("data.workers", d.workers, d.workers is None or d.workers >= 0, "must be >= 0 or null"),
-        ("data.synthetic_images", d.synthetic_images, d.synthetic_images >= 50, "must be >= 50"),
-        ("data.synthetic_classes", d.synthetic_classes, d.synthetic_classes >= 2, "must be >= 2"),
-        ("data.synthetic_size", d.synthetic_size, d.synthetic_size >= 8, "must be >= 8 (pixels)"),
-        ("recipe.epochs", r.epochs, r.epochs >= 1, "must be >= 1"),
-        ("recipe.batch_size", r.batch_size, r.batch_size >= 1, "must be >= 1"),
-        ("recipe.lr_per_256", r.lr_per_256, r.lr_per_256 > 0, "must be > 0"),
-        ("recipe.warmup_epochs", r.warmup_epochs, r.warmup_epochs >= 0, "must be >= 0"),
-        ("recipe.momentum", r.momentum, 0 <= r.momentum < 1, "must be in [0, 1)"),
-        ("recipe.weight_decay", r.weight_decay, r.weight_decay >= 0, "must be >= 0"),
-        ("recipe.label_smoothing", r.label_smoothing, 0 <= r.label_smoothing < 1, "must be in [0, 1)"),
-        ("recipe.schedule", r.schedule, r.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
-        ("recipe.step_milestones", r.step_milestones,
-         all(0 < a < 1 for a in r.step_milestones) and list(r.step_milestones) == sorted(set(r.step_milestones)),
-         "must be increasing fractions of the run in (0, 1)"),
-        ("recipe.step_gamma", r.step_gamma, 0 < r.step_gamma <= 1, "must be in (0, 1]"),
-        ("recipe.dropout", r.dropout, 0 <= r.dropout < 1, "must be in [0, 1)"),
-        ("recipe.stochastic_depth", r.stochastic_depth, 0 <= r.stochastic_depth < 1, "must be in [0, 1)"),
-        ("recipe.stochastic_depth_rule", r.stochastic_depth_rule, r.stochastic_depth_rule in DROP_PATH_RULES,
-         f"must be one of {', '.join(DROP_PATH_RULES)}"),
-        ("recipe.randaugment_ops", r.randaugment_ops, 0 <= r.randaugment_ops <= 5, "must be in 0..5 (0 = off)"),
-        ("recipe.randaugment_magnitude", r.randaugment_magnitude, 0 <= r.randaugment_magnitude <= 30,
-         "must be in [0, 30] (TF's scale: 10 = the strongest of the original range)"),
-        ("recipe.ema_decay", r.ema_decay, 0 <= r.ema_decay < 1, "must be in [0, 1) (0 = no EMA)"),
-        ("recipe.ema_horizon", r.ema_horizon, 0 < r.ema_horizon <= 1, "must be in (0, 1]"),
-        ("recipe.ema_reference_batch", r.ema_reference_batch, r.ema_reference_batch is None or
-         r.ema_reference_batch >= 1, "must be >= 1 or null"),
-        ("recipe.dropout_width_slope", r.dropout_width_slope, 0 <= r.dropout_width_slope <= 0.5,
-         "must be in [0, 0.5]"),
-        ("trainer.device", t.device, t.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
-        ("trainer.precision", t.precision, t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-        ("trainer.compile", t.compile, mode(t.compile) in MODES,
-         f"must be one of {', '.join(MODES)}"),
-        ("trainer.threads", t.threads, t.threads >= 0, "must be >= 0 (0 = all cores)"),
-        ("trainer.processes", t.processes, t.processes >= 1, "must be >= 1"),
-        ("trainer.sync_batchnorm", t.sync_batchnorm, mode(t.sync_batchnorm) in MODES,
-         f"must be one of {', '.join(MODES)}"),
         ("recipe.batch_size", r.batch_size, t.processes < 1 or r.batch_size % t.processes == 0,
          f"the global batch must split evenly over trainer.processes={t.processes}"),
         ("tune.trials", s.tune.trials, t.processes == 1 or s.tune.trials == 0,
          "tuning trains its trials in one process: tune with trainer.processes=1"),
-        ("trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, "must be >= 1"),
-        ("trainer.latency_batch_size", t.latency_batch_size, t.latency_batch_size >= 1, "must be >= 1"),
-        ("trainer.latency_repeats", t.latency_repeats, t.latency_repeats >= 1, "must be >= 1"),
-        ("tune.trials", s.tune.trials, s.tune.trials >= 0, "must be >= 0 (0 = no tuning)"),
-        ("tune.pruner", s.tune.pruner, s.tune.pruner in PRUNERS, f"must be one of {', '.join(PRUNERS)}"),
-        ("tune.startup_trials", s.tune.startup_trials, s.tune.startup_trials >= 0, "must be >= 0"),
-        ("tracking.retry_s", s.tracking.retry_s, s.tracking.retry_s >= 0, "must be >= 0 (seconds)"),
-        ("sweep", s.sweep, bool(s.sweep) and "/" not in s.sweep, "must be a non-empty name without '/'"),
-        ("analysis.replicates", s.analysis.replicates, s.analysis.replicates >= 1000,
-         "must be >= 1000 (bootstrap refits of the report's decisions)"),
-        ("seeds", s.seeds, s.seeds >= 1, "must be >= 1"),
-        ("replicate", s.replicate, s.replicate >= 0,
-         "must be an integer >= 0 (0: the study itself; K: its K-th rerun with independent training randomness)"),
     ]
-    for name, value, ok, rule in rules:
-        if not ok:
-            yield name, value, rule
+    yield from ((name, value, rule) for name, value, ok, rule in across if not ok)
     yield from _data_folder_checks(d)
     if space:
         yield from _space_checks(s)
+
+
+def _field_checks(obj, prefix: str = ""):
+    """(setting, value, rule) of every field whose value its declared rule does not allow."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if (rule := f.metadata.get("rule")) is not None and not rule.ok(value):
+            yield prefix + f.name, value, rule.text
+        if is_dataclass(value):
+            yield from _field_checks(value, f"{prefix}{f.name}.")
 
 
 def _is_setting(study: StudyConfig, path: str) -> bool:
