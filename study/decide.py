@@ -297,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_study(a, first, declared, grid_compute, kind, budget, settings, overrides) -> int:
     """The rounds, then the report and the trace; exit status 0, or 1 when rounds keep failing."""
-    from analysis import report
     from study.record.tracking import mlflow_tracker
 
     uri = first.tracking.uri
@@ -346,19 +345,27 @@ def run_study(a, first, declared, grid_compute, kind, budget, settings, override
             print(f"error: the round's sweep failed twice in a row (exit {rc}); fix the failing points "
                   "(see the table above) and run make decide again", file=sys.stderr)
             return 1
+    _conclude(first, tracker, trace, out, proposal.stop or f"after --max-rounds {a.max_rounds} rounds")
+    return 0
+
+
+def _conclude(first, tracker, trace: Trace, out: Path, stopped: str) -> None:
+    """After the rounds: the measurement alone, the report, the trace, and what was decided."""
+    from analysis import report
+
     if first.trainer.measure_alone:
         from study.measure import alone
 
         print(alone.after_sweep(tracker, first.trainer.device))
+    uri = first.tracking.uri
     decisions = report.build(first.sweep, uri, out, 1000, 0, True)
     _log_trace(trace, out / "decide", tracker)
     print(trace_text(trace))
     print("\n".join(report.summary(decisions)))
     print(f"{len(report.all_warnings(decisions))} warnings; report in {out}/report.html; "
           f"rounds in {out}/decide/trace.csv")
-    print(f"make decide stopped: {proposal.stop or f'after --max-rounds {a.max_rounds} rounds'}")
+    print(f"make decide stopped: {stopped}")
     print(f"browse: {browse_hint(uri, tracker.experiment_id)}")
-    return 0
 
 
 def round_points(folder: Path, batch: pd.DataFrame, n: int, experiment_id: str) -> set[tuple]:
