@@ -72,19 +72,22 @@ prepare-data: setup ## resized copy of an image folder: make prepare-data SRC=/d
 # run beside the rest, in a pytest of their own (its output after the rest's); the suite fails if either
 # does. ARGS naming test files (ARGS=tests/test_x.py) runs just those.
 CLUSTER_TESTS = tests/test_slurm.py tests/test_slurm_nodes.py
+# pytest without this make's variables (make exports ARGS=... and MAKEFLAGS to its commands, and
+# a `make` a test runs would take them: make analyze would get ARGS=--durations=30)
+PYTEST = env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u ARGS $(PY) -m pytest
 test: setup ## run the whole test suite (what CI runs; the SLURM drills beside the rest)
 ifneq ($(findstring tests/,$(ARGS)),)
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) -q $(ARGS)
 else
 	@log=$$(mktemp); base=$$(mktemp -d); \
-	$(PY) -m pytest -q -p no:cacheprovider --basetemp=$$base/tmp $(ARGS) $(CLUSTER_TESTS) > $$log 2>&1 & drills=$$!; \
-	$(PY) -m pytest -q $(addprefix --ignore=,$(CLUSTER_TESTS)) $(ARGS); rest=$$?; \
+	$(PYTEST) -q -p no:cacheprovider --basetemp=$$base/tmp $(ARGS) $(CLUSTER_TESTS) > $$log 2>&1 & drills=$$!; \
+	$(PYTEST) -q $(addprefix --ignore=,$(CLUSTER_TESTS)) $(ARGS); rest=$$?; \
 	wait $$drills; status=$$?; echo "==== $(CLUSTER_TESTS), run beside the rest ===="; cat $$log; \
 	rm -rf $$log $$base; for code in $$rest $$status; do [ $$code -eq 0 ] || [ $$code -eq 5 ] || exit 1; done  # 5: none selected
 endif
 
 test-quick: setup ## the tests but the long end-to-end ones marked slow (a few minutes)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PYTEST) -q -m "not slow" $(ARGS)
 
 bench: setup ## benchmarks: trainer vs bare loop, input pipeline vs step, fixed and skip cost per point
 	$(PY) -m benchmarks $(ARGS)

@@ -74,7 +74,10 @@ class Server:
         return read_secret_env(path)
 
     def env(self, user: str | None, study_home: Path, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+        # a user's shell: none of this pytest's credentials, nor the make variables of `make test ARGS=...`
+        # (MAKEFLAGS would hand ARGS to every `make` a test runs)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")
+               and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
         env |= {"STUDY_HOME": str(study_home), "STUDY_SERVER_PORT": str(self.port), **extra}
         if self.name:
             env["STUDY_SERVER"] = self.uri
