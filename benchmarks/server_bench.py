@@ -1,11 +1,11 @@
 """The shared server under load (issue 42), opt-in: `make bench ARGS="--only server"` (about
-5 minutes on 2 cores).
+9 minutes on 2 cores).
 
-`python -m study.server` (MLflow over PostgreSQL, authentication on) is started with 1, 2 and 4
-workers, with MLflow's cache of checked passwords off and on. Against each, N concurrent point jobs (N = 1, 8, 32; separate processes, each
-with its own client and the admin's credentials) record one point each, at the same moment,
-through the project's own tracker (study.record.tracking.MlflowTracker): open the sweep, look
-for a finished run, create the run with its params and tags, log every epoch's metrics, then
+`python -m study.server` (MLflow over PostgreSQL, authentication on) is started at the SETTINGS
+below: 1, 2 and 4 workers, MLflow's cache of checked passwords off and on. Against each, N
+concurrent point jobs (N = 1, 8, 32; separate processes, each with its own client and the
+admin's credentials) record one point each, at the same moment, through the project's own tracker
+(study.record.tracking.MlflowTracker): open the sweep, look for a finished run, create the run with its params and tags, log every epoch's metrics, then
 the final metrics, record.json and config.yaml, and mark it FINISHED. What each job sends is the
 record of a real point, trained once at the start (20 epochs, synthetic data). Every HTTP
 request is timed in the job (requests.Session.request): requests/s over the round's wall time,
@@ -20,7 +20,6 @@ machine the figures are a floor on what the server serves."""
 from __future__ import annotations
 
 import multiprocessing
-from collections import Counter
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,8 @@ def _warm() -> None:
         except Exception as e:
             _CALLS.append((time.time(), time.perf_counter() - t0, type(e).__name__))
             raise
-        _CALLS.append((time.time(), time.perf_counter() - t0, response.status_code >= 500 and str(response.status_code)))
+        failed = response.status_code >= 500 and str(response.status_code)
+        _CALLS.append((time.time(), time.perf_counter() - t0, failed))
         return response
 
     requests.Session.request = timed
@@ -229,6 +230,7 @@ def bench_server(args) -> list[tuple]:
                 srv.stop()
                 shutil.rmtree(servers.cluster_dir(srv.home.resolve()), ignore_errors=True)
             rows.append(("restart mid-load, 16 jobs", f"workers {chosen[0]}, cache {chosen[1]} s", r["outage"],
-                         RETRY_FOR_S, r["outage"] / RETRY_FOR_S, f"s the jobs saw it gone (restart {restarts[0]:.1f} s) "
+                         RETRY_FOR_S, r["outage"] / RETRY_FOR_S,
+                         f"s the jobs saw it gone (restart {restarts[0]:.1f} s) "
                          f"against the retry budget; points lost {r['lost']} of 16 ({per_point} epochs each)"))
     return rows

@@ -54,3 +54,15 @@ def point_runs(home: Path, sweep: str, uri: str | None = None) -> list:
     client = MlflowClient(tracking_uri=uri or f"sqlite:///{home}/mlflow.db")
     exp = find_experiment(client, sweep)
     return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("point_key")]
+
+
+def wait_for_checkpoint(home: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until a point under `home` has written its first checkpoint (after its first epoch),
+    failing with the process's output if it ends first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not list(home.glob("checkpoints/*/*.pt")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.1)

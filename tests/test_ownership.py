@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, point_runs, run_cli
+from tests.conftest import ROOT, TINY, point_runs, run_cli, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +24,11 @@ def _start(args: list[str], home: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_for_checkpoint(home: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not list(home.glob("checkpoints/*/*.pt")):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint written"
-        time.sleep(0.1)
-
-
 def test_a_second_process_on_a_point_in_training_leaves_it_to_its_owner(tmp_path):
     point = [*LONG_POINT, "recipe.epochs=40", "sweep=owned"]  # trains for about a minute
     first = _start(point, tmp_path)
     try:
-        _wait_for_checkpoint(tmp_path, first)
+        wait_for_checkpoint(tmp_path, first, timeout=120)
         second = run_cli(*point, "force=true", home=tmp_path)  # `make point` during the sweep
         assert first.poll() is None, "the owner must still be training"
     finally:

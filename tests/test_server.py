@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from study.record import server
 from study.record.tracking import EPOCH_RETRY_S
 from study.record.users import read_secret_env
-from tests.conftest import ROOT, point_runs
+from tests.conftest import ROOT, point_runs, wait_for_checkpoint
 
 HAVE_POSTGRES = any((d / "pg_ctl").exists() for d in server.PG_BIN_DIRS) or shutil.which("pg_ctl")
 needs_postgres = pytest.mark.skipif(not HAVE_POSTGRES, reason="PostgreSQL server programs (pg_ctl, initdb) are not "
@@ -341,10 +341,7 @@ def test_a_parallel_sweep_loses_nothing_when_postgresql_and_mlflow_restart_mid_s
     sweep = subprocess.Popen(["make", "-s", "sweep", "SWEEP=smoke", "JOBS=2", f"ARGS={grid}"], cwd=ROOT, env=env,
                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not list(tmp_path.glob("checkpoints/*/*.pt")):
-            assert sweep.poll() is None and time.monotonic() < deadline, sweep.stdout.read()[-3000:]
-            time.sleep(0.2)
+        wait_for_checkpoint(tmp_path, sweep)
         users.stop()  # MLflow, then PostgreSQL
         time.sleep(EPOCH_RETRY_S + 2)
         users.start()

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from base64 import b64encode
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from study.record import server
 from study.record.users import read_secret_env
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for_checkpoint
 from tests.test_server import HAVE_POSTGRES, Server
 from tests.test_slurm import DAEMONS, EXACT, SCRIPT
 
@@ -198,15 +197,6 @@ def test_one_point_spanning_two_nodes_trains_as_two_local_processes_do(nodes, he
     assert {k: run.data.metrics[k] for k in COMPARED} == {k: ref.data.metrics[k] for k in COMPARED}
 
 
-def _checkpointed(home: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Wait until the point has written its first checkpoint (after its first epoch)."""
-    deadline = time.monotonic() + timeout
-    while not list(home.glob("checkpoints/*/*.pt")):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint written"
-        time.sleep(0.2)
-
-
 def test_a_lost_node_requeues_its_point_which_resumes_on_another_node_once(nodes, head_server, tmp_path):
     """The last test of the module: it leaves node1 or node2 dead. The node that trains the point
     dies (its slurmd and everything in its namespace, SIGKILL) after a checkpoint; SLURM marks it
@@ -221,7 +211,7 @@ def test_a_lost_node_requeues_its_point_which_resumes_on_another_node_once(nodes
                              "hydra.launcher.timeout_min=10"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _checkpointed(tmp_path, proc)
+        wait_for_checkpoint(tmp_path, proc)
         (where,) = _slurm(nodes, "squeue", "-h", "-o", "%N").split()
         killed = subprocess.run(["bash", str(SCRIPT), "kill-node", str(nodes["folder"]), where], capture_output=True,
                                 text=True, timeout=60)
