@@ -5,7 +5,8 @@
 below: 1, 2 and 4 workers, MLflow's cache of checked passwords off and on. Against each, N
 concurrent point jobs (N = 1, 8, 32; separate processes, each with its own client and the
 admin's credentials) record one point each, at the same moment, through the project's own tracker
-(study.record.tracking.MlflowTracker): open the sweep, look for a finished run, create the run with its params and tags, log every epoch's metrics, then
+(study.record.tracking.MlflowTracker): open the sweep, look for a finished run, create the run
+with its params and tags, log every epoch's metrics, then
 the final metrics, record.json and config.yaml, and mark it FINISHED. What each job sends is the
 record of a real point, trained once at the start (20 epochs, synthetic data). Every HTTP
 request is timed in the job (requests.Session.request): requests/s over the round's wall time,

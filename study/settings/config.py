@@ -12,7 +12,7 @@ import os
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +21,7 @@ from study.settings import identity
 from study.settings.identity import PREPARED_FILE, prepared  # noqa: F401 (a prepared copy's manifest)
 from study.settings.family import BLOCKS_PER_STAGE, DROP_PATH_RULES
 from study.settings.regularization import register_resolvers
+from study.settings.rules import Rule, above, at_least, interval, one_of, or_null, ordered_pair, setting
 
 DATASETS = ("mnist", "synthetic", "image_folder", "cifar10", "cifar100")
 AUGMENTS = ("flip_crop", "crop", "none")
@@ -37,53 +38,6 @@ CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-package
 
 class ConfigError(ValueError):
     """One or more settings are invalid; the message names each setting and what is allowed."""
-
-
-# --- what a setting allows, declared beside its field --------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    ok: Callable[[Any], bool]       # the value is allowed
-    text: str                       # what is allowed, as the error says it: "must be ..."
-
-
-def setting(default: Any = None, rule: Rule | None = None, *, factory: Callable[[], Any] | None = None):
-    """A field with its default and the rule its value keeps (validate() checks every one)."""
-    meta = {"rule": rule} if rule else {}
-    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
-
-
-def _noted(text: str, note: str) -> str:
-    return f"{text} ({note})" if note else text
-
-
-def at_least(low: float, note: str = "") -> Rule:
-    return Rule(lambda v: v >= low, _noted(f"must be >= {low}", note))
-
-
-def above(low: float, note: str = "") -> Rule:
-    return Rule(lambda v: v > low, _noted(f"must be > {low}", note))
-
-
-def interval(text: str, note: str = "") -> Rule:
-    """'(0, 1]', '[0, 0.5]', ...: the bounds and whether each is included, as written."""
-    low, high = (float(x) for x in text[1:-1].split(","))
-    above_low = (lambda v: v > low) if text[0] == "(" else (lambda v: v >= low)
-    below_high = (lambda v: v < high) if text[-1] == ")" else (lambda v: v <= high)
-    return Rule(lambda v: above_low(v) and below_high(v), _noted(f"must be in {text}", note))
-
-
-def one_of(choices, suffix: str = "") -> Rule:
-    return Rule(lambda v: v in choices, f"must be one of {', '.join(map(str, choices))}{suffix}")
-
-
-def or_null(rule: Rule) -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"{rule.text} or null")
-
-
-def ordered_pair(high: float | None = None) -> Rule:
-    """[low, high] with 0 < low <= high (<= `high` when given)."""
-    return Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1] and (high is None or v[1] <= high),
-                "must be [low, high] with 0 < low <= high" + (f" <= {high:g}" if high is not None else ""))
 
 
 MILESTONES = Rule(lambda v: all(0 < a < 1 for a in v) and list(v) == sorted(set(v)),
